@@ -1,0 +1,98 @@
+"""The running bot: owns every resource and every long-lived task, and tears them down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+from bot.backoff import Backoff
+from bot.config import Config
+from bot.context import Runtime
+from bot.dispatch import Dispatcher
+from bot.health import Health
+from bot.http import start_http
+from bot.matrix import Transport
+from bot.metrics import Metrics
+from bot.outbox import Outbox
+from bot.permissions import Permissions
+from bot.registry import Registry
+from bot.scheduler import Scheduler
+from bot.store import Store
+from bot.tasks import TaskOwner
+
+log = logging.getLogger(__name__)
+
+
+async def supervise(name: str, loop: Callable[[], Awaitable[None]], metrics: Metrics) -> None:
+    """Run a long-lived loop forever: an unexpected crash is logged and the loop restarted."""
+    backoff = Backoff(1.0, 60.0)
+    while True:
+        try:
+            await loop()
+            log.warning("%s returned; restarting it", name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s crashed; restarting it", name)
+            metrics.errors.labels(name).inc()
+        await asyncio.sleep(backoff.next())
+
+
+class Bot:
+    """One bot instance; `run()` serves until the task running it is cancelled."""
+
+    def __init__(self, config: Config, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        self.ready = asyncio.Event()
+        self.runtime: Runtime | None = None
+
+    async def run(self) -> None:
+        """Connect, then sync, deliver and schedule until cancelled; always cleans up."""
+        core = self.config.core
+        async with AsyncExitStack() as stack:
+            store = Store(core.state.db_path, self.registry.migrations)
+            stack.callback(store.close)
+            metrics, health = Metrics(), Health()
+            transport = Transport(core.matrix, store, metrics, health)
+            stack.push_async_callback(transport.close)
+            tasks = TaskOwner()
+            stack.push_async_callback(tasks.shutdown)
+            rt = Runtime(
+                config=self.config,
+                registry=self.registry,
+                store=store,
+                transport=transport,
+                outbox=Outbox(store, transport, metrics),
+                tasks=tasks,
+                metrics=metrics,
+                health=health,
+                permissions=Permissions(core.permissions, transport.power_level),
+            )
+            rt.scheduler = Scheduler(rt)
+            self.runtime = rt
+            if core.http.enabled:
+                runner = await start_http(rt)
+                stack.push_async_callback(runner.cleanup)
+            await transport.connect()
+            dispatcher = Dispatcher(rt)
+            loops: dict[str, Callable[[], Awaitable[None]]] = {
+                "sync": lambda: transport.sync_forever(dispatcher.on_message),
+                "outbox": rt.outbox.run,
+                "scheduler": rt.scheduler.run,
+            }
+            for service in self.registry.services:
+                loops[f"service:{getattr(service, '__qualname__', service)}"] = (
+                    lambda s=service: s(rt)  # type: ignore[misc]
+                )
+            async with asyncio.TaskGroup() as group:
+                for name, loop in loops.items():
+                    group.create_task(supervise(name, loop, metrics), name=name)
+                self.ready.set()
+                log.info(
+                    "infrabot ready as %s in %d room(s)",
+                    core.matrix.user_id,
+                    len(transport.served_rooms),
+                )

@@ -1,0 +1,304 @@
+"""Typed configuration: loaded from YAML once at start, validated, never written back."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.cron import CronError, CronSchedule
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` lists each one as 'file: key: message'."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Section(BaseModel):
+    """Base for every config section: frozen, unknown keys rejected, secrets from files or env.
+
+    A field typed `SecretStr` may instead be given as `<key>_file: /path` (the file's content,
+    stripped) or `<key>_env: VAR` (an environment variable).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_secret_sources(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            if not _is_secret(field.annotation):
+                continue
+            file_key, env_key = f"{name}_file", f"{name}_env"
+            given = [k for k in (name, file_key, env_key) if out.get(k) is not None]
+            if len(given) > 1:
+                raise ValueError(f"give only one of {', '.join(given)}")
+            if file_key in out:
+                path = out.pop(file_key)
+                if path is not None:
+                    out[name] = _read_secret_file(file_key, str(path))
+            if env_key in out:
+                var = out.pop(env_key)
+                if var is not None:
+                    if str(var) not in os.environ:
+                        raise ValueError(f"{env_key}: environment variable {var} is not set")
+                    out[name] = os.environ[str(var)]
+        return out
+
+
+def _is_secret(annotation: Any) -> bool:
+    if annotation is SecretStr:
+        return True
+    return SecretStr in getattr(annotation, "__args__", ())
+
+
+def _read_secret_file(key: str, path: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
+
+
+class MatrixConfig(Section):
+    homeserver: str = Field(pattern=r"^https?://")
+    user_id: str = Field(pattern=r"^@[^:]+:.+$")
+    access_token: SecretStr | None = None
+    password: SecretStr | None = None
+    device_name: str = "infrabot"
+    rooms: list[str] = Field(min_length=1)
+    sync_timeout_s: float = Field(default=30, gt=0, le=300)
+    request_timeout_s: float = Field(default=20, gt=0, le=300)
+    max_backoff_s: float = Field(default=120, gt=0)
+
+    @field_validator("rooms")
+    @classmethod
+    def _room_ids_or_aliases(cls, rooms: list[str]) -> list[str]:
+        for room in rooms:
+            if not room.startswith(("!", "#")):
+                raise ValueError(f"{room!r} is neither a room id (!…) nor an alias (#…)")
+        return rooms
+
+    @model_validator(mode="after")
+    def _needs_credentials(self) -> MatrixConfig:
+        if self.access_token is None and self.password is None:
+            raise ValueError("set access_token (or access_token_file/_env) or password")
+        return self
+
+
+class CommandsConfig(Section):
+    prefix: str = Field(default="!", min_length=1, max_length=5)
+
+
+class RoleConfig(Section):
+    users: list[str] = Field(default_factory=list)
+    # Anyone with at least this power level in the room holds the role.
+    min_power_level: int | None = None
+
+
+class PermissionsConfig(Section):
+    roles: dict[str, RoleConfig] = Field(default_factory=dict)
+    # command name -> role; overrides the role a command declares. "anyone" lifts the need.
+    commands: dict[str, str] = Field(default_factory=dict)
+    # Holders of this role may run every command.
+    admin_role: str = "admin"
+
+
+class HttpConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    enabled: bool = True
+
+
+class StateConfig(Section):
+    data_dir: Path = Path("~/.local/share/infrabot")
+    path: Path | None = None
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file: `path`, or infrabot.sqlite3 under `data_dir`."""
+        return (self.path or self.data_dir / "infrabot.sqlite3").expanduser()
+
+
+class ScheduleConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    cron: str
+    job: str
+    room: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, expr: str) -> str:
+        try:
+            CronSchedule(expr)
+        except CronError as exc:
+            raise ValueError(str(exc)) from None
+        return expr
+
+
+class LoggingConfig(Section):
+    level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+
+class CoreConfig(Section):
+    matrix: MatrixConfig
+    commands: CommandsConfig = CommandsConfig()
+    permissions: PermissionsConfig = PermissionsConfig()
+    http: HttpConfig = HttpConfig()
+    state: StateConfig = StateConfig()
+    schedules: list[ScheduleConfig] = Field(default_factory=list)
+    logging: LoggingConfig = LoggingConfig()
+
+    CORE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"matrix", "commands", "permissions", "http", "state", "schedules", "logging"}
+    )
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration: core sections plus each feature's section."""
+
+    core: CoreConfig
+    features: Mapping[str, BaseModel]
+    source: str
+
+    def section(self, key: str, model: type[S]) -> S | None:
+        """A feature's section, or None when the file does not have it."""
+        value = self.features.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, model):
+            raise TypeError(f"section {key} is {type(value).__name__}, not {model.__name__}")
+        return value
+
+
+def _format_loc(prefix: str, loc: Iterable[int | str]) -> str:
+    out = prefix
+    for item in loc:
+        if isinstance(item, int):
+            out += f"[{item}]"
+        else:
+            out += f".{item}" if out else item
+    return out or "(top level)"
+
+
+def _problems(source: str, prefix: str, exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(f"{source}: {_format_loc(prefix, err['loc'])}: {msg}")
+    return out
+
+
+JobParams = Mapping[str, "type[BaseModel] | None"]
+
+
+def parse_config(
+    raw: Any, source: str, sections: Mapping[str, type[BaseModel]], job_types: JobParams
+) -> Config:
+    """Validate an already-parsed YAML document; every problem is collected before raising."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"{source}: the file must be a mapping of sections"])
+    problems: list[str] = []
+    core_raw = {k: v for k, v in raw.items() if k in CoreConfig.CORE_KEYS}
+    features: dict[str, BaseModel] = {}
+    for key, value in raw.items():
+        if key in CoreConfig.CORE_KEYS:
+            continue
+        model = sections.get(str(key))
+        if model is None:
+            known = sorted(CoreConfig.CORE_KEYS | set(sections))
+            problems.append(f"{source}: {key}: unknown section (known: {', '.join(known)})")
+            continue
+        try:
+            features[str(key)] = model.model_validate(value if value is not None else {})
+        except ValidationError as exc:
+            problems.extend(_problems(source, str(key), exc))
+    core: CoreConfig | None = None
+    try:
+        core = CoreConfig.model_validate(core_raw)
+    except ValidationError as exc:
+        problems.extend(_problems(source, "", exc))
+    problems.extend(_check_schedules(raw.get("schedules"), source, job_types))
+    if core is not None:
+        problems.extend(_check_roles(core, source))
+    if problems or core is None:
+        raise ConfigError(problems)
+    return Config(core=core, features=features, source=source)
+
+
+def _check_schedules(raw: Any, source: str, job_types: JobParams) -> list[str]:
+    """Job names and params, checked per entry so they are reported alongside other errors."""
+    if not isinstance(raw, list):
+        return []
+    problems = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        try:
+            sched = ScheduleConfig.model_validate(item)
+        except ValidationError:
+            continue  # already reported by the core validation
+        if sched.name in seen:
+            problems.append(f"{source}: schedules[{i}].name: duplicate job name {sched.name!r}")
+        seen.add(sched.name)
+        if sched.job not in job_types:
+            problems.append(
+                f"{source}: schedules[{i}].job: unknown job {sched.job!r} "
+                f"(known: {', '.join(sorted(job_types))})"
+            )
+        elif (model := job_types[sched.job]) is not None:
+            try:
+                model.model_validate(sched.params)
+            except ValidationError as exc:
+                problems.extend(_problems(source, f"schedules[{i}].params", exc))
+    return problems
+
+
+def _check_roles(core: CoreConfig, source: str) -> list[str]:
+    roles = set(core.permissions.roles) | {"anyone", core.permissions.admin_role}
+    return [
+        f"{source}: permissions.commands.{cmd}: unknown role {role!r}"
+        for cmd, role in core.permissions.commands.items()
+        if role not in roles
+    ]
+
+
+def load_config(
+    path: str | Path, sections: Mapping[str, type[BaseModel]], job_types: JobParams
+) -> Config:
+    """Read and validate a YAML config file; raises ConfigError naming the file and keys."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([f"{source}: not valid YAML{where}: {exc}"]) from None
+    return parse_config(raw if raw is not None else {}, source, sections, job_types)

@@ -1,0 +1,135 @@
+"""`infrabot demo`: a local Synapse with a room and users, and the bot serving it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot.app import Bot
+from bot.cli import load, load_registry, secret_values, serve
+from bot.devstack.client import RoomUser
+from bot.devstack.synapse import Account, LocalSynapse, free_port
+from bot.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def _port(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+def _passwords(base: Path) -> dict[str, str]:
+    path = base / "passwords.json"
+    if path.exists():
+        saved: dict[str, str] = json.loads(path.read_text())
+        return saved
+    pw = {name: secrets.token_urlsafe(12) for name in ("admin", "infrabot")}
+    path.write_text(json.dumps(pw))
+    path.chmod(0o600)
+    return pw
+
+
+def demo_config(hs: LocalSynapse, base: Path, bot: Account, admin: Account) -> dict[str, Any]:
+    """The config the demo bot runs with (written to <dir>/config.yaml for reference)."""
+    token_file = base / "bot-access-token"
+    token_file.write_text(bot.access_token)
+    token_file.chmod(0o600)
+    return {
+        "matrix": {
+            "homeserver": hs.url,
+            "user_id": bot.user_id,
+            "access_token_file": str(token_file),
+            "rooms": [f"#infra:{hs.server_name}"],
+        },
+        "permissions": {
+            "roles": {
+                "admin": {"users": [admin.user_id]},
+                "operator": {"min_power_level": 50},
+            }
+        },
+        "http": {"host": "127.0.0.1", "port": _port(8080)},
+        "state": {"data_dir": str(base / "state")},
+        "schedules": [
+            {
+                "name": "standup-reminder",
+                "cron": "0 9 * * 1-5",
+                "job": "message",
+                "params": {"text": "Good morning! Anything on fire? `!jobs` lists what runs here."},
+            }
+        ],
+    }
+
+
+def run_demo(directory: str, check: bool = False) -> int:
+    """Start everything, print how to log in, serve until Ctrl-C (or self-check with --check)."""
+    base = Path(directory).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    hs = LocalSynapse(base / "synapse", port=_port(8008))
+    hs.prepare()
+    hs.start()
+    try:
+        pw = _passwords(base)
+        admin = hs.register("admin", pw["admin"], admin=True)
+        bot = hs.register("infrabot", pw["infrabot"])
+        alias = f"#infra:{hs.server_name}"
+        room = hs.resolve_alias(alias) or hs.create_room(
+            admin, name="Infra", alias="infra", invite=[bot.user_id]
+        )
+        config_path = base / "config.yaml"
+        config_path.write_text(yaml.safe_dump(demo_config(hs, base, bot, admin), sort_keys=False))
+        registry = load_registry()
+        config = load(str(config_path), registry)
+        setup_logging("INFO", secret_values(config))
+        print(
+            f"""
+infrabot demo is up.
+  homeserver : {hs.url}   (log in with any Matrix client, e.g. Element: set this as the server)
+  user       : admin
+  password   : {pw["admin"]}
+  room       : {alias}  ({room})
+  bot        : {bot.user_id}, health on http://127.0.0.1:{config.core.http.port}/healthz
+  config     : {config_path}
+Say `!help` in the room. Ctrl-C stops everything.
+""",
+            file=sys.stderr,
+        )
+        if check:
+            return asyncio.run(_self_check(Bot(config, registry), hs, admin, room))
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(Bot(config, registry)))
+        return 0
+    finally:
+        hs.stop()
+
+
+async def _self_check(bot: Bot, hs: LocalSynapse, admin: Account, room: str) -> int:
+    task = asyncio.get_running_loop().create_task(bot.run())
+    user = RoomUser(hs.url, admin.user_id, admin.access_token)
+    try:
+        await asyncio.wait_for(bot.ready.wait(), 60)
+        await user.start()
+        reply = await user.ask(room, "!ping", bot.config.core.matrix.user_id, timeout=30)
+        print(f"demo check: the bot answered !ping with: {reply.body}")
+        return 0
+    except TimeoutError:
+        print("demo check: the bot did not answer !ping in time", file=sys.stderr)
+        return 1
+    finally:
+        await user.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

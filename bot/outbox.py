@@ -1,0 +1,143 @@
+"""The one durable send path: a row is committed first, then delivered with its stored txn id.
+
+Delivery is in order per room; a retry or a restart reuses the transaction id, which the
+homeserver deduplicates, so nothing is posted twice and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from bot.backoff import Backoff
+from bot.matrix import MatrixError, Transport, new_txn_id
+from bot.metrics import Metrics
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+# A permanent refusal (e.g. M_FORBIDDEN) may be fixed by an operator inviting the bot back,
+# so it is retried a few times before the row is given up and logged as failed.
+MAX_PERMANENT_ATTEMPTS = 5
+
+
+class Outbox:
+    """Queue of events to send, backed by the `outbox` table."""
+
+    def __init__(self, store: Store, transport: Transport, metrics: Metrics) -> None:
+        self.store = store
+        self.transport = transport
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._waiters: dict[int, asyncio.Future[str]] = {}
+        self._retry_at: dict[str, float] = {}
+        self._backoff: dict[str, Backoff] = {}
+
+    def post(
+        self, room_id: str, content: dict[str, Any], event_type: str = "m.room.message"
+    ) -> int:
+        """Commit an event for delivery; returns its outbox id."""
+        cur = self.store.execute(
+            "INSERT INTO outbox(room_id, event_type, content, txn_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (room_id, event_type, json.dumps(content), new_txn_id(), time.time()),
+        )
+        self._wake.set()
+        return int(cur.lastrowid or 0)
+
+    async def wait_sent(self, outbox_id: int) -> str:
+        """Wait until the row is delivered; returns its event id (raises if it was given up)."""
+        row = self.store.execute(
+            "SELECT state, event_id, last_error FROM outbox WHERE id = ?", (outbox_id,)
+        ).fetchone()
+        if row is not None and row["state"] == "sent":
+            return str(row["event_id"])
+        if row is not None and row["state"] == "failed":
+            raise MatrixError(f"message not delivered: {row['last_error']}", transient=False)
+        fut = self._waiters.get(outbox_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters[outbox_id] = fut
+        return await asyncio.shield(fut)
+
+    async def send(
+        self, room_id: str, content: dict[str, Any], event_type: str = "m.room.message"
+    ) -> str:
+        """Post and wait for delivery; returns the event id."""
+        return await self.wait_sent(self.post(room_id, content, event_type))
+
+    def pending(self) -> int:
+        """How many rows wait for delivery."""
+        row = self.store.execute("SELECT COUNT(*) AS n FROM outbox WHERE state = 'pending'")
+        return int(row.fetchone()["n"])
+
+    async def run(self) -> None:
+        """Deliver forever: the head of each room's queue, in order, with backoff per room."""
+        while True:
+            heads = self.store.execute(
+                "SELECT * FROM outbox WHERE id IN (SELECT MIN(id) FROM outbox "
+                "WHERE state = 'pending' GROUP BY room_id) ORDER BY id"
+            ).fetchall()
+            self.metrics.outbox_pending.set(self.pending() if heads else 0)
+            now = time.monotonic()
+            ready = [r for r in heads if self._retry_at.get(r["room_id"], 0) <= now]
+            if not ready:
+                self._wake.clear()
+                wait = min((self._retry_at[r["room_id"]] for r in heads), default=None)
+                try:
+                    timeout = None if wait is None else max(0.0, wait - now)
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+                continue
+            for row in ready:
+                await self._deliver(row)
+
+    async def _deliver(self, row: Any) -> None:
+        room_id = row["room_id"]
+        try:
+            event_id = await self.transport.send_event(
+                room_id, row["event_type"], json.loads(row["content"]), row["txn_id"]
+            )
+        except MatrixError as exc:
+            attempts = row["attempts"] + 1
+            give_up = not exc.transient and attempts >= MAX_PERMANENT_ATTEMPTS
+            self.store.execute(
+                "UPDATE outbox SET attempts = ?, last_error = ?, state = ? WHERE id = ?",
+                (attempts, str(exc), "failed" if give_up else "pending", row["id"]),
+            )
+            self.metrics.errors.labels("outbox").inc()
+            if give_up:
+                log.error("giving up outbox message %d to %s: %s", row["id"], room_id, exc)
+                self._resolve(row["id"], error=exc)
+                return
+            backoff = self._backoff.setdefault(room_id, Backoff(0.5, 60))
+            wait = exc.retry_after or backoff.next()
+            self._retry_at[room_id] = time.monotonic() + wait
+            log.warning(
+                "outbox message %d to %s: %s; retry in %.1f s", row["id"], room_id, exc, wait
+            )
+            return
+        self.store.execute(
+            "UPDATE outbox SET state = 'sent', event_id = ?, sent_at = ?, attempts = attempts + 1 "
+            "WHERE id = ?",
+            (event_id, time.time(), row["id"]),
+        )
+        self._retry_at.pop(room_id, None)
+        if room_id in self._backoff:
+            self._backoff[room_id].reset()
+        self._resolve(row["id"], event_id=event_id)
+
+    def _resolve(
+        self, outbox_id: int, *, event_id: str | None = None, error: Exception | None = None
+    ) -> None:
+        fut = self._waiters.pop(outbox_id, None)
+        if fut is None or fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(event_id or "")

@@ -1,0 +1,160 @@
+"""Cron jobs from config, in UTC, with each run stored so a restart neither repeats nor skips.
+
+On start, a job whose next time after its last stored run has already passed was missed
+while the bot was down: it runs once (not once per missed slot) and the schedule resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bot.context import JobContext, Runtime, error_ref
+from bot.cron import CronSchedule
+from bot.errors import BotError, UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What `!jobs` shows for one job."""
+
+    name: str
+    cron: str
+    job: str
+    enabled: bool
+    running: bool
+    next_run: datetime | None
+    last_started: datetime | None
+    last_outcome: str | None
+    last_detail: str | None
+
+
+class Scheduler:
+    """Runs the configured schedules; one asyncio task drives them all."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.schedules = {s.name: s for s in rt.config.core.schedules}
+        self.crons = {s.name: CronSchedule(s.cron) for s in self.schedules.values()}
+        self.next_run: dict[str, datetime] = {}
+        self.running: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def _last_scheduled(self, name: str) -> datetime | None:
+        row = self.rt.store.execute(
+            "SELECT MAX(scheduled_for) AS t FROM job_runs WHERE job = ? AND trigger != 'manual'",
+            (name,),
+        ).fetchone()
+        return None if row["t"] is None else datetime.fromtimestamp(row["t"], UTC)
+
+    async def run(self) -> None:
+        """Drive every enabled schedule until cancelled."""
+        self.rt.store.execute(
+            "UPDATE job_runs SET outcome = 'interrupted', ended_at = ? WHERE outcome = 'running'",
+            (time.time(),),
+        )
+        now = datetime.now(UTC)
+        for name, sched in self.schedules.items():
+            if not sched.enabled:
+                continue
+            cron = self.crons[name]
+            last = self._last_scheduled(name)
+            if last is not None and cron.next_after(last) <= now:
+                missed = cron.prev_before(now)
+                log.info("job %s missed its run at %s; running it once now", name, missed)
+                self._start(name, missed, "missed")
+            self.next_run[name] = cron.next_after(now)
+        while True:
+            now = datetime.now(UTC)
+            for name, due in sorted(self.next_run.items(), key=lambda kv: kv[1]):
+                if due <= now:
+                    self._start(name, due, "schedule")
+                    self.next_run[name] = self.crons[name].next_after(max(now, due))
+            if not self.next_run:
+                await asyncio.Event().wait()
+            wait = (min(self.next_run.values()) - datetime.now(UTC)).total_seconds()
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
+            except TimeoutError:
+                pass
+
+    def _start(self, name: str, scheduled_for: datetime, trigger: str) -> None:
+        if name in self.running:
+            log.warning("job %s is still running; skipping its %s run", name, trigger)
+            self.rt.metrics.job_runs.labels(name, "skipped").inc()
+            return
+        self.running.add(name)
+        self.rt.tasks.spawn(self._run_job(name, scheduled_for, trigger), name=f"job:{name}")
+
+    async def run_now(self, name: str) -> str:
+        """Run a job at once (from `!jobs run`); returns its outcome line."""
+        if name not in self.schedules:
+            raise UserError(f"No job named {name!r}; `!jobs` lists them.")
+        if name in self.running:
+            raise UserError(f"Job {name} is running right now.")
+        self.running.add(name)
+        return await self._run_job(name, datetime.now(UTC), "manual")
+
+    async def _run_job(self, name: str, scheduled_for: datetime, trigger: str) -> str:
+        sched = self.schedules[name]
+        job_type = self.rt.registry.jobs[sched.job]
+        room = self.rt.transport.resolve_room(sched.room) if sched.room else self.rt.default_room()
+        stored_for = scheduled_for.timestamp()
+        # Manual runs are stored with their trigger so they never move the schedule's last run.
+        cur = self.rt.store.execute(
+            "INSERT INTO job_runs(job, scheduled_for, trigger, started_at) VALUES (?, ?, ?, ?)",
+            (name, stored_for, trigger, time.time()),
+        )
+        run_id = int(cur.lastrowid or 0)
+        ctx = JobContext(self.rt, sched, room, stored_for, trigger)
+        outcome, detail = "ok", ""
+        try:
+            detail = await job_type.func(ctx) or ""
+        except BotError as exc:
+            outcome, detail = "error", str(exc)
+            self.rt.post(room, f"⚠️ scheduled job {name} failed: {exc}")
+        except Exception as exc:
+            ref = error_ref()
+            outcome, detail = "error", f"{type(exc).__name__} (ref {ref})"
+            log.exception("job %s failed (ref %s)", name, ref)
+            self.rt.post(room, f"⚠️ scheduled job {name} failed unexpectedly (ref {ref})")
+        finally:
+            self.running.discard(name)
+            self.rt.store.execute(
+                "UPDATE job_runs SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
+                (time.time(), outcome, detail[:500], run_id),
+            )
+            self.rt.metrics.job_runs.labels(name, outcome).inc()
+        return f"{outcome}: {detail}" if detail else outcome
+
+    def status(self) -> list[JobStatus]:
+        """Every configured job with its last run and next run."""
+        out = []
+        for name, sched in self.schedules.items():
+            row = self.rt.store.execute(
+                "SELECT started_at, outcome, detail FROM job_runs WHERE job = ? "
+                "ORDER BY started_at DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+            out.append(
+                JobStatus(
+                    name=name,
+                    cron=sched.cron,
+                    job=sched.job,
+                    enabled=sched.enabled,
+                    running=name in self.running,
+                    next_run=self.next_run.get(name),
+                    last_started=None
+                    if row is None
+                    else datetime.fromtimestamp(row["started_at"], UTC),
+                    last_outcome=None if row is None else row["outcome"],
+                    last_detail=None if row is None else row["detail"],
+                )
+            )
+        return out

@@ -1,0 +1,197 @@
+"""SQLite state (WAL) with versioned migrations per component.
+
+Calls are synchronous on purpose: each statement is a sub-millisecond local write, cheaper than
+a hop to a thread, and keeping one connection on the loop thread serialises writers for free.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step of a component; versions count up from 1 without gaps."""
+
+    component: str
+    version: int
+    sql: str
+
+
+CORE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "core",
+        1,
+        """
+        CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            sender TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            command TEXT NOT NULL,
+            args TEXT NOT NULL,
+            outcome TEXT NOT NULL DEFAULT 'running',
+            detail TEXT
+        );
+        CREATE INDEX audit_started ON audit(started_at);
+        CREATE TABLE job_runs (
+            id INTEGER PRIMARY KEY,
+            job TEXT NOT NULL,
+            scheduled_for REAL NOT NULL,
+            trigger TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            outcome TEXT NOT NULL DEFAULT 'running',
+            detail TEXT
+        );
+        CREATE INDEX job_runs_job ON job_runs(job, scheduled_for);
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            content TEXT NOT NULL,
+            txn_id TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            state TEXT NOT NULL DEFAULT 'pending',
+            event_id TEXT,
+            sent_at REAL
+        );
+        CREATE INDEX outbox_pending ON outbox(state, room_id, id);
+        """,
+    ),
+)
+
+
+class Store:
+    """The bot's one SQLite connection; features add tables through their own migrations."""
+
+    def __init__(self, path: Path, migrations: Sequence[Migration] = ()) -> None:
+        self.path = path
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        if str(path) != ":memory:":
+            path.chmod(0o600)  # holds the access token when logging in with a password
+        self._migrate([*CORE_MIGRATIONS, *migrations])
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    def _migrate(self, migrations: Sequence[Migration]) -> None:
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version "
+            "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        current = {
+            r["component"]: r["version"]
+            for r in self.db.execute("SELECT component, version FROM schema_version")
+        }
+        for mig in sorted(
+            migrations, key=lambda m: (m.component != "core", m.component, m.version)
+        ):
+            have = current.get(mig.component, 0)
+            if mig.version <= have:
+                continue
+            if mig.version != have + 1:
+                raise RuntimeError(
+                    f"migration {mig.component} v{mig.version} skips v{have + 1}; refusing to guess"
+                )
+            log.info("applying schema migration %s v%d", mig.component, mig.version)
+            with self.transaction():
+                for statement in _split_sql(mig.sql):
+                    self.db.execute(statement)
+                self.db.execute(
+                    "INSERT INTO schema_version(component, version) VALUES (?, ?) "
+                    "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+                    (mig.component, mig.version),
+                )
+            current[mig.component] = mig.version
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement in autocommit mode."""
+        return self.db.execute(sql, params)
+
+    # --- key/value -------------------------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        """A value from the key/value table, or None."""
+        row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def put(self, key: str, value: str) -> None:
+        """Set a key/value pair."""
+        self.db.execute(
+            "INSERT INTO kv(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def get_json(self, key: str) -> Any:
+        """A JSON value from the key/value table, or None."""
+        raw = self.get(key)
+        return None if raw is None else json.loads(raw)
+
+    def put_json(self, key: str, value: Any) -> None:
+        """Set a JSON value."""
+        self.put(key, json.dumps(value))
+
+    # --- audit -------------------------------------------------------------------------------
+    def audit_start(
+        self, sender: str, room_id: str, event_id: str, command: str, args: Sequence[str]
+    ) -> int:
+        """Record that a command started; returns the row id for `audit_end`."""
+        cur = self.db.execute(
+            "INSERT INTO audit(started_at, sender, room_id, event_id, command, args) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), sender, room_id, event_id, command, json.dumps(list(args))),
+        )
+        return int(cur.lastrowid or 0)
+
+    def audit_end(self, audit_id: int, outcome: str, detail: str | None = None) -> None:
+        """Record how a command ended."""
+        self.db.execute(
+            "UPDATE audit SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
+            (time.time(), outcome, detail, audit_id),
+        )
+
+    def audit_recent(self, limit: int = 20) -> list[sqlite3.Row]:
+        """The newest audit rows, newest first."""
+        return list(
+            self.db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        )
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into statements (none of ours has ';' inside a literal)."""
+    return [s.strip() for s in script.split(";") if s.strip()]

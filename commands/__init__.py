@@ -1,0 +1,6 @@
+"""Every feature's router, listed explicitly: removing a feature is deleting one line."""
+
+from bot.registry import Router
+from commands import core
+
+ROUTERS: list[Router] = [core.router]

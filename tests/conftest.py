@@ -1,0 +1,186 @@
+"""The harness of real servers: one Synapse per test session, a fresh room per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.app import Bot
+from bot.config import parse_config
+from bot.context import Runtime
+from bot.devstack.client import RoomUser
+from bot.devstack.synapse import Account, LocalSynapse
+from bot.registry import Registry, Router
+from commands import ROUTERS
+
+
+@dataclass(frozen=True)
+class Accounts:
+    bot: Account
+    admin: Account
+    member: Account
+    outsider: Account
+
+
+@pytest.fixture(scope="session")
+def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse]:
+    hs = LocalSynapse(tmp_path_factory.mktemp("synapse"))
+    hs.prepare()
+    hs.start()
+    yield hs
+    hs.stop()
+
+
+@pytest.fixture(scope="session")
+def accounts(synapse: LocalSynapse) -> Accounts:
+    return Accounts(
+        bot=synapse.register("infrabot", "bot-password-1", admin=False),
+        admin=synapse.register("alice", "alice-password-1", admin=False),
+        member=synapse.register("bob", "bob-password-1"),
+        outsider=synapse.register("mallory", "mallory-password-1"),
+    )
+
+
+@pytest.fixture
+def room(synapse: LocalSynapse, accounts: Accounts) -> str:
+    """A private room: alice owns it, bob has power level 50, mallory is a plain member."""
+    room_id = synapse.create_room(
+        accounts.admin,
+        name=f"infra-{secrets.token_hex(3)}",
+        invite=[accounts.bot.user_id, accounts.member.user_id, accounts.outsider.user_id],
+        power_levels={accounts.member.user_id: 50},
+    )
+    synapse.join(accounts.member, room_id)
+    synapse.join(accounts.outsider, room_id)
+    return room_id
+
+
+@dataclass
+class BotHandle:
+    """A bot running in the test's event loop."""
+
+    raw: dict[str, Any]
+    registry: Registry
+    bot: Bot | None = None
+    task: asyncio.Task[None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rt(self) -> Runtime:
+        assert self.bot is not None and self.bot.runtime is not None
+        return self.bot.runtime
+
+    @property
+    def user_id(self) -> str:
+        return str(self.raw["matrix"]["user_id"])
+
+    async def start(self, wait: bool = True) -> None:
+        config = parse_config(
+            self.raw,
+            "test-config.yaml",
+            self.registry.sections,
+            {j.name: j.params for j in self.registry.jobs.values()},
+        )
+        self.bot = Bot(config, self.registry)
+        self.task = asyncio.get_running_loop().create_task(self.bot.run())
+        if wait:
+            ready = asyncio.get_running_loop().create_task(self.bot.ready.wait())
+            done, _ = await asyncio.wait(
+                {ready, self.task}, timeout=60, return_when="FIRST_COMPLETED"
+            )
+            if self.task in done:
+                ready.cancel()
+                self.task.result()
+            assert ready in done, "bot did not become ready"
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    async def http(self, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.rt.http_port}{path}"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            return resp.status, await resp.text()
+
+
+BotFactory = Callable[..., BotHandle]
+
+
+def base_config(hs_url: str, accounts: Accounts, room: str, state_dir: Path) -> dict[str, Any]:
+    return {
+        "matrix": {
+            "homeserver": hs_url,
+            "user_id": accounts.bot.user_id,
+            "access_token": accounts.bot.access_token,
+            "rooms": [room],
+            "sync_timeout_s": 5,
+            "max_backoff_s": 2,
+            "request_timeout_s": 10,
+        },
+        "permissions": {
+            "roles": {
+                "admin": {"users": [accounts.admin.user_id]},
+                "operator": {"min_power_level": 50},
+            }
+        },
+        "http": {"host": "127.0.0.1", "port": 0},
+        "state": {"data_dir": str(state_dir)},
+        "schedules": [
+            {
+                "name": "reminder",
+                "cron": "0 9 * * 1",
+                "job": "message",
+                "params": {"text": "weekly reminder: rotate the on-call pager"},
+            }
+        ],
+    }
+
+
+@pytest.fixture
+async def make_bot(
+    synapse: LocalSynapse, accounts: Accounts, room: str, tmp_path: Path
+) -> AsyncIterator[BotFactory]:
+    """Build bots against the test room; every bot is stopped at the end."""
+    handles: list[BotHandle] = []
+
+    def factory(
+        extra_routers: tuple[Router, ...] = (),
+        edit: Callable[[dict[str, Any]], None] | None = None,
+        homeserver: str | None = None,
+    ) -> BotHandle:
+        raw = base_config(homeserver or synapse.url, accounts, room, tmp_path / "state")
+        if edit is not None:
+            edit(raw)
+        handle = BotHandle(raw, Registry([*ROUTERS, *extra_routers]))
+        handles.append(handle)
+        return handle
+
+    yield factory
+    for handle in handles:
+        await handle.stop()
+
+
+@pytest.fixture
+async def people(synapse: LocalSynapse, accounts: Accounts) -> AsyncIterator[dict[str, RoomUser]]:
+    """alice (admin), bob (operator by power level), mallory (no role), each syncing."""
+    users = {
+        "alice": RoomUser(synapse.url, accounts.admin.user_id, accounts.admin.access_token),
+        "bob": RoomUser(synapse.url, accounts.member.user_id, accounts.member.access_token),
+        "mallory": RoomUser(synapse.url, accounts.outsider.user_id, accounts.outsider.access_token),
+    }
+    for user in users.values():
+        await user.start()
+    yield users
+    for user in users.values():
+        await user.close()

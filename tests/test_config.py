@@ -1,0 +1,139 @@
+"""Config validation: every problem is named by file and key, secrets come from files or env."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.cli import load, load_registry, secret_values
+from bot.config import ConfigError, parse_config
+from bot.logs import SecretMask
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _raw(**matrix: Any) -> dict[str, Any]:
+    base = {"homeserver": "http://127.0.0.1:1", "user_id": "@bot:x", "rooms": ["!r:x"]}
+    base.update(matrix)
+    return {"matrix": base}
+
+
+def _parse(raw: dict[str, Any]) -> Any:
+    registry = load_registry()
+    return parse_config(
+        raw, "cfg.yaml", registry.sections, {j.name: j.params for j in registry.jobs.values()}
+    )
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("secret-token-value\n")
+    text = (ROOT / "config.example.yaml").read_text()
+    text = text.replace("/run/agenix/infrabot-matrix-token", str(token))
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    config = load(str(path), load_registry())
+    assert config.core.matrix.access_token is not None
+    assert config.core.matrix.access_token.get_secret_value() == "secret-token-value"
+    assert config.core.schedules[0].job == "message"
+
+
+def test_every_problem_is_listed_with_file_and_key() -> None:
+    raw = _raw(access_token="t", rooms=["general"], sync_timeout_s=-1)
+    raw["http"] = {"port": 99999}
+    raw["bogus"] = {}
+    raw["schedules"] = [
+        {"name": "a", "cron": "not cron", "job": "message", "params": {"text": "x"}},
+        {"name": "b", "cron": "0 9 * * 1", "job": "nope"},
+        {"name": "c", "cron": "0 9 * * 1", "job": "message", "params": {}},
+    ]
+    with pytest.raises(ConfigError) as err:
+        _parse(raw)
+    problems = "\n".join(err.value.problems)
+    assert "cfg.yaml: matrix.sync_timeout_s: Input should be greater than 0" in problems
+    assert "cfg.yaml: http.port:" in problems
+    assert "cfg.yaml: bogus: unknown section" in problems
+    assert "cfg.yaml: schedules[0].cron:" in problems
+    assert "cfg.yaml: schedules[1].job: unknown job 'nope'" in problems
+    assert "cfg.yaml: schedules[2].params.text: Field required" in problems
+    assert "neither a room id" in problems
+
+
+def test_credentials_required_and_exclusive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        _parse(_raw())
+    assert "set access_token" in err.value.problems[0]
+    with pytest.raises(ConfigError) as err:
+        _parse(_raw(access_token="a", access_token_file=str(tmp_path / "t")))
+    assert "give only one of access_token, access_token_file" in err.value.problems[0]
+
+
+def test_secret_from_missing_file_names_key_and_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError) as err:
+        _parse(_raw(access_token_file=str(missing)))
+    assert "access_token_file: cannot read secret file" in err.value.problems[0]
+    assert str(missing) in err.value.problems[0]
+
+
+def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_PW", "hunter2hunter2")
+    config = _parse(_raw(password_env="BOT_PW"))
+    assert config.core.matrix.password.get_secret_value() == "hunter2hunter2"
+    assert "hunter2" not in repr(config)
+    assert secret_values(config) == ["hunter2hunter2"]
+    with pytest.raises(ConfigError) as err:
+        _parse(_raw(password_env="NOT_SET_ANYWHERE"))
+    assert "NOT_SET_ANYWHERE is not set" in err.value.problems[0]
+
+
+def test_secret_mask_hides_secrets_in_log_records() -> None:
+    import logging
+
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "token is %s", ("abcdef123",), None)
+    SecretMask(["abcdef123"]).filter(record)
+    assert record.getMessage() == "token is ***"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("matrix:\n  homeserver: ftp://x\n  rooms: []\n")
+    result = _cli("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}: matrix.homeserver:" in result.stderr
+    assert f"{bad}: matrix.user_id: Field required" in result.stderr
+    assert f"{bad}: matrix.rooms:" in result.stderr
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("matrix: [unclosed\n")
+    result = _cli("check-config", "--config", str(broken))
+    assert result.returncode == 2 and "not valid YAML (line" in result.stderr
+
+    result = _cli("check-config", "--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2 and "cannot read" in result.stderr
+
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "matrix:\n  homeserver: http://127.0.0.1:1\n  user_id: '@b:x'\n"
+        "  access_token: t\n  rooms: ['!r:x']\n"
+    )
+    result = _cli("check-config", "--config", str(good))
+    assert result.returncode == 0, result.stderr
+
+
+def test_run_with_bad_config_exits_before_connecting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("matrix:\n  homeserver: http://127.0.0.1:1\n  user_id: nobody\n")
+    result = _cli("run", "--config", str(bad))
+    assert result.returncode == 2
+    assert "matrix.user_id" in result.stderr and "connect" not in result.stderr

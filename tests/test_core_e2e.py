@@ -1,0 +1,329 @@
+"""The foundation end to end, through a real Synapse: users type commands, the bot answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from bot.context import Context
+from bot.devstack.client import RoomUser
+from bot.devstack.synapse import LocalSynapse
+from bot.errors import RemoteError
+from bot.registry import Router
+from bot.store import Store
+from tests.conftest import Accounts, BotFactory
+
+
+async def test_ping_and_help(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    accounts: Accounts,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bot = make_bot()
+    await bot.start()
+    alice = people["alice"]
+
+    pong = await alice.ask(room, "!ping", bot.user_id)
+    assert pong.body.startswith("pong — heard you")
+    assert pong.content["msgtype"] == "m.notice"
+    assert "formatted_body" in pong.content
+
+    helped = await alice.ask(room, "!help", bot.user_id)
+    assert "!ping" in helped.body and "!audit" in helped.body
+
+    # mallory has no role: the admin-only command is not offered to her.
+    theirs = await people["mallory"].ask(room, "!help", bot.user_id)
+    assert "!ping" in theirs.body and "!audit" not in theirs.body
+    assert "need a role you do not have" in theirs.body
+
+    usage = await alice.ask(room, "!help jobs run", bot.user_id)
+    assert "!jobs run <name>" in usage.body and "operator" in usage.body
+
+    # Mentioning the bot works like the prefix.
+    mentioned = await alice.ask(room, f"{accounts.bot.localpart}: ping", bot.user_id)
+    assert mentioned.body.startswith("pong")
+
+    # The access token never reaches the log.
+    assert accounts.bot.access_token not in caplog.text
+
+
+async def test_unknown_command_bad_quoting_and_bad_arguments(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    bot = make_bot()
+    await bot.start()
+    alice = people["alice"]
+
+    unknown = await alice.ask(room, "!pnig", bot.user_id)
+    assert "Unknown command `pnig`" in unknown.body
+    assert "Did you mean `!ping`" in unknown.body and "!help" in unknown.body
+
+    quoting = await alice.ask(room, '!jobs run "reminder', bot.user_id)
+    assert "could not read that command" in quoting.body
+    assert "quote" in quoting.body
+
+    missing = await alice.ask(room, "!jobs run", bot.user_id)
+    assert "usage: `!jobs run <name>`" in missing.body
+
+    wrong = await alice.ask(room, "!jobs run nosuchjob", bot.user_id)
+    assert "No job named 'nosuchjob'" in wrong.body
+
+    count = await alice.ask(room, "!audit lots", bot.user_id)
+    assert "whole number" in count.body
+
+
+async def test_roles_outsider_refused_and_audited(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
+) -> None:
+    bot = make_bot()
+    await bot.start()
+
+    refused = await people["mallory"].ask(room, "!jobs run reminder", bot.user_id)
+    assert "needs the operator role" in refused.body
+
+    # bob holds "operator" through his power level (50) in the room.
+    mark = people["alice"].mark()
+    ran = await people["bob"].ask(room, "!jobs run reminder", bot.user_id)
+    assert ran.body == "job reminder: ok: posted"
+    posted = await people["alice"].wait_for(
+        lambda e: e.sender == bot.user_id and "rotate the on-call pager" in e.body, after=mark
+    )
+    assert posted.content["msgtype"] == "m.notice"
+
+    # alice is admin: she may read the audit log, which holds both attempts.
+    audit = await people["alice"].ask(room, "!audit 5", bot.user_id)
+    assert accounts.outsider.user_id in audit.body and "denied" in audit.body
+    assert accounts.member.user_id in audit.body
+    rows = bot.rt.store.audit_recent(10)
+    outcomes = {(r["sender"], r["command"]): r["outcome"] for r in rows}
+    assert outcomes[(accounts.outsider.user_id, "jobs run")] == "denied"
+    assert outcomes[(accounts.member.user_id, "jobs run")] == "ok"
+    assert all(r["ended_at"] is not None for r in rows if r["command"] != "audit")
+
+
+async def test_command_sent_while_bot_is_down_is_never_run(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    bot = make_bot()
+    await bot.start()
+    alice = people["alice"]
+    assert (await alice.ask(room, "!ping", bot.user_id)).body.startswith("pong")
+    await bot.stop()
+
+    stale_job = await alice.send(room, "!jobs run reminder")
+    stale_ping = await alice.send(room, "!ping")
+    await asyncio.sleep(1)
+
+    restarted = make_bot()
+    await restarted.start()
+    fresh = await alice.ask(room, "!ping", restarted.user_id)
+    assert fresh.body.startswith("pong")
+    await asyncio.sleep(1)  # give a wrongly replayed command time to show up
+    replies = [e for e in alice.seen if e.sender == restarted.user_id and e.room_id == room]
+    assert not any(e.replies_to(stale_job) or e.replies_to(stale_ping) for e in replies)
+    assert not any("rotate the on-call pager" in e.body for e in replies)
+    events = {r["event_id"] for r in restarted.rt.store.audit_recent(50)}
+    assert stale_job not in events and stale_ping not in events
+
+
+async def test_survives_a_homeserver_restart(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
+) -> None:
+    bot = make_bot()
+    await bot.start()
+    alice = people["alice"]
+    assert (await alice.ask(room, "!ping", bot.user_id)).body.startswith("pong")
+    status, _ = await bot.http("/healthz")
+    assert status == 200
+
+    synapse.stop()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = await bot.http("/healthz")
+            if status == 503:
+                break
+            assert time.monotonic() < deadline, "healthz never reported the lost homeserver"
+            await asyncio.sleep(0.2)
+        assert "failing" in body and "sync" in body
+    finally:
+        synapse.start()
+
+    answer = await alice.ask(room, "!ping", bot.user_id, timeout=40)
+    assert answer.body.startswith("pong")
+    status, _ = await bot.http("/healthz")
+    assert status == 200
+    assert bot.task is not None and not bot.task.done()
+
+
+async def test_scheduled_job_posts_and_missed_run_runs_once(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    def every_two_seconds(raw: dict[str, object]) -> None:
+        raw["schedules"] = [
+            {"name": "tick", "cron": "*/2 * * * * *", "job": "message", "params": {"text": "tick"}},
+            {"name": "hourly", "cron": "0 * * * *", "job": "message", "params": {"text": "hourly"}},
+        ]
+
+    bot = make_bot(edit=every_two_seconds)
+    await bot.start()
+    alice = people["alice"]
+    await alice.wait_for(lambda e: e.sender == bot.user_id and e.body == "tick", timeout=10)
+    listing = await alice.ask(room, "!jobs", bot.user_id)
+    assert "tick" in listing.body and "ok" in listing.body and "never run" in listing.body
+    # Pretend the hourly job last ran three hours ago, i.e. it missed runs while we were down.
+    await bot.stop()
+    store = Store(bot.rt.config.core.state.db_path)
+    three_hours_ago = time.time() - 3 * 3600
+    store.execute(
+        "INSERT INTO job_runs(job, scheduled_for, trigger, started_at, ended_at, outcome) "
+        "VALUES ('hourly', ?, 'schedule', ?, ?, 'ok')",
+        (three_hours_ago, three_hours_ago, three_hours_ago),
+    )
+    store.close()
+    mark = alice.mark()
+    again = make_bot(edit=every_two_seconds)
+    await again.start()
+    await alice.wait_for(lambda e: e.sender == bot.user_id and e.body == "hourly", after=mark)
+    await asyncio.sleep(1.5)
+    hourly = [e for e in alice.seen[mark:] if e.sender == bot.user_id and e.body == "hourly"]
+    assert len(hourly) == 1, "a missed run runs once, not once per missed slot"
+    # A second restart right away does not run it again.
+    await again.stop()
+    mark = alice.mark()
+    third = make_bot(edit=every_two_seconds)
+    await third.start()
+    await alice.wait_for(lambda e: e.sender == bot.user_id and e.body == "tick", after=mark)
+    assert not any(e.body == "hourly" for e in alice.seen[mark:])
+
+
+def _toolbox() -> Router:
+    """Commands that exercise every way a handler can answer."""
+    router = Router("toolbox")
+
+    async def slow() -> str:
+        await asyncio.sleep(0.3)
+        return "slow work finished"
+
+    async def broken() -> str:
+        await asyncio.sleep(0.1)
+        raise RemoteError("the SSH host pluto did not answer")
+
+    async def crashing() -> str:
+        raise ZeroDivisionError
+
+    @router.command("show")
+    async def show(ctx: Context) -> None:
+        """Reply, edit, react, thread and upload."""
+        first = await ctx.reply("step 1")
+        await ctx.edit(first, "step 2")
+        await ctx.react("✅")
+        await ctx.thread("in the thread")
+        await ctx.upload(b"line one\nline two\n", "deploy.log", "text/plain")
+
+    @router.command("later")
+    async def later(ctx: Context) -> None:
+        """Start background work."""
+        ctx.spawn(slow(), "slow work")
+        ctx.spawn(broken(), "deploy of pluto")
+        ctx.spawn(crashing(), "crashing work")
+        await ctx.reply("started")
+
+    @router.command("explode")
+    async def explode(ctx: Context) -> None:
+        """Fail unexpectedly."""
+        raise KeyError("secret internals")
+
+    return router
+
+
+async def test_reply_edit_react_thread_upload_and_background_work(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
+) -> None:
+    bot = make_bot(extra_routers=(_toolbox(),))
+    await bot.start()
+    alice = people["alice"]
+    mark = alice.mark()
+    command = await alice.send(room, "!show")
+    mine = lambda e: e.sender == bot.user_id  # noqa: E731
+
+    first = await alice.wait_for(lambda e: mine(e) and e.replies_to(command), after=mark)
+    assert first.body == "step 1"
+    edit = await alice.wait_for(
+        lambda e: mine(e) and e.content.get("m.relates_to", {}).get("rel_type") == "m.replace",
+        after=mark,
+    )
+    assert edit.content["m.relates_to"]["event_id"] == first.event_id
+    assert edit.content["m.new_content"]["body"] == "step 2"
+    react = await alice.wait_for(lambda e: mine(e) and e.source["type"] == "m.reaction", after=mark)
+    assert react.content["m.relates_to"] == {
+        "rel_type": "m.annotation",
+        "event_id": command,
+        "key": "✅",
+    }
+    threaded = await alice.wait_for(lambda e: mine(e) and e.body == "in the thread", after=mark)
+    assert threaded.content["m.relates_to"]["rel_type"] == "m.thread"
+    assert threaded.content["m.relates_to"]["event_id"] == command
+    upload = await alice.wait_for(
+        lambda e: mine(e) and e.content.get("msgtype") == "m.file", after=mark
+    )
+    assert upload.content["body"] == "deploy.log" and upload.content["url"].startswith("mxc://")
+    assert upload.content["info"]["size"] == len(b"line one\nline two\n")
+
+    mark = alice.mark()
+    await alice.send(room, "!later")
+    done = await alice.wait_for(lambda e: mine(e) and e.body == "slow work finished", after=mark)
+    assert done.content["m.relates_to"]["rel_type"] == "m.thread"
+    failed = await alice.wait_for(
+        lambda e: mine(e) and "deploy of pluto failed" in e.body, after=mark
+    )
+    assert "did not answer" in failed.body
+    crashed = await alice.wait_for(
+        lambda e: mine(e) and "crashing work failed" in e.body, after=mark
+    )
+    assert "ref " in crashed.body and "ZeroDivision" not in crashed.body
+
+    boom = await alice.ask(room, "!explode", bot.user_id)
+    assert "failed unexpectedly (ref " in boom.body and "secret internals" not in boom.body
+    assert bot.task is not None and not bot.task.done()
+
+
+async def test_metrics_and_health(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    bot = make_bot()
+    await bot.start()
+    await people["alice"].ask(room, "!ping", bot.user_id)
+    await people["alice"].ask(room, "!nope", bot.user_id)
+    status, body = await bot.http("/healthz")
+    assert status == 200 and '"status": "ok"' in body
+    status, text = await bot.http("/metrics")
+    assert status == 200
+    assert 'infrabot_commands_total{command="ping",outcome="ok"} 1.0' in text
+    assert 'infrabot_commands_total{command="(unknown)",outcome="bad_input"} 1.0' in text
+    assert "infrabot_command_duration_seconds_bucket" in text
+    assert "infrabot_sync_lag_seconds" in text
+
+
+async def test_commands_only_from_configured_rooms(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    synapse: LocalSynapse,
+    accounts: Accounts,
+) -> None:
+    bot = make_bot()
+    await bot.start()
+    other = synapse.create_room(accounts.admin, name="elsewhere", invite=[accounts.bot.user_id])
+    synapse.join(accounts.bot, other)  # the bot is in the room, but it is not configured
+    ignored = await people["alice"].send(other, "!ping")
+    answered = await people["alice"].ask(room, "!ping", bot.user_id)
+    assert answered.body.startswith("pong")
+    await asyncio.sleep(1)
+    assert not any(e.replies_to(ignored) for e in people["alice"].seen)
