@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import pytest
 
@@ -327,3 +328,21 @@ async def test_commands_only_from_configured_rooms(
     assert answered.body.startswith("pong")
     await asyncio.sleep(1)
     assert not any(e.replies_to(ignored) for e in people["alice"].seen)
+
+
+async def test_password_login_keeps_token_and_device(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
+) -> None:
+    def with_password(raw: dict[str, Any]) -> None:
+        del raw["matrix"]["access_token"]
+        raw["matrix"]["password"] = accounts.bot.password
+
+    bot = make_bot(edit=with_password)
+    await bot.start()
+    assert (await people["alice"].ask(room, "!ping", bot.user_id)).body.startswith("pong")
+    device = bot.rt.transport.client.device_id
+    await bot.stop()
+    again = make_bot(edit=with_password)
+    await again.start()
+    assert again.rt.transport.client.device_id == device, "the stored session is reused"
+    assert (await people["alice"].ask(room, "!ping", again.user_id)).body.startswith("pong")
