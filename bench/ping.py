@@ -78,7 +78,7 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) 
             raise RuntimeError("bot exited")
         with contextlib.suppress(OSError):
             url = f"http://127.0.0.1:{port}/healthz"
-            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
                     return
         time.sleep(0.01)
@@ -131,8 +131,17 @@ async def main() -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for _ in range(args.rounds):
             echo = subprocess.Popen(
-                [sys.executable, __file__, "--raw-echo", hs.url, raw.user_id, raw.access_token, room],
-                stdout=subprocess.PIPE, env=env,
+                [
+                    sys.executable,
+                    __file__,
+                    "--raw-echo",
+                    hs.url,
+                    raw.user_id,
+                    raw.access_token,
+                    room,
+                ],
+                stdout=subprocess.PIPE,
+                env=env,
             )
             assert echo.stdout is not None
             echo.stdout.readline()  # "ready"
@@ -144,7 +153,8 @@ async def main() -> None:
             t0 = time.perf_counter()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bot", "run", "--config", str(config_path)],
-                stderr=subprocess.DEVNULL, env=env,
+                stderr=subprocess.DEVNULL,
+                env=env,
             )
             await asyncio.to_thread(wait_healthy, http_port, proc)
             await person.ask(room, "!ping", bot.user_id, timeout=30)
