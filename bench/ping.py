@@ -32,9 +32,12 @@ from bot.devstack.synapse import LocalSynapse, free_port
 
 async def raw_echo(homeserver: str, user_id: str, token: str, room: str) -> None:
     """The baseline: the least a nio client can do to answer `!ping`."""
-    client = AsyncClient(homeserver, user_id, config=AsyncClientConfig(request_timeout=30))
+    client = AsyncClient(homeserver, user_id, config=AsyncClientConfig(request_timeout=60))
     client.access_token, client.user_id = token, user_id
-    first = await client.sync(timeout=0)
+    # A unique filter defeats Synapse's cache of identical initial syncs (it would replay).
+    nonce = {"room": {"timeline": {"limit": 1, "not_types": [f"x.nonce.{time.time_ns()}"]}}}
+    first = await client.sync(timeout=0, sync_filter=nonce)
+    started_ms = int(time.time() * 1000)
     assert isinstance(first, SyncResponse)
     print("ready", flush=True)
     while True:
@@ -43,7 +46,12 @@ async def raw_echo(homeserver: str, user_id: str, token: str, room: str) -> None
             continue
         for room_id, info in resp.rooms.join.items():
             for ev in info.timeline.events:
-                if isinstance(ev, RoomMessageText) and ev.body == "!ping" and ev.sender != user_id:
+                if (
+                    isinstance(ev, RoomMessageText)
+                    and ev.body == "!ping"
+                    and ev.sender != user_id
+                    and ev.server_timestamp >= started_ms
+                ):
                     content = {
                         "msgtype": "m.notice",
                         "body": "pong",

@@ -2,6 +2,11 @@
 
 Delivery is in order per room; a retry or a restart reuses the transaction id, which the
 homeserver deduplicates, so nothing is posted twice and nothing is dropped.
+
+A content value "outbox:N" stands for the event id of row N, filled in at delivery, so an edit
+or a threaded reply can be queued before the message it refers to has reached the server.
+Rows posted with the same coalesce key replace each other while still pending: under a slow or
+rate-limited homeserver only the newest version of an edited message is sent.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -22,6 +28,16 @@ log = logging.getLogger(__name__)
 # A permanent refusal (e.g. M_FORBIDDEN) may be fixed by an operator inviting the bot back,
 # so it is retried a few times before the row is given up and logged as failed.
 MAX_PERMANENT_ATTEMPTS = 5
+_REF = re.compile(r"^outbox:(\d+)$")
+
+
+def ref(outbox_id: int) -> str:
+    """A placeholder for the event id of outbox row `outbox_id`."""
+    return f"outbox:{outbox_id}"
+
+
+class _NotYetSent(Exception):
+    """A referenced row has no event id yet."""
 
 
 class Outbox:
@@ -35,18 +51,58 @@ class Outbox:
         self._waiters: dict[int, asyncio.Future[str]] = {}
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, Backoff] = {}
+        self._in_flight: int | None = None
 
     def post(
-        self, room_id: str, content: dict[str, Any], event_type: str = "m.room.message"
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        event_type: str = "m.room.message",
+        coalesce_key: str | None = None,
     ) -> int:
         """Commit an event for delivery; returns its outbox id."""
-        cur = self.store.execute(
-            "INSERT INTO outbox(room_id, event_type, content, txn_id, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (room_id, event_type, json.dumps(content), new_txn_id(), time.time()),
-        )
+        with self.store.transaction() as db:
+            if coalesce_key is not None:
+                db.execute(
+                    "DELETE FROM outbox WHERE coalesce_key = ? AND state = 'pending' AND id != ?",
+                    (coalesce_key, self._in_flight or -1),
+                )
+            cur = db.execute(
+                "INSERT INTO outbox(room_id, event_type, content, txn_id, created_at, coalesce_key)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    room_id,
+                    event_type,
+                    json.dumps(content),
+                    new_txn_id(),
+                    time.time(),
+                    coalesce_key,
+                ),
+            )
         self._wake.set()
         return int(cur.lastrowid or 0)
+
+    def event_id(self, outbox_id: int) -> str | None:
+        """The event id of a delivered row, or None."""
+        row = self.store.execute(
+            "SELECT event_id FROM outbox WHERE id = ?", (outbox_id,)
+        ).fetchone()
+        return None if row is None or row["event_id"] is None else str(row["event_id"])
+
+    def _fill_refs(self, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _REF.match(value)
+            if match is None:
+                return value
+            event_id = self.event_id(int(match.group(1)))
+            if event_id is None:
+                raise _NotYetSent(value)
+            return event_id
+        if isinstance(value, dict):
+            return {k: self._fill_refs(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._fill_refs(v) for v in value]
+        return value
 
     async def wait_sent(self, outbox_id: int) -> str:
         """Wait until the row is delivered; returns its event id (raises if it was given up)."""
@@ -97,11 +153,24 @@ class Outbox:
                 await self._deliver(row)
 
     async def _deliver(self, row: Any) -> None:
-        room_id = row["room_id"]
         try:
+            await self._deliver_one(row)
+        finally:
+            self._in_flight = None
+
+    async def _deliver_one(self, row: Any) -> None:
+        room_id = row["room_id"]
+        self._in_flight = row["id"]
+        try:
+            content = self._fill_refs(json.loads(row["content"]))
             event_id = await self.transport.send_event(
-                room_id, row["event_type"], json.loads(row["content"]), row["txn_id"]
+                room_id, row["event_type"], content, row["txn_id"]
             )
+        except _NotYetSent as missing:
+            # The referenced message is in another room's queue or was given up.
+            self._retry_at[room_id] = time.monotonic() + 1
+            log.info("outbox message %d waits for %s", row["id"], missing)
+            return
         except MatrixError as exc:
             attempts = row["attempts"] + 1
             give_up = not exc.transient and attempts >= MAX_PERMANENT_ATTEMPTS

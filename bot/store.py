@@ -74,6 +74,14 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX outbox_pending ON outbox(state, room_id, id);
         """,
     ),
+    Migration(
+        "core",
+        2,
+        """
+        ALTER TABLE outbox ADD COLUMN coalesce_key TEXT;
+        CREATE INDEX outbox_coalesce ON outbox(coalesce_key, state);
+        """,
+    ),
 )
 
 
