@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,18 @@ from bot.config import ConfigError, parse_config
 from bot.logs import SecretMask
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def example_config(tmp_path: Path) -> Path:
+    """config.example.yaml with its agenix secret files created under tmp_path."""
+    text = (ROOT / "config.example.yaml").read_text()
+    for secret in set(re.findall(r"/run/agenix/[\w.-]+", text)):
+        target = tmp_path / Path(secret).name
+        target.write_text("secret-token-value\n")
+        text = text.replace(secret, str(target))
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
 
 
 def _raw(**matrix: Any) -> dict[str, Any]:
@@ -30,12 +43,7 @@ def _parse(raw: dict[str, Any]) -> Any:
 
 
 def test_example_config_is_valid(tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text("secret-token-value\n")
-    text = (ROOT / "config.example.yaml").read_text()
-    text = text.replace("/run/agenix/infrabot-matrix-token", str(token))
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
+    path = example_config(tmp_path)
     config = load(str(path), load_registry())
     assert config.core.matrix.access_token is not None
     assert config.core.matrix.access_token.get_secret_value() == "secret-token-value"

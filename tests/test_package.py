@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.test_config import example_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,14 +23,7 @@ def test_fresh_install_provides_the_cli(tmp_path: Path) -> None:
         "--disable-pip-version-check",
     ]
     subprocess.run([*pip, str(ROOT)], check=True, timeout=600, capture_output=True)
-    token = tmp_path / "token"
-    token.write_text("t0ken-value")
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        (ROOT / "config.example.yaml")
-        .read_text()
-        .replace("/run/agenix/infrabot-matrix-token", str(token))
-    )
+    config = example_config(tmp_path)
     result = subprocess.run(
         [str(venv / "bin" / "infrabot"), "check-config", "--config", str(config)],
         capture_output=True,

@@ -16,6 +16,7 @@ import yaml
 
 from bot.app import Bot
 from bot.cli import load, load_registry, secret_values, serve
+from bot.devstack.alertmanager import LocalAlertmanager
 from bot.devstack.client import RoomUser
 from bot.devstack.synapse import Account, LocalSynapse, free_port
 from bot.logs import setup_logging
@@ -43,7 +44,9 @@ def _passwords(base: Path) -> dict[str, str]:
     return pw
 
 
-def demo_config(hs: LocalSynapse, base: Path, bot: Account, admin: Account) -> dict[str, Any]:
+def demo_config(
+    hs: LocalSynapse, base: Path, bot: Account, admin: Account, http_port: int, am_url: str
+) -> dict[str, Any]:
     """The config the demo bot runs with (written to <dir>/config.yaml for reference)."""
     token_file = base / "bot-access-token"
     token_file.write_text(bot.access_token)
@@ -61,7 +64,8 @@ def demo_config(hs: LocalSynapse, base: Path, bot: Account, admin: Account) -> d
                 "operator": {"min_power_level": 50},
             }
         },
-        "http": {"host": "127.0.0.1", "port": _port(8080)},
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "alertmanager": {"url": am_url},
         "state": {"data_dir": str(base / "state")},
         "schedules": [
             {
@@ -81,6 +85,15 @@ def run_demo(directory: str, check: bool = False) -> int:
     hs = LocalSynapse(base / "synapse", port=_port(8008))
     hs.prepare()
     hs.start()
+    http_port = _port(8080)
+    am = LocalAlertmanager(
+        base / "alertmanager",
+        f"http://127.0.0.1:{http_port}/alertmanager",
+        port=_port(9093),
+        group_wait="5s",
+        group_interval="30s",
+    )
+    am.start()
     try:
         pw = _passwords(base)
         admin = hs.register("admin", pw["admin"], admin=True)
@@ -90,7 +103,8 @@ def run_demo(directory: str, check: bool = False) -> int:
             admin, name="Infra", alias="infra", invite=[bot.user_id]
         )
         config_path = base / "config.yaml"
-        config_path.write_text(yaml.safe_dump(demo_config(hs, base, bot, admin), sort_keys=False))
+        raw = demo_config(hs, base, bot, admin, http_port, am.url)
+        config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         registry = load_registry()
         config = load(str(config_path), registry)
         setup_logging("INFO", secret_values(config))
@@ -102,31 +116,50 @@ infrabot demo is up.
   password   : {pw["admin"]}
   room       : {alias}  ({room})
   bot        : {bot.user_id}, health on http://127.0.0.1:{config.core.http.port}/healthz
+  alerts     : Alertmanager {am.url} sends to the bot; fire a test alert with
+               amtool --alertmanager.url={am.url} alert add SystemdUnitFailed \\
+                 instance=pluto name=nginx.service severity=warning \\
+                 --annotation=summary='nginx failed'
   config     : {config_path}
 Say `!help` in the room. Ctrl-C stops everything.
 """,
             file=sys.stderr,
         )
         if check:
-            return asyncio.run(_self_check(Bot(config, registry), hs, admin, room))
+            return asyncio.run(_self_check(Bot(config, registry), hs, am, admin, room))
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(Bot(config, registry)))
         return 0
     finally:
+        am.stop()
         hs.stop()
 
 
-async def _self_check(bot: Bot, hs: LocalSynapse, admin: Account, room: str) -> int:
+async def _self_check(
+    bot: Bot, hs: LocalSynapse, am: LocalAlertmanager, admin: Account, room: str
+) -> int:
     task = asyncio.get_running_loop().create_task(bot.run())
     user = RoomUser(hs.url, admin.user_id, admin.access_token)
     try:
         await asyncio.wait_for(bot.ready.wait(), 60)
         await user.start()
-        reply = await user.ask(room, "!ping", bot.config.core.matrix.user_id, timeout=30)
+        bot_id = bot.config.core.matrix.user_id
+        reply = await user.ask(room, "!ping", bot_id, timeout=30)
         print(f"demo check: the bot answered !ping with: {reply.body}")
+        am.fire(
+            {"alertname": "DemoCheck", "instance": "pluto", "severity": "warning"},
+            {"summary": "the demo's self-check alert"},
+        )
+        alert = await user.wait_for(
+            lambda e: e.sender == bot_id and "DemoCheck" in e.body, timeout=60
+        )
+        print(f"demo check: Alertmanager's alert reached the room: {alert.body.splitlines()[0]}")
+        am.fire(
+            {"alertname": "DemoCheck", "instance": "pluto", "severity": "warning"}, resolved=True
+        )
         return 0
     except TimeoutError:
-        print("demo check: the bot did not answer !ping in time", file=sys.stderr)
+        print("demo check: the bot did not answer in time", file=sys.stderr)
         return 1
     finally:
         await user.close()

@@ -28,9 +28,9 @@ class Alert(_Model):
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime  # noqa: N815 - Alertmanager's names
-    endsAt: datetime | None = None  # noqa: N815
-    generatorURL: str = ""  # noqa: N815
+    startsAt: datetime
+    endsAt: datetime | None = None
+    generatorURL: str = ""
     fingerprint: str = ""
 
     @property
@@ -43,14 +43,14 @@ class Alert(_Model):
 
 class Notification(_Model):
     version: Literal["4"]
-    groupKey: str = Field(min_length=1)  # noqa: N815
+    groupKey: str = Field(min_length=1)
     status: Literal["firing", "resolved"]
     receiver: str
-    groupLabels: dict[str, str] = Field(default_factory=dict)  # noqa: N815
-    commonLabels: dict[str, str] = Field(default_factory=dict)  # noqa: N815
-    commonAnnotations: dict[str, str] = Field(default_factory=dict)  # noqa: N815
-    externalURL: str = ""  # noqa: N815
-    truncatedAlerts: int = 0  # noqa: N815
+    groupLabels: dict[str, str] = Field(default_factory=dict)
+    commonLabels: dict[str, str] = Field(default_factory=dict)
+    commonAnnotations: dict[str, str] = Field(default_factory=dict)
+    externalURL: str = ""
+    truncatedAlerts: int = 0
     alerts: list[Alert] = Field(min_length=1)
 
     @property
@@ -80,7 +80,7 @@ def parse_notification(body: bytes) -> Notification:
         raise WebhookError(400, "body must be a JSON object (Alertmanager webhook payload)")
     if data.get("version") != "4":
         raise WebhookError(
-            400, f"unsupported payload version {data.get('version')!r}; expected \\"4\\""
+            400, f"unsupported payload version {data.get('version')!r}; expected '4'"
         )
     try:
         return Notification.model_validate(data)

@@ -1,0 +1,142 @@
+"""A real Alertmanager (Debian's prometheus-alertmanager) on loopback, sending to the bot."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot.devstack.synapse import free_port
+
+
+def alertmanager_binary() -> str:
+    """The Alertmanager executable, or RuntimeError saying how to install it."""
+    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if found:
+        return found
+    raise RuntimeError("Alertmanager is not installed: apt-get install prometheus-alertmanager")
+
+
+class LocalAlertmanager:
+    """One Alertmanager grouping by alertname, with short waits, posting to `webhook_url`."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        webhook_url: str,
+        port: int | None = None,
+        bearer_token: str | None = None,
+        group_wait: str = "1s",
+        group_interval: str = "1s",
+    ) -> None:
+        self.workdir = workdir.resolve()
+        self.webhook_url = webhook_url
+        self.port = port or free_port()
+        self.bearer_token = bearer_token
+        self.group_wait = group_wait
+        self.group_interval = group_interval
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API and UI."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        webhook: dict[str, Any] = {"url": self.webhook_url, "send_resolved": True}
+        if self.bearer_token:
+            webhook["http_config"] = {"authorization": {"credentials": self.bearer_token}}
+        config = {
+            "route": {
+                "receiver": "infrabot",
+                "group_by": ["alertname"],
+                "group_wait": self.group_wait,
+                "group_interval": self.group_interval,
+                "repeat_interval": "24h",
+            },
+            "receivers": [{"name": "infrabot", "webhook_configs": [webhook]}],
+        }
+        path = self.workdir / "alertmanager.yml"
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    def start(self, timeout: float = 30) -> None:
+        """Start and wait for /-/ready."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        log = open(self.workdir / "alertmanager.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                alertmanager_binary(),
+                f"--config.file={config}",
+                f"--storage.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+                f"--web.external-url={self.url}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = (self.workdir / "alertmanager.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"alertmanager exited with {self.proc.returncode}:\n{tail}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2):  # noqa: S310
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"alertmanager not ready on {self.url}")
+
+    def stop(self) -> None:
+        """Stop the process."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        """One API v2 call (synchronous, for setup and assertions)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(  # noqa: S310 - loopback URL
+            f"{self.url}/api/v2{path}", data=data, method=method
+        )
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            raw = resp.read()
+        return json.loads(raw) if raw.strip() else None
+
+    def fire(
+        self,
+        labels: dict[str, str],
+        annotations: dict[str, str] | None = None,
+        resolved: bool = False,
+    ) -> None:
+        """Post one alert as Prometheus would: firing, or resolved (endsAt in the past)."""
+        now = datetime.now(UTC)
+        alert: dict[str, Any] = {
+            "labels": labels,
+            "annotations": annotations or {},
+            "generatorURL": f"http://prometheus.example:9090/graph?g0.expr={labels.get('alertname')}",
+            "startsAt": (now - timedelta(minutes=5)).isoformat(),
+        }
+        alert["endsAt"] = (
+            now - timedelta(seconds=1) if resolved else now + timedelta(hours=1)
+        ).isoformat()
+        self.api("POST", "/alerts", [alert])

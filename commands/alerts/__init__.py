@@ -1,0 +1,426 @@
+"""Alertmanager relay: webhooks become one room message per group, edited as it changes.
+
+A webhook is answered 200 only after its message (or edit) is committed to the outbox, so an
+accepted alert survives a homeserver outage or a bot restart. Two HA replicas sending the same
+notification produce one message: a notification identical to the group's last one is dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter
+from pydantic import Field, SecretStr
+
+from bot import messages
+from bot.config import Section
+from bot.context import Context, Runtime
+from bot.errors import RemoteError, UserError
+from bot.messages import escape, human_duration, table
+from bot.outbox import ref
+from bot.registry import Param, Router
+from commands.alerts.api import AlertmanagerAPI
+from commands.alerts.matchers import looks_like_matcher, parse_duration, parse_matchers
+from commands.alerts.payload import Notification, WebhookError, parse_notification
+from commands.alerts.render import Renderer, severity_of
+
+log = logging.getLogger(__name__)
+router = Router("alerts")
+
+
+class WebhookAuth(Section):
+    bearer_token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class AlertRoute(Section):
+    room: str
+    # Any of these that is set must match: the webhook path suffix, the receiver, labels.
+    path: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    receiver: str | None = None
+    match: dict[str, str] = Field(default_factory=dict)
+    match_re: dict[str, str] = Field(default_factory=dict)
+    # Keep looking for further matching routes after this one.
+    continue_: bool = Field(default=False, alias="continue")
+
+
+class MentionRule(Section):
+    severity: list[str]
+    users: list[str] = Field(default_factory=list)
+    room: bool = False
+
+
+class Templates(Section):
+    text: str | None = None
+    html: str | None = None
+
+
+class AlertsConfig(Section):
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    api_timeout_s: float = Field(default=10, gt=0)
+    external_url: str | None = None
+    auth: WebhookAuth | None = None
+    room: str | None = None
+    routes: list[AlertRoute] = Field(default_factory=list)
+    mentions: list[MentionRule] = Field(default_factory=list)
+    resolved_reply: bool = True
+    dedupe_window_s: float = Field(default=600, ge=0)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    templates: Templates = Templates()
+
+
+router.section("alertmanager", AlertsConfig)
+router.migration(
+    1,
+    """
+    CREATE TABLE alert_groups (
+        id INTEGER PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        open INTEGER NOT NULL DEFAULT 1,
+        outbox_id INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        status TEXT NOT NULL,
+        alerts INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX alert_groups_open ON alert_groups(room_id, group_key) WHERE open = 1
+    """,
+)
+
+
+def _config(rt: Runtime) -> AlertsConfig:
+    return rt.config.section("alertmanager", AlertsConfig) or AlertsConfig()
+
+
+def _renderer(rt: Runtime) -> Renderer:
+    renderer = rt.extras.get("alerts.renderer")
+    if not isinstance(renderer, Renderer):
+        cfg = _config(rt)
+        renderer = Renderer(cfg.templates.text, cfg.templates.html)
+        rt.extras["alerts.renderer"] = renderer
+    return renderer
+
+
+# --- webhook -------------------------------------------------------------------------------
+
+
+def _authorised(cfg: AlertsConfig, request: web.Request) -> bool:
+    auth = cfg.auth
+    if auth is None:
+        return True
+    header = request.headers.get("Authorization", "")
+    if auth.bearer_token is not None:
+        expected = f"Bearer {auth.bearer_token.get_secret_value()}"
+        if hmac.compare_digest(header.encode(), expected.encode()):
+            return True
+    if auth.username is not None and auth.password is not None:
+        raw = f"{auth.username}:{auth.password.get_secret_value()}".encode()
+        expected = "Basic " + base64.b64encode(raw).decode()
+        if hmac.compare_digest(header.encode(), expected.encode()):
+            return True
+    return False
+
+
+def _labels_match(route: AlertRoute, n: Notification) -> bool:
+    labels = {**n.commonLabels, **n.groupLabels}
+    for key, value in route.match.items():
+        if labels.get(key) != value:
+            return False
+    for key, pattern in route.match_re.items():
+        if re.fullmatch(pattern, labels.get(key, "")) is None:
+            return False
+    return True
+
+
+def rooms_for(rt: Runtime, cfg: AlertsConfig, n: Notification, path: str | None) -> list[str]:
+    """The rooms a notification goes to: matching routes in order, else the default room."""
+    rooms: list[str] = []
+    for route in cfg.routes:
+        if route.path is not None and route.path != path:
+            continue
+        if route.receiver is not None and route.receiver != n.receiver:
+            continue
+        if not _labels_match(route, n):
+            continue
+        rooms.append(rt.transport.resolve_room(route.room))
+        if not route.continue_:
+            break
+    if not rooms:
+        rooms.append(rt.transport.resolve_room(cfg.room) if cfg.room else rt.default_room())
+    return list(dict.fromkeys(rooms))
+
+
+def _mentions(cfg: AlertsConfig, n: Notification) -> tuple[list[str], bool]:
+    if n.status != "firing":
+        return [], False
+    severity = severity_of(n)
+    users: list[str] = []
+    room = False
+    for rule in cfg.mentions:
+        if severity in {s.lower() for s in rule.severity}:
+            users += [u for u in rule.users if u not in users]
+            room = room or rule.room
+    return users, room
+
+
+def record_notification(rt: Runtime, room_id: str, n: Notification) -> str:
+    """Queue the group's message (new, edited or resolved); returns what was done."""
+    cfg = _config(rt)
+    store = rt.store
+    digest = n.state_digest()
+    now = time.time()
+    with store.transaction() as db:
+        row = db.execute(
+            "SELECT * FROM alert_groups WHERE room_id = ? AND group_key = ? AND open = 1",
+            (room_id, n.groupKey),
+        ).fetchone()
+        if (
+            row is not None
+            and row["digest"] == digest
+            and now - row["updated_at"] < (cfg.dedupe_window_s)
+        ):
+            return "duplicate"
+        users, at_room = _mentions(cfg, n)
+        if row is not None:
+            users, at_room = [], False  # an update must not ping everybody again
+        text, html = _renderer(rt).render(n, users, at_room)
+        content = messages.notice(text, html)
+        content["m.mentions"] = {"user_ids": users, **({"room": True} if at_room else {})}
+        still_open = 1 if n.status == "firing" else 0
+        if row is None:
+            outbox_id = rt.outbox.post(room_id, content)
+            db.execute(
+                "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, "
+                "alerts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    room_id,
+                    n.groupKey,
+                    still_open,
+                    outbox_id,
+                    digest,
+                    n.status,
+                    len(n.alerts),
+                    now,
+                    now,
+                ),
+            )
+            return "posted"
+        target = ref(row["outbox_id"])
+        rt.outbox.post(
+            room_id, messages.edit(content, target), coalesce_key=f"alerts:edit:{row['id']}"
+        )
+        if n.status == "resolved" and cfg.resolved_reply:
+            name = n.groupLabels.get("alertname") or n.commonLabels.get("alertname") or "alerts"
+            lasted = human_duration(now - row["created_at"])
+            reply = f"✅ resolved: {name} ({len(n.alerts)} alert(s), open for {lasted})"
+            rt.outbox.post(room_id, messages.in_thread(messages.notice(reply), target))
+        db.execute(
+            "UPDATE alert_groups SET digest = ?, status = ?, alerts = ?, updated_at = ?, open = ? "
+            "WHERE id = ?",
+            (digest, n.status, len(n.alerts), now, still_open, row["id"]),
+        )
+        return "resolved" if n.status == "resolved" else "updated"
+
+
+def _webhook_counter(rt: Runtime) -> Counter:
+    counter = rt.extras.get("alerts.counter")
+    if not isinstance(counter, Counter):
+        counter = Counter(
+            "infrabot_alert_notifications_total",
+            "Alertmanager notifications by what was done (posted, updated, resolved, duplicate,"
+            " rejected).",
+            ["result"],
+            registry=rt.metrics.registry,
+        )
+        rt.extras["alerts.counter"] = counter
+    return counter
+
+
+def _reject(status: int, reason: str, request: web.Request, rt: Runtime) -> web.Response:
+    _webhook_counter(rt).labels("rejected").inc()
+    log.warning("rejected webhook from %s: %d %s", request.remote, status, reason)
+    return web.json_response({"status": "rejected", "reason": reason}, status=status)
+
+
+async def _webhook(rt: Runtime, request: web.Request, path: str | None) -> web.Response:
+    cfg = _config(rt)
+    if not _authorised(cfg, request):
+        resp = _reject(401, "missing or wrong credentials", request, rt)
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="infrabot", Basic realm="infrabot"'
+        return resp
+    if request.content_length is not None and request.content_length > cfg.max_body_bytes:
+        return _reject(413, f"body larger than {cfg.max_body_bytes} bytes", request, rt)
+    body = await request.content.read(cfg.max_body_bytes + 1)
+    if len(body) > cfg.max_body_bytes:
+        return _reject(413, f"body larger than {cfg.max_body_bytes} bytes", request, rt)
+    try:
+        n = parse_notification(body)
+    except WebhookError as exc:
+        return _reject(exc.status, exc.reason, request, rt)
+    results = [record_notification(rt, room, n) for room in rooms_for(rt, cfg, n, path)]
+    for result in results:
+        _webhook_counter(rt).labels(result).inc()
+    log.info("webhook %s (%s, %d alerts): %s", n.groupKey[:60], n.status, len(n.alerts), results)
+    return web.json_response({"status": "accepted", "results": results})
+
+
+@router.route("POST", "/alertmanager")
+async def webhook(rt: Runtime, request: web.Request) -> web.StreamResponse:
+    """Alertmanager webhook receiver (payload version 4)."""
+    return await _webhook(rt, request, None)
+
+
+@router.route("POST", "/alertmanager/{route}")
+async def webhook_routed(rt: Runtime, request: web.Request) -> web.StreamResponse:
+    """The same, with a path segment that `routes[].path` can match."""
+    return await _webhook(rt, request, request.match_info["route"])
+
+
+# --- chat commands (Alertmanager API v2) ---------------------------------------------------
+
+
+def _api(ctx: Context) -> AlertmanagerAPI:
+    cfg = _config(ctx.rt)
+    if not cfg.url:
+        raise UserError("Alertmanager's API is not configured (`alertmanager.url`).")
+    return AlertmanagerAPI(cfg.url, cfg.api_timeout_s)
+
+
+def _ago(iso: str) -> str:
+    try:
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    return human_duration(max(0.0, (datetime.now(UTC) - moment).total_seconds()))
+
+
+def _until(iso: str) -> str:
+    try:
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    left = (moment - datetime.now(UTC)).total_seconds()
+    return f"{moment:%Y-%m-%d %H:%M} UTC (in {human_duration(max(0.0, left))})"
+
+
+@router.command("alerts", params=[Param("matchers", required=False, rest=True)])
+async def alerts_cmd(ctx: Context) -> None:
+    """List active alerts, optionally filtered by matchers (e.g. severity=warning)."""
+    matchers = parse_matchers(",".join(ctx.args)) if ctx.args else []
+    found = await _api(ctx).alerts(matchers)
+    if not found:
+        await ctx.reply("No active alerts" + (" match." if matchers else ". All quiet."))
+        return
+    rows = []
+    for alert in sorted(found, key=lambda a: a.get("startsAt", "")):
+        labels = alert.get("labels", {})
+        state = alert.get("status", {}).get("state", "?")
+        rows.append(
+            [
+                labels.get("alertname", "?"),
+                labels.get("instance") or labels.get("host") or "",
+                labels.get("severity", ""),
+                state,
+                _ago(alert.get("startsAt", "")),
+                alert.get("annotations", {}).get("summary", "")[:80],
+            ]
+        )
+    text, html = table(["alert", "instance", "severity", "state", "for", "summary"], rows)
+    await ctx.reply(
+        f"{len(found)} active alert(s):\n{text}", f"<p>{len(found)} active alert(s):</p>{html}"
+    )
+
+
+@router.command(
+    "silence",
+    params=[Param("matchers"), Param("duration"), Param("comment", required=False, rest=True)],
+    role="operator",
+)
+async def silence_cmd(ctx: Context) -> None:
+    """Silence matching alerts for a while, e.g. `!silence alertname=NotUp 2h reboot`."""
+    args = list(ctx.args)
+    matcher_args: list[str] = []
+    while args and looks_like_matcher(args[0]):
+        matcher_args.append(args.pop(0))
+    if not matcher_args:
+        raise UserError(
+            "start with matchers, e.g. "
+            f"`{ctx.rt.prefix}silence alertname=NotUp instance=pluto 2h why`"
+        )
+    if not args:
+        raise UserError("say how long, e.g. 2h, 30m or 1d, after the matchers")
+    matchers = parse_matchers(",".join(matcher_args))
+    duration = parse_duration(args.pop(0))
+    comment = " ".join(args) or f"silenced from Matrix by {ctx.sender}"
+    starts = datetime.now(UTC)
+    ends = starts + duration
+    silence_id = await _api(ctx).create_silence(matchers, starts, ends, ctx.sender, comment)
+    shown = ", ".join(str(m) for m in matchers)
+    until = f"{ends:%Y-%m-%d %H:%M} UTC ({human_duration(duration.total_seconds())})"
+    await ctx.reply(
+        f"🔕 silenced {shown} until {until}; id {silence_id}",
+        f"🔕 silenced <code>{escape(shown)}</code> until {until}; "
+        f"id <code>{escape(silence_id)}</code>",
+    )
+
+
+def _matcher_text(m: dict[str, Any]) -> str:
+    equal = m.get("isEqual", True)
+    op = ("=~" if equal else "!~") if m.get("isRegex") else ("=" if equal else "!=")
+    return f"{m.get('name')}{op}{m.get('value')}"
+
+
+@router.command("silences")
+async def silences_cmd(ctx: Context) -> None:
+    """List active and pending silences."""
+    silences = [
+        s for s in await _api(ctx).silences() if s.get("status", {}).get("state") != "expired"
+    ]
+    if not silences:
+        await ctx.reply("No active silences.")
+        return
+    rows = []
+    for s in sorted(silences, key=lambda s: s.get("endsAt", "")):
+        matchers = ", ".join(_matcher_text(m) for m in s.get("matchers", []))
+        rows.append(
+            [
+                str(s.get("id", ""))[:8],
+                matchers,
+                _until(s.get("endsAt", "")),
+                str(s.get("createdBy", "")),
+                str(s.get("comment", ""))[:60],
+            ]
+        )
+    text, html = table(["id", "matchers", "until", "by", "comment"], rows)
+    await ctx.reply(text, html)
+
+
+@router.command("unsilence", params=[Param("id")], role="operator")
+async def unsilence_cmd(ctx: Context) -> None:
+    """Expire a silence now (a unique prefix of its id is enough)."""
+    wanted = ctx.args[0]
+    api = _api(ctx)
+    live = [s for s in await api.silences() if s.get("status", {}).get("state") != "expired"]
+    matches = [s for s in live if str(s.get("id", "")).startswith(wanted)]
+    if not matches:
+        raise UserError(
+            f"No active silence with id `{wanted}`; `{ctx.rt.prefix}silences` lists them."
+        )
+    if len(matches) > 1:
+        raise UserError(f"`{wanted}` matches {len(matches)} silences; give more of the id.")
+    silence_id = str(matches[0]["id"])
+    try:
+        await api.expire_silence(silence_id)
+    except RemoteError as exc:
+        raise RemoteError(f"could not expire silence {silence_id}: {exc}") from None
+    await ctx.reply(f"🔔 silence {silence_id} expired; its alerts notify again.")

@@ -1,0 +1,73 @@
+"""A small client for Alertmanager's API v2: alerts and silences."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+from bot.errors import RemoteError
+from commands.alerts.matchers import Matcher
+
+
+class AlertmanagerAPI:
+    """Each call has a timeout; failures raise RemoteError with a message fit for the room."""
+
+    def __init__(self, base_url: str, timeout_s: float) -> None:
+        self.base = base_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        url = f"{self.base}/api/v2{path}"
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=self.timeout) as session,
+                session.request(method, url, **kwargs) as resp,
+            ):
+                text = await resp.text()
+                if resp.status >= 400:
+                    snippet = text[:200].strip()
+                    raise RemoteError(
+                        f"Alertmanager answered {resp.status} to {method} {path}: {snippet}"
+                    )
+                return await resp.json(content_type=None) if text.strip() else None
+        except aiohttp.ClientError as exc:
+            raise RemoteError(f"Alertmanager at {self.base} is unreachable: {exc}") from None
+        except TimeoutError:
+            raise RemoteError(f"Alertmanager at {self.base} did not answer in time") from None
+
+    async def alerts(self, matchers: list[Matcher]) -> list[dict[str, Any]]:
+        """Active alerts (silenced and inhibited included) matching all matchers."""
+        params = [("active", "true"), ("silenced", "true"), ("inhibited", "true")]
+        params += [("filter", m.filter()) for m in matchers]
+        result: list[dict[str, Any]] = await self._call("GET", "/alerts", params=params)
+        return result
+
+    async def silences(self) -> list[dict[str, Any]]:
+        """Every silence Alertmanager knows, expired ones included."""
+        result: list[dict[str, Any]] = await self._call("GET", "/silences")
+        return result
+
+    async def create_silence(
+        self,
+        matchers: list[Matcher],
+        starts: datetime,
+        ends: datetime,
+        created_by: str,
+        comment: str,
+    ) -> str:
+        """Create a silence; returns its id."""
+        body = {
+            "matchers": [m.api() for m in matchers],
+            "startsAt": starts.isoformat(),
+            "endsAt": ends.isoformat(),
+            "createdBy": created_by,
+            "comment": comment,
+        }
+        result = await self._call("POST", "/silences", json=body)
+        return str(result["silenceID"])
+
+    async def expire_silence(self, silence_id: str) -> None:
+        """Expire a silence now."""
+        await self._call("DELETE", f"/silence/{silence_id}")

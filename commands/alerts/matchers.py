@@ -1,0 +1,110 @@
+"""Alertmanager label matchers and durations as typed in chat."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from bot.errors import UserError
+
+_MATCHER = re.compile(
+    r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(.*?))\s*$'
+)
+_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+MAX_SILENCE = timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One label matcher, as Alertmanager's API v2 takes it."""
+
+    name: str
+    op: str
+    value: str
+
+    def api(self) -> dict[str, object]:
+        """The matcher in a silence body."""
+        return {
+            "name": self.name,
+            "value": self.value,
+            "isRegex": self.op in ("=~", "!~"),
+            "isEqual": self.op in ("=", "=~"),
+        }
+
+    def filter(self) -> str:
+        """The matcher as a `filter=` query value."""
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'{self.name}{self.op}"{escaped}"'
+
+    def __str__(self) -> str:
+        return self.filter()
+
+
+def looks_like_matcher(arg: str) -> bool:
+    """Whether a chat argument is meant as matchers (has an operator)."""
+    return bool(re.search(r"[=~]", arg))
+
+
+def parse_matchers(text: str) -> list[Matcher]:
+    """`a=b,c=~"d.*"` or `{a="b"}` → matchers; raises UserError saying what is wrong."""
+    body = text.strip()
+    if body.startswith("{") and body.endswith("}"):
+        body = body[1:-1]
+    parts = [p for p in _split_commas(body) if p.strip()]
+    if not parts:
+        raise UserError(
+            'give at least one matcher, e.g. `alertname=NotUp` or `instance=~"pluto.*"`'
+        )
+    out = []
+    for part in parts:
+        m = _MATCHER.match(part)
+        if m is None:
+            raise UserError(
+                f"`{part}` is not a matcher; write name=value, name!=value, name=~regex or "
+                "name!~regex"
+            )
+        name, op, quoted, bare = m.groups()
+        value = quoted.replace('\\"', '"').replace("\\\\", "\\") if quoted is not None else bare
+        if op in ("=~", "!~"):
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise UserError(f"`{value}` is not a valid regular expression: {exc}") from None
+        out.append(Matcher(name, op, value))
+    return out
+
+
+def _split_commas(text: str) -> list[str]:
+    parts, current, quoted, escaped = [], "", False, False
+    for ch in text:
+        if escaped:
+            current += ch
+            escaped = False
+        elif ch == "\\":
+            current += ch
+            escaped = True
+        elif ch == '"':
+            current += ch
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return parts
+
+
+def parse_duration(text: str) -> timedelta:
+    """`2h`, `1h30m`, `3d`, `1w` → timedelta; raises UserError for anything else."""
+    m = _DURATION.match(text.strip().lower())
+    if not text.strip() or m is None or not any(m.groups()):
+        raise UserError(f"`{text}` is not a duration; write e.g. 30m, 2h, 1h30m, 3d or 1w")
+    w, d, h, mi, s = (int(g) if g else 0 for g in m.groups())
+    delta = timedelta(weeks=w, days=d, hours=h, minutes=mi, seconds=s)
+    if delta < timedelta(minutes=1):
+        raise UserError("a silence must last at least 1 minute")
+    if delta > MAX_SILENCE:
+        raise UserError("a silence may last at most 90 days")
+    return delta

@@ -1,0 +1,211 @@
+"""Alert notifications as room messages: Jinja2 templates for HTML and plain text.
+
+Every label and annotation value reaches the HTML through autoescaping. A group too large for
+one Matrix event is cut, with "and N more" saying what was left out.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import jinja2
+
+from bot.messages import escape, human_duration
+from commands.alerts.payload import Alert, Notification
+
+# An edit carries the content twice (fallback + m.new_content) and an event may be 64 KiB.
+MAX_RENDERED_BYTES = 28_000
+
+SEVERITY_COLOURS = {
+    "critical": "#d32f2f",
+    "error": "#d32f2f",
+    "warning": "#f57c00",
+    "info": "#1976d2",
+    "resolved": "#2e7d32",
+}
+HIDDEN_LABELS = {"alertname", "severity"}
+LINK_ANNOTATIONS = (("runbook_url", "Runbook"), ("grafana", "Grafana"), ("dashboard", "Dashboard"))
+
+DEFAULT_TEXT = """\
+{% if mention_text %}{{ mention_text }} {% endif -%}
+{{ icon }} {{ status_word }}{% if firing %} ({{ firing|length + more_firing }}){% endif %} · \
+{{ severity|upper }} · {{ title }}
+{% for a in firing %}• {{ a.headline }}{% if a.summary %} — {{ a.summary }}{% endif %} \
+(since {{ a.since }})
+{% if a.labels %}  {{ a.labels }}
+{% endif %}{% if a.links %}  {% for name, url in a.links %}{{ name }}: {{ url }}\
+{% if not loop.last %} | {% endif %}{% endfor %}
+{% endif %}{% endfor %}{% if more_firing %}… and {{ more_firing }} more firing
+{% endif %}{% if resolved %}✅ resolved ({{ resolved|length + more_resolved }}):
+{% for a in resolved %}• {{ a.headline }}{% if a.summary %} — {{ a.summary }}{% endif %} \
+(after {{ a.duration }})
+{% endfor %}{% if more_resolved %}… and {{ more_resolved }} more resolved
+{% endif %}{% endif %}"""
+
+DEFAULT_HTML = """\
+{% if mention_html %}{{ mention_html|safe }} {% endif -%}
+<b><font color="{{ colour }}" data-mx-color="{{ colour }}">{{ icon }} {{ status_word }}\
+{% if firing %} ({{ firing|length + more_firing }}){% endif %} · {{ severity|upper }}</font> · \
+{{ title }}</b>
+{% if firing %}<ul>{% for a in firing %}<li><b>{{ a.headline }}</b>\
+{% if a.summary %} — {{ a.summary }}{% endif %} <i>(since {{ a.since }})</i>\
+{% if a.description %}<br>{{ a.description }}{% endif %}\
+{% if a.labels %}<br><code>{{ a.labels }}</code>{% endif %}\
+{% if a.links %}<br>{% for name, url in a.links %}<a href="{{ url }}">{{ name }}</a>\
+{% if not loop.last %} · {% endif %}{% endfor %}{% endif %}</li>{% endfor %}\
+{% if more_firing %}<li>… and {{ more_firing }} more firing</li>{% endif %}</ul>{% endif %}\
+{% if resolved %}<p>✅ resolved ({{ resolved|length + more_resolved }}):</p><ul>\
+{% for a in resolved %}<li><s>{{ a.headline }}</s>{% if a.summary %} — {{ a.summary }}{% endif %} \
+<i>(after {{ a.duration }})</i></li>{% endfor %}\
+{% if more_resolved %}<li>… and {{ more_resolved }} more resolved</li>{% endif %}</ul>{% endif %}"""
+
+
+@dataclass(frozen=True)
+class AlertView:
+    """What a template gets for one alert."""
+
+    headline: str
+    summary: str
+    description: str
+    labels: str
+    since: str
+    duration: str
+    links: list[tuple[str, str]]
+
+
+def severity_of(n: Notification) -> str:
+    """The group's severity, lower-cased ('WARNING' and 'warning' are the same)."""
+    order = ["critical", "error", "warning", "info"]
+    found = {a.labels.get("severity", "").lower() for a in n.alerts} - {""}
+    common = n.commonLabels.get("severity", "").lower()
+    if common:
+        return common
+    for sev in order:
+        if sev in found:
+            return sev
+    return sorted(found)[0] if found else "none"
+
+
+def silence_url(external_url: str, alert: Alert) -> str:
+    """A link to Alertmanager's new-silence form, prefilled with the alert's labels."""
+    matchers = ",".join(f'{k}="{v}"' for k, v in sorted(alert.labels.items()))
+    query = urllib.parse.quote("{" + matchers + "}", safe="")
+    return f"{external_url.rstrip('/')}/#/silences/new?filter={query}"
+
+
+def _view(alert: Alert, n: Notification, now: datetime) -> AlertView:
+    labels = alert.labels
+    host = labels.get("instance") or labels.get("host") or labels.get("hostname") or ""
+    host = re.sub(r":\d+$", "", host)  # "pluto:9100" reads better as "pluto"
+    name = labels.get("alertname", "alert")
+    headline = f"{name} on {host}" if host else name
+    shown = {
+        k: v for k, v in sorted(labels.items()) if k not in HIDDEN_LABELS and k not in n.groupLabels
+    }
+    links: list[tuple[str, str]] = []
+    if alert.generatorURL:
+        links.append(("Prometheus", alert.generatorURL))
+    for key, title in LINK_ANNOTATIONS:
+        if alert.annotations.get(key):
+            links.append((title, alert.annotations[key]))
+    if n.externalURL and alert.status == "firing":
+        links.append(("Silence", silence_url(n.externalURL, alert)))
+    started = alert.startsAt.astimezone(UTC)
+    ended = alert.endsAt.astimezone(UTC) if alert.endsAt else now
+    return AlertView(
+        headline=headline,
+        summary=alert.annotations.get("summary", ""),
+        description=alert.annotations.get("description", ""),
+        labels=" ".join(f"{k}={v}" for k, v in shown.items()),
+        since=f"{human_duration(max(0.0, (now - started).total_seconds()))}, "
+        f"{started:%Y-%m-%d %H:%M} UTC",
+        duration=human_duration(max(0.0, (ended - started).total_seconds())),
+        links=links,
+    )
+
+
+class Renderer:
+    """Turns a notification into (text, html); templates may be overridden from config."""
+
+    def __init__(self, text_template: str | None = None, html_template: str | None = None):
+        # Plain-text bodies are not HTML: escaping them would show &lt; to readers.
+        self._text = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)  # noqa: S701
+        self._html = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+        self.text_template = self._text.from_string(text_template or DEFAULT_TEXT)
+        self.html_template = self._html.from_string(html_template or DEFAULT_HTML)
+
+    def render(
+        self,
+        n: Notification,
+        mention_users: list[str] | None = None,
+        mention_room: bool = False,
+        now: datetime | None = None,
+    ) -> tuple[str, str]:
+        """Plain text and HTML for the group, cut to fit one event."""
+        now = now or datetime.now(UTC)
+        firing = [_view(a, n, now) for a in n.firing] if n.status == "firing" else []
+        resolved = [_view(a, n, now) for a in (n.resolved if n.status == "firing" else n.alerts)]
+        keep_f, keep_r = len(firing), len(resolved)
+        while True:
+            text, html = self._render(
+                n, firing, resolved, keep_f, keep_r, mention_users, mention_room
+            )
+            if (
+                len(text.encode()) + len(html.encode()) <= MAX_RENDERED_BYTES
+                or keep_f + keep_r <= 1
+            ):
+                return text, html
+            # Drop resolved ones first, then firing, a tenth at a time.
+            if keep_r > 0:
+                keep_r = max(0, keep_r - max(1, keep_r // 10))
+            else:
+                keep_f = max(1, keep_f - max(1, keep_f // 10))
+
+    def _render(
+        self,
+        n: Notification,
+        firing: list[AlertView],
+        resolved: list[AlertView],
+        keep_f: int,
+        keep_r: int,
+        mention_users: list[str] | None,
+        mention_room: bool,
+    ) -> tuple[str, str]:
+        severity = severity_of(n)
+        is_resolved = n.status == "resolved"
+        users = mention_users or []
+        title = (
+            n.groupLabels.get("alertname")
+            or n.commonLabels.get("alertname")
+            or ", ".join(f"{k}={v}" for k, v in sorted(n.groupLabels.items()))
+            or "alerts"
+        )
+        mention_text = " ".join((["@room"] if mention_room else []) + users)
+        mention_html = " ".join(
+            (["@room"] if mention_room else [])
+            + [
+                f'<a href="https://matrix.to/#/{escape(u)}">'
+                f"{escape(u)}</a>"
+                for u in users
+            ]
+        )
+        values = {
+            "n": n,
+            "title": title,
+            "severity": severity,
+            "status_word": "RESOLVED" if is_resolved else "FIRING",
+            "icon": "✅" if is_resolved else ("🔥" if severity in ("critical", "error") else "⚠️"),
+            "colour": SEVERITY_COLOURS["resolved" if is_resolved else severity]
+            if (is_resolved or severity in SEVERITY_COLOURS)
+            else "#616161",
+            "firing": firing[:keep_f],
+            "resolved": resolved[:keep_r],
+            "more_firing": len(firing) - keep_f,
+            "more_resolved": len(resolved) - keep_r,
+            "mention_text": mention_text,
+            "mention_html": mention_html,
+        }
+        return self.text_template.render(values).strip(), self.html_template.render(values).strip()

@@ -1,0 +1,345 @@
+"""The Alertmanager relay through a real Alertmanager and a real Synapse."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.devstack.alertmanager import LocalAlertmanager
+from bot.devstack.client import RoomUser, SeenEvent
+from bot.devstack.synapse import LocalSynapse, free_port
+from tests.conftest import BotFactory, BotHandle
+
+TOKEN = "webhook-token-123456"
+
+
+def _alerting(port: int, am_url: str | None = None) -> Callable[[dict[str, Any]], None]:
+    def edit(raw: dict[str, Any]) -> None:
+        raw["http"]["port"] = port
+        raw["alertmanager"] = {
+            "auth": {"bearer_token": TOKEN},
+            "dedupe_window_s": 600,
+            **({"url": am_url} if am_url else {}),
+        }
+
+    return edit
+
+
+@pytest.fixture
+async def alerting(
+    make_bot: BotFactory, tmp_path: Path
+) -> AsyncIterator[tuple[BotHandle, LocalAlertmanager]]:
+    port = free_port()
+    am = LocalAlertmanager(
+        tmp_path / "am", f"http://127.0.0.1:{port}/alertmanager", bearer_token=TOKEN
+    )
+    am.start()
+    bot = make_bot(edit=_alerting(port, am.url))
+    await bot.start()
+    yield bot, am
+    am.stop()
+
+
+def _edit(event: SeenEvent) -> bool:
+    return (event.content.get("m.relates_to") or {}).get("rel_type") == "m.replace"
+
+
+def _text(event: SeenEvent) -> str:
+    return str(event.content.get("m.new_content", event.content).get("body", ""))
+
+
+def _html(event: SeenEvent) -> str:
+    return str(event.content.get("m.new_content", event.content).get("formatted_body", ""))
+
+
+def _is_edit_of(event: SeenEvent, event_id: str) -> bool:
+    rel = event.content.get("m.relates_to") or {}
+    return rel.get("rel_type") == "m.replace" and rel.get("event_id") == event_id
+
+
+async def test_alerts_are_grouped_and_resolving_edits_the_message(
+    alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
+) -> None:
+    bot, am = alerting
+    alice = people["alice"]
+    mark = alice.mark()
+    for host in ("pluto", "haumea"):
+        am.fire(
+            {
+                "alertname": "SystemdUnitFailed",
+                "instance": f"{host}:9100",
+                "name": "nginx.service",
+                "severity": "WARNING",
+            },
+            {"summary": f"unit nginx.service failed on {host}", "grafana": "https://grafana/d/1"},
+        )
+    message = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "SystemdUnitFailed" in e.body and not _edit(e),
+        timeout=20,
+        after=mark,
+    )
+    # Alerts reaching Alertmanager apart may arrive as 1, then 2: the same message is edited.
+    latest = await alice.wait_for(
+        lambda e: (
+            (e.event_id == message.event_id or _is_edit_of(e, message.event_id))
+            and "FIRING (2)" in _text(e)
+        ),
+        timeout=20,
+        after=mark,
+    )
+    body = _text(latest)
+    assert body.startswith("⚠️ FIRING (2) · WARNING · SystemdUnitFailed")
+    assert "pluto" in body and "haumea" in body
+    assert "Silence: " + am.url in body and "Grafana: https://grafana/d/1" in body
+    html = _html(latest)
+    assert "<a href=" in html and "unit nginx.service failed on pluto" in html
+    originals = [
+        e
+        for e in alice.seen[mark:]
+        if e.sender == bot.user_id and "FIRING" in e.body and not _edit(e)
+    ]
+    assert len(originals) == 1, "one message per group, not per alert"
+
+    for host in ("pluto", "haumea"):
+        am.fire(
+            {
+                "alertname": "SystemdUnitFailed",
+                "instance": f"{host}:9100",
+                "name": "nginx.service",
+                "severity": "WARNING",
+            },
+            resolved=True,
+        )
+    edit = await alice.wait_for(
+        lambda e: (
+            _is_edit_of(e, message.event_id) and "RESOLVED" in e.content["m.new_content"]["body"]
+        ),
+        timeout=20,
+        after=mark,
+    )
+    assert "✅ RESOLVED" in edit.content["m.new_content"]["body"]
+    note = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and e.body.startswith("✅ resolved: SystemdUnitFailed"),
+        timeout=10,
+        after=mark,
+    )
+    assert note.content["m.relates_to"]["rel_type"] == "m.thread"
+    assert note.content["m.relates_to"]["event_id"] == message.event_id
+
+
+async def test_silence_from_chat(
+    alerting: tuple[BotHandle, LocalAlertmanager],
+    people: dict[str, RoomUser],
+    room: str,
+) -> None:
+    bot, am = alerting
+    bob, mallory = people["bob"], people["mallory"]
+    am.fire(
+        {"alertname": "NotUp", "instance": "pluto:9100", "severity": "warning"},
+        {"summary": "pluto is down"},
+    )
+    listed = await bob.ask(room, "!alerts alertname=NotUp", bot.user_id)
+    assert "NotUp" in listed.body and "pluto" in listed.body and "pluto is down" in listed.body
+
+    refused = await mallory.ask(room, "!silence alertname=NotUp 1h", bot.user_id)
+    assert "needs the operator role" in refused.body
+
+    bad = await bob.ask(room, "!silence alertname=NotUp forever", bot.user_id)
+    assert "not a duration" in bad.body
+    bad = await bob.ask(room, "!silence 2h because", bot.user_id)
+    assert "start with matchers" in bad.body
+    bad = await bob.ask(room, '!silence instance=~"pluto(" 2h', bot.user_id)
+    assert "not a valid regular expression" in bad.body
+
+    done = await bob.ask(
+        room, '!silence alertname=NotUp instance=~"pluto.*" 2h planned reboot', bot.user_id
+    )
+    assert done.body.startswith("🔕 silenced") and "id " in done.body
+    silence_id = done.body.rsplit("id ", 1)[1].strip()
+    silences = {s["id"]: s for s in am.api("GET", "/silences")}
+    made = silences[silence_id]
+    assert made["createdBy"] == bob.client.user_id
+    assert made["comment"] == "planned reboot"
+    assert made["status"]["state"] == "active"
+    assert {(m["name"], m["value"], m["isRegex"]) for m in made["matchers"]} == {
+        ("alertname", "NotUp", False),
+        ("instance", "pluto.*", True),
+    }
+    ends = datetime.fromisoformat(made["endsAt"].replace("Z", "+00:00"))
+    assert timedelta(hours=1, minutes=58) < ends - datetime.now(UTC) <= timedelta(hours=2)
+
+    listing = await bob.ask(room, "!silences", bot.user_id)
+    assert silence_id[:8] in listing.body and "instance=~pluto.*" in listing.body
+
+    gone = await bob.ask(room, f"!unsilence {silence_id[:8]}", bot.user_id)
+    assert f"silence {silence_id} expired" in gone.body
+    assert {s["id"]: s for s in am.api("GET", "/silences")}[silence_id]["status"][
+        "state"
+    ] == "expired"
+    unknown = await bob.ask(room, "!unsilence deadbeef", bot.user_id)
+    assert "No active silence" in unknown.body
+
+
+def _payload(name: str, status: str = "firing", n: int = 1) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat()
+    return {
+        "version": "4",
+        "groupKey": f'{{}}:{{alertname="{name}"}}',
+        "status": status,
+        "receiver": "infrabot",
+        "groupLabels": {"alertname": name},
+        "commonLabels": {"alertname": name, "severity": "warning"},
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": [
+            {
+                "status": status,
+                "labels": {"alertname": name, "instance": f"host{i}", "severity": "warning"},
+                "annotations": {"summary": f"{name} number {i} <b>not bold</b>"},
+                "startsAt": now,
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus:9090/graph",
+                "fingerprint": f"{name}-{i}",
+            }
+            for i in range(n)
+        ],
+    }
+
+
+async def _post(
+    bot: BotHandle,
+    body: bytes | dict[str, Any],
+    token: str | None = TOKEN,
+    path: str = "/alertmanager",
+) -> tuple[int, str]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    url = f"http://127.0.0.1:{bot.rt.http_port}{path}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=data, headers=headers) as r,
+    ):
+        return r.status, await r.text()
+
+
+async def test_webhook_rejects_bad_input_and_keeps_running(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    bot = make_bot(edit=_alerting(free_port()))
+    await bot.start()
+    assert (await _post(bot, _payload("Ok"), token=None))[0] == 401
+    assert (await _post(bot, _payload("Ok"), token="wrong-token"))[0] == 401
+    status, text = await _post(bot, b"{not json")
+    assert status == 400 and "not JSON" in text
+    status, text = await _post(bot, {**_payload("Old"), "version": "3"})
+    assert status == 400 and "version" in text
+    status, text = await _post(bot, {**_payload("Empty"), "alerts": []})
+    assert status == 400 and "alerts" in text
+    bad_alert = _payload("BadAlert")
+    bad_alert["alerts"][0]["status"] = "exploded"
+    status, text = await _post(bot, bad_alert)
+    assert status == 400 and "alerts.0.status" in text
+    status, _ = await _post(bot, b"[" + b"1," * 700_000 + b"1]")
+    assert status == 413
+    fine = _payload("Fine")
+    status, text = await _post(bot, fine)
+    assert status == 200 and "posted" in text
+    # The HA twin of the same notification is accepted but not posted again.
+    status, text = await _post(bot, fine)
+    assert status == 200 and "duplicate" in text
+    status, text = await _post(bot, _payload("Routed"), path="/alertmanager/critical")
+    assert status == 200
+    # A few hundred mangled payloads through the live server: never a 5xx, never a crash.
+    rng = random.Random(4)
+    statuses = set()
+    for _ in range(300):
+        raw = bytearray(json.dumps(_payload(f"Fuzz{rng.randrange(5)}")).encode())
+        for _ in range(rng.randrange(1, 6)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        statuses.add((await _post(bot, bytes(raw)))[0])
+    assert statuses <= {200, 400}, statuses
+    pong = await people["alice"].ask(room, "!ping", bot.user_id)
+    assert pong.body.startswith("pong")
+    await asyncio.sleep(1)
+    fine = [e for e in people["alice"].seen if e.sender == bot.user_id and "Fine" in e.body]
+    assert len(fine) == 1
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in fine[0].content["formatted_body"]
+
+
+def _count(user: RoomUser, bot: str, names: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(names, 0)
+    for e in user.seen:
+        if e.sender != bot or "FIRING" not in e.body or _edit(e):
+            continue
+        title = e.body.splitlines()[0].rsplit("· ", 1)[-1]
+        if title in counts:
+            counts[title] += 1
+    return counts
+
+
+async def _wait_counts(
+    user: RoomUser, bot: str, names: list[str], timeout: float
+) -> dict[str, int]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        counts = _count(user, bot, names)
+        if all(counts.values()):
+            await asyncio.sleep(1.5)  # a duplicate would show up now
+            return _count(user, bot, names)
+        await asyncio.sleep(0.2)
+    return _count(user, bot, names)
+
+
+async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
+) -> None:
+    bot = make_bot(edit=_alerting(free_port()))
+    await bot.start()
+    names = [f"Outage{i}" for i in range(15)]
+    synapse.stop()
+    try:
+        for name in names:
+            status, _ = await _post(bot, _payload(name, n=2))
+            assert status == 200
+        assert bot.rt.outbox.pending() == len(names)
+    finally:
+        synapse.start()
+    counts = await _wait_counts(people["alice"], bot.user_id, names, timeout=60)
+    assert counts == dict.fromkeys(names, 1)
+
+
+async def test_full_outbox_survives_a_bot_restart(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
+) -> None:
+    port = free_port()
+    bot = make_bot(edit=_alerting(port))
+    await bot.start()
+    names = [f"Restart{i}" for i in range(10)]
+    synapse.stop()
+    try:
+        for name in names:
+            assert (await _post(bot, _payload(name)))[0] == 200
+        await bot.stop()
+    finally:
+        synapse.start()
+    again = make_bot(edit=_alerting(port))
+    await again.start()
+    counts = await _wait_counts(people["alice"], again.user_id, names, timeout=60)
+    assert counts == dict.fromkeys(names, 1)
+    # Resolving after the restart still edits the message posted by the outbox.
+    status, text = await _post(again, _payload("Restart0", status="resolved"))
+    assert status == 200 and "resolved" in text
+    await people["alice"].wait_for(
+        lambda e: e.sender == again.user_id and e.body.startswith("✅ resolved: Restart0"),
+        timeout=20,
+    )

@@ -1,0 +1,20 @@
+"""The README's quick start: `infrabot demo --check` brings everything up and gets answers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_check(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "demo", "--dir", str(tmp_path / "demo"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the bot answered !ping with: pong" in result.stdout
+    assert "alert reached the room: ⚠️ FIRING (1) · WARNING · DemoCheck" in result.stdout
+    assert "password   :" in result.stderr and "homeserver : http://127.0.0.1:" in result.stderr
