@@ -198,7 +198,9 @@ class Transport:
             "account_data": {"not_types": ["*"]},
             "room": {
                 "rooms": sorted(self.served_rooms),
-                "timeline": {"limit": 50},
+                # Our own events are never commands; not receiving them spares parsing our own
+                # output (an alert storm or a deploy log) a second time.
+                "timeline": {"limit": 50, "not_senders": [self.user_id]},
                 "state": {"lazy_load_members": True},
                 "ephemeral": {"not_types": ["*"]},
                 "account_data": {"not_types": ["*"]},

@@ -1,0 +1,200 @@
+"""Alertmanager webhooks into the room: latency of one alert, and a storm of 5,000 alerts.
+
+Measures, on a loopback Synapse with infrabot running as a subprocess:
+- a raw Matrix send's latency (a nio client sends, a room member sees it) — the baseline;
+- one webhook at a time: webhook response time and webhook → message visible to a member;
+- a storm: 500 webhooks of 10 alerts each, sent as fast as possible (20 in flight): webhook
+  p50/p99, how many groups reached the room, end-to-end p50/p99 and the time to drain.
+
+    .venv/bin/python bench/alert_storm.py [--webhooks 500] [--alerts-per-webhook 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from bench.ping import pct, wait_healthy
+from bot.devstack.client import RoomUser
+from bot.devstack.synapse import LocalSynapse, free_port
+
+
+def payload(name: str, alerts: int) -> dict[str, Any]:
+    """A version-4 notification for group `name` with `alerts` firing alerts."""
+    now = datetime.now(UTC).isoformat()
+    return {
+        "version": "4",
+        "groupKey": f'{{}}:{{alertname="{name}"}}',
+        "status": "firing",
+        "receiver": "matrix",
+        "groupLabels": {"alertname": name},
+        "commonLabels": {"alertname": name, "severity": "warning"},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": name, "instance": f"host{i}:9100", "severity": "warning"},
+                "annotations": {"summary": f"{name} on host{i}"},
+                "startsAt": now,
+                "generatorURL": "http://prometheus:9090/graph",
+                "fingerprint": f"{name}-{i}",
+            }
+            for i in range(alerts)
+        ],
+    }
+
+
+def title(body: str) -> str:
+    """The group name in a message's first line."""
+    return body.splitlines()[0].rsplit("· ", 1)[-1] if body else ""
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--webhooks", type=int, default=500)
+    parser.add_argument("--alerts-per-webhook", type=int, default=10)
+    parser.add_argument("--single", type=int, default=40)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="infrabot-storm-"))
+    hs = LocalSynapse(work / "synapse")
+    hs.prepare()
+    hs.start()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        user = hs.register("storm-user", "storm-user-pw")
+        raw = hs.register("storm-raw", "storm-raw-pw")
+        bot = hs.register("storm-bot", "storm-bot-pw")
+        room = hs.create_room(user, name="storm", invite=[raw.user_id, bot.user_id])
+        hs.join(raw, room)
+        hs.join(bot, room)
+        person = RoomUser(hs.url, user.user_id, user.access_token)
+        await person.start()
+
+        # Baseline: one raw send, seen by the member.
+        sender = RoomUser(hs.url, raw.user_id, raw.access_token)
+        raw_lat = []
+        for i in range(args.single):
+            t0 = time.perf_counter()
+            event_id = await sender.send(room, f"raw {i}")
+            await person.wait_for(lambda e, eid=event_id: e.event_id == eid, timeout=30)
+            raw_lat.append((time.perf_counter() - t0) * 1000)
+        await sender.client.close()
+
+        port = free_port()
+        config = {
+            "matrix": {
+                "homeserver": hs.url,
+                "user_id": bot.user_id,
+                "access_token": bot.access_token,
+                "rooms": [room],
+            },
+            "http": {"host": "127.0.0.1", "port": port},
+            "state": {"data_dir": str(work / "state")},
+            "alertmanager": {},
+            "logging": {"level": "WARNING"},
+        }
+        (work / "config.yaml").write_text(yaml.safe_dump(config))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "run", "--config", str(work / "config.yaml")],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        await asyncio.to_thread(wait_healthy, port, proc)
+        url = f"http://127.0.0.1:{port}/alertmanager"
+        seen_at: dict[str, float] = {}
+
+        async def watch() -> None:
+            index = 0
+            while True:
+                async with person._changed:
+                    await person._changed.wait()
+                for event in person.seen[index:]:
+                    if event.sender == bot.user_id and "FIRING" in event.body:
+                        seen_at.setdefault(title(event.body), time.perf_counter())
+                index = len(person.seen)
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        async with aiohttp.ClientSession() as session:
+            # One webhook at a time.
+            single_hook, single_e2e = [], []
+            for i in range(args.single):
+                name = f"Single{i}"
+                body = json.dumps(payload(name, 1)).encode()
+                t0 = time.perf_counter()
+                async with session.post(url, data=body) as resp:
+                    assert resp.status == 200, await resp.text()
+                single_hook.append((time.perf_counter() - t0) * 1000)
+                while name not in seen_at:
+                    await asyncio.sleep(0.001)
+                single_e2e.append((seen_at[name] - t0) * 1000)
+
+            # The storm.
+            bodies = [
+                (f"Storm{i}", json.dumps(payload(f"Storm{i}", args.alerts_per_webhook)).encode())
+                for i in range(args.webhooks)
+            ]
+            sent_at: dict[str, float] = {}
+            hook_ms: list[float] = []
+            gate = asyncio.Semaphore(20)
+
+            async def post(name: str, body: bytes) -> None:
+                async with gate:
+                    t0 = time.perf_counter()
+                    async with session.post(url, data=body) as resp:
+                        assert resp.status == 200
+                    hook_ms.append((time.perf_counter() - t0) * 1000)
+                    sent_at[name] = t0
+
+            storm_start = time.perf_counter()
+            await asyncio.gather(*(post(n, b) for n, b in bodies))
+            accepted_s = time.perf_counter() - storm_start
+            deadline = time.perf_counter() + 300
+            while time.perf_counter() < deadline and not all(n in seen_at for n, _ in bodies):
+                await asyncio.sleep(0.05)
+            drained_s = time.perf_counter() - storm_start
+        watcher.cancel()
+        delivered = [n for n, _ in bodies if n in seen_at]
+        e2e = [(seen_at[n] - sent_at[n]) * 1000 for n in delivered]
+        await person.close()
+        raw_med = statistics.median(raw_lat)
+        result = {
+            "raw_send_median_ms": round(raw_med, 1),
+            "raw_send_p99_ms": round(pct(raw_lat, 0.99), 1),
+            "single_webhook_p50_ms": round(statistics.median(single_hook), 2),
+            "single_webhook_p99_ms": round(pct(single_hook, 0.99), 2),
+            "single_e2e_p50_ms": round(statistics.median(single_e2e), 1),
+            "single_e2e_p99_ms": round(pct(single_e2e, 0.99), 1),
+            "single_e2e_p99_vs_raw_median": round(pct(single_e2e, 0.99) / raw_med, 2),
+            "storm_alerts": args.webhooks * args.alerts_per_webhook,
+            "storm_webhooks": args.webhooks,
+            "storm_webhook_p50_ms": round(statistics.median(hook_ms), 2),
+            "storm_webhook_p99_ms": round(pct(hook_ms, 0.99), 2),
+            "storm_accepted_in_s": round(accepted_s, 2),
+            "storm_delivered": f"{len(delivered)}/{len(bodies)}",
+            "storm_e2e_p50_ms": round(statistics.median(e2e), 1) if e2e else None,
+            "storm_e2e_p99_ms": round(pct(e2e, 0.99), 1) if e2e else None,
+            "storm_drained_in_s": round(drained_s, 2),
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait()
+        hs.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
