@@ -13,12 +13,14 @@ from bot.errors import UserError
 from bot.store import Migration
 
 if TYPE_CHECKING:
+    from bot.config import Config, ScheduleConfig
     from bot.context import Context, JobContext, Runtime
 
 Handler = Callable[["Context"], Awaitable[None]]
 JobFunc = Callable[["JobContext"], Awaitable[str | None]]
 HttpHandler = Callable[["Runtime", web.Request], Awaitable[web.StreamResponse]]
 Service = Callable[["Runtime"], Awaitable[None]]
+ScheduleProvider = Callable[["Config"], list["ScheduleConfig"]]
 
 ANYONE = "anyone"
 
@@ -99,6 +101,7 @@ class Router:
     routes: list[HttpRoute] = field(default_factory=list)
     migrations: list[Migration] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
+    schedule_providers: list[ScheduleProvider] = field(default_factory=list)
 
     def command(
         self,
@@ -153,6 +156,11 @@ class Router:
         """Add a schema step for this feature's own tables."""
         self.migrations.append(Migration(self.name, version, sql))
 
+    def schedules(self, func: ScheduleProvider) -> ScheduleProvider:
+        """Schedules a feature adds from its own config (e.g. an hourly check); shown in !jobs."""
+        self.schedule_providers.append(func)
+        return func
+
     def service(self, func: Service) -> Service:
         """A long-running coroutine started with the bot and cancelled at shutdown."""
         self.services.append(func)
@@ -198,6 +206,10 @@ class Registry:
     def routes(self) -> list[HttpRoute]:
         """Every feature's HTTP routes."""
         return [r for router in self.routers for r in router.routes]
+
+    def feature_schedules(self, config: Config) -> list[ScheduleConfig]:
+        """Schedules that features derive from their config sections."""
+        return [s for r in self.routers for p in r.schedule_providers for s in p(config)]
 
     @property
     def services(self) -> list[Service]:

@@ -39,7 +39,9 @@ class Scheduler:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.schedules = {s.name: s for s in rt.config.core.schedules}
+        # A job named in the config file overrides a feature's default of the same name.
+        features = rt.registry.feature_schedules(rt.config)
+        self.schedules = {s.name: s for s in [*features, *rt.config.core.schedules]}
         self.crons = {s.name: CronSchedule(s.cron) for s in self.schedules.values()}
         self.next_run: dict[str, datetime] = {}
         self.running: set[str] = set()

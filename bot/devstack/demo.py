@@ -7,8 +7,11 @@ import contextlib
 import json
 import logging
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ from bot.app import Bot
 from bot.cli import load, load_registry, secret_values, serve
 from bot.devstack.alertmanager import LocalAlertmanager
 from bot.devstack.client import RoomUser
+from bot.devstack.postgres import LocalPostgres
+from bot.devstack.ssh import LocalSshServer
 from bot.devstack.synapse import Account, LocalSynapse, free_port
 from bot.logs import setup_logging
 
@@ -78,32 +83,110 @@ def demo_config(
     }
 
 
+# The demo host's fake tools: pluto's ZFS snapshots are fresh, its zrepl job is 3 days stale.
+FAKE_ZFS = r"""now=$(date +%s)
+for ds in zroot/pg zroot/root; do
+  printf '%s@zrepl_snap_%s\t%s\t52428800\n' "$ds" \
+    "$(date -u -d @$((now-600)) +%Y%m%d_%H%M%S_000)" $((now-600))
+done
+"""
+FAKE_ZREPL = r"""finished=$(date -u -d '3 days ago' +%Y-%m-%dT%H:%M:%SZ)
+cat <<EOF
+{"Jobs": {"rsyncnet": {"name": "rsyncnet", "type": "push", "JobSpecific": {"Replication":
+ {"Attempts": [{"State": "done", "StartAt": "$finished", "FinishAt": "$finished",
+   "PlanError": null, "Filesystems": []}]}}}}}
+EOF
+"""
+
+
+def demo_backups(ssh: LocalSshServer, pg: LocalPostgres) -> dict[str, Any]:
+    """Backup checks against the demo's SSH host and PostgreSQL; one of them is stale."""
+    ssh.script("zfs", FAKE_ZFS)
+    ssh.script("zrepl", FAKE_ZREPL)
+    return {
+        "ssh": {"known_hosts": str(ssh.known_hosts), "client_keys": [str(ssh.client_key)]},
+        "checks": [
+            {
+                "name": "pluto-zfs",
+                "kind": "zfs_snapshots",
+                "host": ssh.target,
+                "datasets": ["zroot/pg", "zroot/root"],
+                "max_age": "2h",
+                "with_used": True,
+            },
+            {
+                "name": "rsyncnet-zrepl",
+                "kind": "zrepl",
+                "host": ssh.target,
+                "jobs": ["rsyncnet"],
+                "max_age": "1h",
+                "severity": "critical",
+            },
+            {"name": "demo-pg-wal", "kind": "postgres_archiving", "dsn": pg.dsn, "max_age": "1d"},
+        ],
+    }
+
+
+@dataclass
+class DemoStack:
+    """The local servers the demo bot talks to."""
+
+    base: Path
+    hs: LocalSynapse
+    am: LocalAlertmanager
+    pg: LocalPostgres
+    ssh: LocalSshServer
+    http_port: int
+
+
 def run_demo(directory: str, check: bool = False) -> int:
     """Start everything, print how to log in, serve until Ctrl-C (or self-check with --check)."""
     base = Path(directory).resolve()
     base.mkdir(parents=True, exist_ok=True)
-    hs = LocalSynapse(base / "synapse", port=_port(8008))
-    hs.prepare()
-    hs.start()
-    http_port = _port(8080)
-    am = LocalAlertmanager(
-        base / "alertmanager",
-        f"http://127.0.0.1:{http_port}/alertmanager",
-        port=_port(9093),
-        group_wait="5s",
-        group_interval="30s",
-    )
-    am.start()
+    with contextlib.ExitStack() as stack:
+        hs = LocalSynapse(base / "synapse", port=_port(8008))
+        hs.prepare()
+        hs.start()
+        stack.callback(hs.stop)
+        http_port = _port(8080)
+        am = LocalAlertmanager(
+            base / "alertmanager",
+            f"http://127.0.0.1:{http_port}/alertmanager",
+            port=_port(9093),
+            group_wait="5s",
+            group_interval="30s",
+        )
+        am.start()
+        stack.callback(am.stop)
+        # PostgreSQL runs as the unprivileged postgres user: its directory must be reachable.
+        pg_dir = Path(tempfile.mkdtemp(prefix="infrabot-demo-pg-", dir="/tmp"))
+        pg_dir.chmod(0o755)
+        stack.callback(shutil.rmtree, pg_dir, True)
+        pg = LocalPostgres(pg_dir / "pg")
+        pg.start()
+        stack.callback(pg.stop)
+        pg.switch_wal()
+        ssh = LocalSshServer(base / "ssh", port=free_port())
+        demo = DemoStack(base, hs, am, pg, ssh, http_port)
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(_main(demo, check))
+    return 0
+
+
+async def _main(demo: DemoStack, check: bool) -> int:
+    hs, am = demo.hs, demo.am
+    await demo.ssh.start()
     try:
-        pw = _passwords(base)
+        pw = _passwords(demo.base)
         admin = hs.register("admin", pw["admin"], admin=True)
         bot = hs.register("infrabot", pw["infrabot"])
         alias = f"#infra:{hs.server_name}"
         room = hs.resolve_alias(alias) or hs.create_room(
             admin, name="Infra", alias="infra", invite=[bot.user_id]
         )
-        config_path = base / "config.yaml"
-        raw = demo_config(hs, base, bot, admin, http_port, am.url)
+        config_path = demo.base / "config.yaml"
+        raw = demo_config(hs, demo.base, bot, admin, demo.http_port, am.url)
+        raw["backups"] = demo_backups(demo.ssh, demo.pg)
         config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         registry = load_registry()
         config = load(str(config_path), registry)
@@ -115,7 +198,8 @@ infrabot demo is up.
   user       : admin
   password   : {pw["admin"]}
   room       : {alias}  ({room})
-  bot        : {bot.user_id}, health on http://127.0.0.1:{config.core.http.port}/healthz
+  bot        : {bot.user_id}, health on http://127.0.0.1:{demo.http_port}/healthz
+  backups    : `!backups` checks a local SSH host's zfs/zrepl and a local PostgreSQL
   alerts     : Alertmanager {am.url} sends to the bot; fire a test alert with
                amtool --alertmanager.url={am.url} alert add SystemdUnitFailed \\
                  instance=pluto name=nginx.service severity=warning \\
@@ -126,37 +210,31 @@ Say `!help` in the room. Ctrl-C stops everything.
             file=sys.stderr,
         )
         if check:
-            return asyncio.run(_self_check(Bot(config, registry), hs, am, admin, room))
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(Bot(config, registry)))
+            return await _self_check(Bot(config, registry), demo, admin, room)
+        await serve(Bot(config, registry))
         return 0
     finally:
-        am.stop()
-        hs.stop()
+        await demo.ssh.stop()
 
 
-async def _self_check(
-    bot: Bot, hs: LocalSynapse, am: LocalAlertmanager, admin: Account, room: str
-) -> int:
+async def _self_check(bot: Bot, demo: DemoStack, admin: Account, room: str) -> int:
     task = asyncio.get_running_loop().create_task(bot.run())
-    user = RoomUser(hs.url, admin.user_id, admin.access_token)
+    user = RoomUser(demo.hs.url, admin.user_id, admin.access_token)
+    labels = {"alertname": "DemoCheck", "instance": "pluto", "severity": "warning"}
     try:
         await asyncio.wait_for(bot.ready.wait(), 60)
         await user.start()
         bot_id = bot.config.core.matrix.user_id
         reply = await user.ask(room, "!ping", bot_id, timeout=30)
         print(f"demo check: the bot answered !ping with: {reply.body}")
-        am.fire(
-            {"alertname": "DemoCheck", "instance": "pluto", "severity": "warning"},
-            {"summary": "the demo's self-check alert"},
-        )
+        demo.am.fire(labels, {"summary": "the demo's self-check alert"})
         alert = await user.wait_for(
             lambda e: e.sender == bot_id and "DemoCheck" in e.body, timeout=60
         )
         print(f"demo check: Alertmanager's alert reached the room: {alert.body.splitlines()[0]}")
-        am.fire(
-            {"alertname": "DemoCheck", "instance": "pluto", "severity": "warning"}, resolved=True
-        )
+        demo.am.fire(labels, resolved=True)
+        backups = await user.ask(room, "!backups", bot_id, timeout=60)
+        print("demo check: !backups answered:\n" + backups.body)
         return 0
     except TimeoutError:
         print("demo check: the bot did not answer in time", file=sys.stderr)

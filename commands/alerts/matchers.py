@@ -6,12 +6,12 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
+from bot import durations
 from bot.errors import UserError
 
 _MATCHER = re.compile(
     r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(.*?))\s*$'
 )
-_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 MAX_SILENCE = timedelta(days=90)
 
 
@@ -98,11 +98,12 @@ def _split_commas(text: str) -> list[str]:
 
 def parse_duration(text: str) -> timedelta:
     """`2h`, `1h30m`, `3d`, `1w` → timedelta; raises UserError for anything else."""
-    m = _DURATION.match(text.strip().lower())
-    if not text.strip() or m is None or not any(m.groups()):
-        raise UserError(f"`{text}` is not a duration; write e.g. 30m, 2h, 1h30m, 3d or 1w")
-    w, d, h, mi, s = (int(g) if g else 0 for g in m.groups())
-    delta = timedelta(weeks=w, days=d, hours=h, minutes=mi, seconds=s)
+    try:
+        delta = durations.parse_duration(text)
+    except ValueError:
+        raise UserError(
+            f"`{text}` is not a duration; write e.g. 30m, 2h, 1h30m, 3d or 1w"
+        ) from None
     if delta < timedelta(minutes=1):
         raise UserError("a silence must last at least 1 minute")
     if delta > MAX_SILENCE:

@@ -186,11 +186,7 @@ class Renderer:
         mention_text = " ".join((["@room"] if mention_room else []) + users)
         mention_html = " ".join(
             (["@room"] if mention_room else [])
-            + [
-                f'<a href="https://matrix.to/#/{escape(u)}">'
-                f"{escape(u)}</a>"
-                for u in users
-            ]
+            + [f'<a href="https://matrix.to/#/{escape(u)}">{escape(u)}</a>' for u in users]
         )
         values = {
             "n": n,

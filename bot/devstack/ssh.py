@@ -1,0 +1,99 @@
+"""A real SSH server (asyncssh, in-process) whose commands run with fake tools first on PATH.
+
+Tests and the demo put scripts named `zfs`, `zrepl`, `nixos-rebuild`, `colmena`, `systemctl`
+into `bin_dir`; a client connecting with the generated key runs them as it would on a host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import asyncssh
+
+
+class LocalSshServer:
+    """Listens on 127.0.0.1; writes known_hosts and a client key for the bot to use."""
+
+    def __init__(self, workdir: Path, port: int = 0) -> None:
+        self.workdir = workdir.resolve()
+        self.bin_dir = self.workdir / "bin"
+        self.known_hosts = self.workdir / "known_hosts"
+        self.client_key = self.workdir / "client_key"
+        self.port = port
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    async def start(self) -> None:
+        """Generate keys (once) and start listening on a free port."""
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        host_key_path = self.workdir / "host_key"
+        if not host_key_path.exists():
+            asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(host_key_path))
+            client = asyncssh.generate_private_key("ssh-ed25519")
+            client.write_private_key(str(self.client_key))
+            client.write_public_key(str(self.workdir / "client_key.pub"))
+        host_key = asyncssh.read_private_key(str(host_key_path))
+        self._server = await asyncssh.listen(
+            "127.0.0.1",
+            self.port,
+            server_host_keys=[host_key],
+            authorized_client_keys=str(self.workdir / "client_key.pub"),
+            process_factory=self._run,
+            encoding=None,
+            allow_scp=False,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.known_hosts.write_text(
+            f"[127.0.0.1]:{self.port} {host_key.export_public_key().decode().strip()}\n"
+        )
+
+    @property
+    def target(self) -> str:
+        """The SSH target string for the bot's config."""
+        return f"root@127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop listening and close open connections."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def script(self, name: str, body: str) -> Path:
+        """Install an executable script (a fake tool) under bin/."""
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        path = self.bin_dir / name
+        path.write_text("#!/bin/sh\n" + body)
+        path.chmod(0o755)
+        return path
+
+    async def _run(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        env = {**os.environ, "PATH": f"{self.bin_dir}:/usr/bin:/bin"}
+        proc = await asyncio.create_subprocess_shell(
+            process.command or "true",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+
+        async def pump(
+            reader: asyncio.StreamReader | None, writer: asyncssh.SSHWriter[bytes]
+        ) -> None:
+            assert reader is not None
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+
+        try:
+            await asyncio.gather(
+                pump(proc.stdout, process.stdout), pump(proc.stderr, process.stderr)
+            )
+            status = await proc.wait()
+        except (asyncio.CancelledError, OSError, asyncssh.Error):
+            # The client went away (e.g. a cancelled deploy): end the remote process too.
+            if proc.returncode is None:
+                os.killpg(proc.pid, 15)
+            raise
+        process.exit(status)

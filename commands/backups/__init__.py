@@ -1,0 +1,248 @@
+"""Backup freshness: `!backups`, and state changes announced in the room without asking.
+
+Every run stores each check's result; the room hears only of a change (OK→STALE, →ERROR, back
+to OK) and, while a check stays bad, a reminder at `remind_every` — never every hour. The last
+announced state is stored, so a restart does not announce again what the room already knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import Field
+
+from bot import durations, messages
+from bot.config import Config, ScheduleConfig, Section
+from bot.context import Context, JobContext, Runtime
+from bot.errors import UserError
+from bot.messages import escape, human_duration, table
+from bot.registry import Param, Router
+from bot.services.ssh import SshClient
+from commands.backups.checks import BackupCheck, CheckResult, run_check
+
+router = Router("backups")
+ICONS = {"OK": "✅", "STALE": "⚠️", "ERROR": "❌"}
+
+
+class SshSettings(Section):
+    known_hosts: Path | None = None
+    client_keys: list[Path] = Field(default_factory=list)
+    connect_timeout_s: float = Field(default=15, gt=0)
+
+
+class BackupMention(Section):
+    severity: list[str]
+    users: list[str] = Field(default_factory=list)
+    room: bool = False
+
+
+class BackupsConfig(Section):
+    cron: str = "0 * * * *"
+    room: str | None = None
+    remind_every: str = "24h"
+    timeout_s: float = Field(default=30, gt=0)
+    mentions: list[BackupMention] = Field(default_factory=list)
+    ssh: SshSettings = SshSettings()
+    checks: list[BackupCheck] = Field(default_factory=list)
+
+
+router.section("backups", BackupsConfig)
+router.migration(
+    1,
+    """
+    CREATE TABLE backup_results (
+        id INTEGER PRIMARY KEY,
+        check_name TEXT NOT NULL,
+        checked_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        newest REAL,
+        detail TEXT NOT NULL,
+        facts TEXT NOT NULL
+    );
+    CREATE INDEX backup_results_check ON backup_results(check_name, checked_at);
+    CREATE TABLE backup_state (
+        check_name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        since REAL NOT NULL,
+        announced_at REAL
+    )
+    """,
+)
+
+
+def _config(rt: Runtime) -> BackupsConfig:
+    cfg = rt.config.section("backups", BackupsConfig)
+    if cfg is None or not cfg.checks:
+        raise UserError("No backup checks are configured (`backups.checks`).")
+    return cfg
+
+
+@router.schedules
+def _hourly(config: Config) -> list[ScheduleConfig]:
+    cfg = config.section("backups", BackupsConfig)
+    if cfg is None or not cfg.checks:
+        return []
+    return [ScheduleConfig(name="backups", cron=cfg.cron, job="backups.check", room=cfg.room)]
+
+
+async def run_all(rt: Runtime) -> list[CheckResult]:
+    """Run every check concurrently, store the results, announce state changes."""
+    cfg = _config(rt)
+    ssh = SshClient(cfg.ssh.known_hosts, cfg.ssh.client_keys, cfg.ssh.connect_timeout_s)
+    results = await asyncio.gather(*(run_check(c, ssh, cfg.timeout_s) for c in cfg.checks))
+    room = rt.transport.resolve_room(cfg.room) if cfg.room else rt.default_room()
+    remind_s = durations.parse_duration(cfg.remind_every).total_seconds()
+    checks = {c.name: c for c in cfg.checks}
+    now = time.time()
+    with rt.store.transaction() as db:
+        for result in results:
+            db.execute(
+                "INSERT INTO backup_results(check_name, checked_at, state, newest, detail, facts) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    result.name,
+                    now,
+                    result.state,
+                    result.newest.timestamp() if result.newest else None,
+                    result.detail,
+                    json.dumps(result.facts, default=str),
+                ),
+            )
+            prev = db.execute(
+                "SELECT * FROM backup_state WHERE check_name = ?", (result.name,)
+            ).fetchone()
+            announce = None
+            if prev is None:
+                if result.state != "OK":
+                    announce = "now"
+                db.execute(
+                    "INSERT INTO backup_state(check_name, state, since, announced_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (result.name, result.state, now, now if announce else None),
+                )
+            elif prev["state"] != result.state:
+                announce = "recovered" if result.state == "OK" else "now"
+                db.execute(
+                    "UPDATE backup_state SET state = ?, since = ?, announced_at = ? "
+                    "WHERE check_name = ?",
+                    (result.state, now, now, result.name),
+                )
+            elif result.state != "OK" and now - (prev["announced_at"] or prev["since"]) >= remind_s:
+                announce = "still"
+                db.execute(
+                    "UPDATE backup_state SET announced_at = ? WHERE check_name = ?",
+                    (now, result.name),
+                )
+            if announce is not None:
+                since = prev["since"] if prev is not None and announce == "still" else now
+                _announce(rt, cfg, room, checks[result.name], result, announce, since)
+    return list(results)
+
+
+def _announce(
+    rt: Runtime,
+    cfg: BackupsConfig,
+    room: str,
+    check: BackupCheck,
+    result: CheckResult,
+    how: str,
+    since: float,
+) -> None:
+    icon = ICONS[result.state]
+    if how == "recovered":
+        head = f"{icon} backup {check.name} is OK again"
+    elif how == "still":
+        lasting = human_duration(time.time() - since)
+        head = f"{icon} backup {check.name} is still {result.state} ({lasting})"
+    else:
+        head = f"{icon} backup {check.name} is {result.state}"
+    users: list[str] = []
+    at_room = False
+    if result.state != "OK":
+        for rule in cfg.mentions:
+            if check.severity.lower() in {s.lower() for s in rule.severity}:
+                users += [u for u in rule.users if u not in users]
+                at_room = at_room or rule.room
+    pings = " ".join((["@room"] if at_room else []) + users)
+    text = f"{pings + ' ' if pings else ''}{head}: {result.detail} [{check.kind} {check.target}]"
+    html = (
+        f"{escape(pings) + ' ' if pings else ''}<b>{escape(head)}</b>: {escape(result.detail)} "
+        f"<i>[{escape(check.kind)} {escape(check.target)}]</i>"
+    )
+    content = messages.notice(text, html)
+    content["m.mentions"] = {"user_ids": users, **({"room": True} if at_room else {})}
+    rt.outbox.post(room, content)
+
+
+@router.job("backups.check")
+async def backups_job(ctx: JobContext) -> str:
+    """Run every backup check; announce what changed."""
+    results = await run_all(ctx.rt)
+    counts = {s: sum(1 for r in results if r.state == s) for s in ICONS}
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+
+
+def _age(result: CheckResult) -> str:
+    age = result.age()
+    return "—" if age is None else human_duration(age)
+
+
+@router.command("backups", params=[Param("name", required=False)])
+async def backups_cmd(ctx: Context) -> None:
+    """Check every backup now and show how fresh each is; `!backups NAME` for details."""
+    cfg = _config(ctx.rt)
+    if ctx.args:
+        await _details(ctx, cfg, ctx.args[0])
+        return
+    await ctx.react("👀")
+    results = {r.name: r for r in await run_all(ctx.rt)}
+    rows = []
+    for check in cfg.checks:
+        r = results[check.name]
+        rows.append(
+            [
+                check.name,
+                check.target,
+                r.newest.strftime("%Y-%m-%d %H:%M") if r.newest else "—",
+                _age(r),
+                check.max_age,
+                f"{ICONS[r.state]} {r.state}",
+            ]
+        )
+    text, html = table(["backup", "target", "newest (UTC)", "age", "max age", "state"], rows)
+    bad = [r for r in results.values() if r.state != "OK"]
+    notes = "\n".join(f"{ICONS[r.state]} {r.name}: {r.detail}" for r in bad)
+    notes_html = "".join(
+        f"<li>{ICONS[r.state]} <b>{escape(r.name)}</b>: {escape(r.detail)}</li>" for r in bad
+    )
+    await ctx.reply(
+        text + (f"\n{notes}" if notes else ""),
+        html + (f"<ul>{notes_html}</ul>" if notes_html else ""),
+    )
+
+
+async def _details(ctx: Context, cfg: BackupsConfig, name: str) -> None:
+    check = next((c for c in cfg.checks if c.name == name), None)
+    if check is None:
+        known = ", ".join(c.name for c in cfg.checks)
+        raise UserError(f"No backup check named {name!r}; known: {known}.")
+    rows = ctx.rt.store.execute(
+        "SELECT * FROM backup_results WHERE check_name = ? ORDER BY checked_at DESC LIMIT 5",
+        (name,),
+    ).fetchall()
+    lines = [
+        f"{check.name}: {check.kind} on {check.target}, max age {check.max_age}, "
+        f"severity {check.severity}"
+    ]
+    for row in rows:
+        when = datetime.fromtimestamp(row["checked_at"], UTC)
+        lines.append(
+            f"{when:%Y-%m-%d %H:%M} UTC  {ICONS[row['state']]} {row['state']}  {row['detail']}"
+        )
+    if not rows:
+        lines.append("not checked yet; `!backups` checks everything now")
+    await ctx.reply("\n".join(lines), "<br>".join(escape(line) for line in lines))
