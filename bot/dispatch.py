@@ -9,7 +9,7 @@ import time
 
 from bot.context import Context, Runtime, answer_to, error_ref
 from bot.errors import BotError, PermissionDenied, UserError
-from bot.matrix import IncomingMessage
+from bot.matrix import Incoming, IncomingMessage, IncomingReaction
 from bot.messages import escape
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,12 @@ class Dispatcher:
                 return text[len(name) + 1 :].strip() or None
         return None
 
-    def on_message(self, msg: IncomingMessage) -> None:
+    def on_message(self, msg: Incoming) -> None:
         """Called by the sync loop for each new message; never blocks it."""
+        if isinstance(msg, IncomingReaction):
+            for handler in self.rt.registry.reaction_handlers:
+                self.rt.tasks.spawn(handler(self.rt, msg), name=f"reaction:{msg.event_id}")
+            return
         text = self.addressed(msg.body)
         if text is None:
             return

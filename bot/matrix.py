@@ -22,6 +22,7 @@ from nio import (
     ErrorResponse,
     JoinResponse,
     LoginResponse,
+    ReactionEvent,
     RoomMessageText,
     RoomSendResponse,
     SyncResponse,
@@ -82,6 +83,21 @@ class IncomingMessage:
     body: str
     server_ts: int
     thread_root: str | None
+
+
+@dataclass(frozen=True)
+class IncomingReaction:
+    """An m.reaction in a served room from someone other than the bot."""
+
+    room_id: str
+    sender: str
+    event_id: str
+    reacts_to: str
+    key: str
+    server_ts: int
+
+
+Incoming = IncomingMessage | IncomingReaction
 
 
 def new_txn_id() -> str:
@@ -207,7 +223,7 @@ class Transport:
             },
         }
 
-    async def sync_forever(self, on_message: Callable[[IncomingMessage], None]) -> None:
+    async def sync_forever(self, on_message: Callable[[Incoming], None]) -> None:
         """Long-poll the homeserver and hand each new command-like message to `on_message`.
 
         Events sent before this process started are never handed on, so a restart does not
@@ -269,7 +285,7 @@ class Transport:
             await asyncio.sleep(self.cfg.max_backoff_s)
 
     def _handle_sync(
-        self, resp: SyncResponse, on_message: Callable[[IncomingMessage], None], caught_up: bool
+        self, resp: SyncResponse, on_message: Callable[[Incoming], None], caught_up: bool
     ) -> list[str]:
         """Hand on new messages; returns the served rooms we were invited back into."""
         invites = [r for r in resp.rooms.invite if r in self.served_rooms or r in self.cfg.rooms]
@@ -278,12 +294,24 @@ class Transport:
             if room_id not in self.served_rooms:
                 continue
             for event in info.timeline.events:
-                if not isinstance(event, RoomMessageText):  # notices, edits' m.notice, reactions
+                if not isinstance(event, RoomMessageText | ReactionEvent):  # e.g. notices
                     continue
                 if event.sender == self.user_id:
                     continue
                 if event.server_timestamp < self.started_ms and not caught_up:
                     log.debug("skipping %s: sent before this start", event.event_id)
+                    continue
+                if isinstance(event, ReactionEvent):
+                    on_message(
+                        IncomingReaction(
+                            room_id=room_id,
+                            sender=event.sender,
+                            event_id=event.event_id,
+                            reacts_to=event.reacts_to,
+                            key=event.key,
+                            server_ts=event.server_timestamp,
+                        )
+                    )
                     continue
                 if _is_edit(event.source):
                     continue

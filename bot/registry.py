@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -15,11 +15,13 @@ from bot.store import Migration
 if TYPE_CHECKING:
     from bot.config import Config, ScheduleConfig
     from bot.context import Context, JobContext, Runtime
+    from bot.matrix import IncomingReaction
 
 Handler = Callable[["Context"], Awaitable[None]]
 JobFunc = Callable[["JobContext"], Awaitable[str | None]]
 HttpHandler = Callable[["Runtime", web.Request], Awaitable[web.StreamResponse]]
 Service = Callable[["Runtime"], Awaitable[None]]
+ReactionHandler = Callable[["Runtime", "IncomingReaction"], Coroutine[Any, Any, None]]
 ScheduleProvider = Callable[["Config"], list["ScheduleConfig"]]
 
 ANYONE = "anyone"
@@ -102,6 +104,7 @@ class Router:
     migrations: list[Migration] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     schedule_providers: list[ScheduleProvider] = field(default_factory=list)
+    reaction_handlers: list[ReactionHandler] = field(default_factory=list)
 
     def command(
         self,
@@ -161,6 +164,11 @@ class Router:
         self.schedule_providers.append(func)
         return func
 
+    def reaction(self, func: ReactionHandler) -> ReactionHandler:
+        """Called for every reaction in a served room (e.g. ✅ to confirm)."""
+        self.reaction_handlers.append(func)
+        return func
+
     def service(self, func: Service) -> Service:
         """A long-running coroutine started with the bot and cancelled at shutdown."""
         self.services.append(func)
@@ -210,6 +218,11 @@ class Registry:
     def feature_schedules(self, config: Config) -> list[ScheduleConfig]:
         """Schedules that features derive from their config sections."""
         return [s for r in self.routers for p in r.schedule_providers for s in p(config)]
+
+    @property
+    def reaction_handlers(self) -> list[ReactionHandler]:
+        """Every feature's reaction handlers."""
+        return [h for r in self.routers for h in r.reaction_handlers]
 
     @property
     def services(self) -> list[Service]:

@@ -1,6 +1,6 @@
 """Every feature's router, listed explicitly: removing a feature is deleting one line."""
 
 from bot.registry import Router
-from commands import alerts, backups, core
+from commands import alerts, backups, core, deploy
 
-ROUTERS: list[Router] = [core.router, alerts.router, backups.router]
+ROUTERS: list[Router] = [core.router, alerts.router, backups.router, deploy.router]

@@ -23,6 +23,7 @@ class LocalSshServer:
         self.client_key = self.workdir / "client_key"
         self.port = port
         self._server: asyncssh.SSHAcceptor | None = None
+        self._connections: list[asyncssh.SSHServerConnection] = []
 
     async def start(self) -> None:
         """Generate keys (once) and start listening on a free port."""
@@ -42,6 +43,7 @@ class LocalSshServer:
             process_factory=self._run,
             encoding=None,
             allow_scp=False,
+            acceptor=self._connections.append,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.known_hosts.write_text(
@@ -52,6 +54,12 @@ class LocalSshServer:
     def target(self) -> str:
         """The SSH target string for the bot's config."""
         return f"root@127.0.0.1:{self.port}"
+
+    def drop_connections(self) -> None:
+        """Cut every open connection, as a network failure would."""
+        for conn in self._connections:
+            conn.abort()
+        self._connections.clear()
 
     async def stop(self) -> None:
         """Stop listening and close open connections."""

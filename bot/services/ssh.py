@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+from pydantic import Field
 
+from bot.config import Section
 from bot.errors import RemoteError
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,14 @@ log = logging.getLogger(__name__)
 _TARGET = re.compile(
     r"^(?:(?P<user>[A-Za-z0-9_.-]+)@)?(?P<host>[A-Za-z0-9_.-]+|\[[0-9a-fA-F:]+\])(?::(?P<port>\d+))?$"
 )
+
+
+class SshSettings(Section):
+    """How the bot connects: host keys are checked against known_hosts, never learned."""
+
+    known_hosts: Path | None = None
+    client_keys: list[Path] = Field(default_factory=list)
+    connect_timeout_s: float = Field(default=15, gt=0)
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,11 @@ class Result:
 
 class SshClient:
     """Connects with the configured known_hosts and keys; one connection per call."""
+
+    @classmethod
+    def from_settings(cls, settings: SshSettings) -> SshClient:
+        """A client configured from an `ssh:` config block."""
+        return cls(settings.known_hosts, settings.client_keys, settings.connect_timeout_s)
 
     def __init__(
         self,

@@ -11,7 +11,6 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pydantic import Field
 
@@ -21,17 +20,11 @@ from bot.context import Context, JobContext, Runtime
 from bot.errors import UserError
 from bot.messages import escape, human_duration, table
 from bot.registry import Param, Router
-from bot.services.ssh import SshClient
+from bot.services.ssh import SshClient, SshSettings
 from commands.backups.checks import BackupCheck, CheckResult, run_check
 
 router = Router("backups")
 ICONS = {"OK": "✅", "STALE": "⚠️", "ERROR": "❌"}
-
-
-class SshSettings(Section):
-    known_hosts: Path | None = None
-    client_keys: list[Path] = Field(default_factory=list)
-    connect_timeout_s: float = Field(default=15, gt=0)
 
 
 class BackupMention(Section):
@@ -92,7 +85,7 @@ def _hourly(config: Config) -> list[ScheduleConfig]:
 async def run_all(rt: Runtime) -> list[CheckResult]:
     """Run every check concurrently, store the results, announce state changes."""
     cfg = _config(rt)
-    ssh = SshClient(cfg.ssh.known_hosts, cfg.ssh.client_keys, cfg.ssh.connect_timeout_s)
+    ssh = SshClient.from_settings(cfg.ssh)
     results = await asyncio.gather(*(run_check(c, ssh, cfg.timeout_s) for c in cfg.checks))
     room = rt.transport.resolve_room(cfg.room) if cfg.room else rt.default_room()
     remind_s = durations.parse_duration(cfg.remind_every).total_seconds()
