@@ -99,6 +99,36 @@ EOF
 """
 
 
+FAKE_NIXOS_REBUILD = r"""echo "building the system configuration..."
+echo "these 2 derivations will be built:"
+echo "  /nix/store/0r2v-nixos-system-pluto-24.05.20241125.drv"
+for i in 1 2 3; do echo "building '/nix/store/0r2v-unit-$i.drv'..."; sleep 0.5; done
+echo "copying 7 paths..."
+echo "activating the configuration..."
+echo "setting up /etc..."
+echo "restarting the following units: nginx.service"
+echo "Done. The new configuration is /nix/store/0r2v-nixos-system-pluto-24.05"
+"""
+
+
+def demo_deploys(ssh: LocalSshServer, base: Path) -> dict[str, Any]:
+    """A demo host `pluto` whose deploy runs through the local SSH server."""
+    checkout = base / "infra-checkout"
+    checkout.mkdir(exist_ok=True)
+    ssh.script("nixos-rebuild", FAKE_NIXOS_REBUILD)
+    ssh.script("git", "echo 3f2c1a9b8e7d6c5b4a39281706f5e4d3c2b1a098\n")
+    ssh.script("nixos-version", "echo '24.05.20241125.abcdef (Uakari)'\n")
+    ssh.script("systemctl", "true\n")
+    return {
+        "hosts": [{"name": "pluto", "target": ssh.target}],
+        "deploy": {
+            "runner": ssh.target,
+            "checkout": str(checkout),
+            "ssh": {"known_hosts": str(ssh.known_hosts), "client_keys": [str(ssh.client_key)]},
+        },
+    }
+
+
 def demo_backups(ssh: LocalSshServer, pg: LocalPostgres) -> dict[str, Any]:
     """Backup checks against the demo's SSH host and PostgreSQL; one of them is stale."""
     ssh.script("zfs", FAKE_ZFS)
@@ -187,6 +217,7 @@ async def _main(demo: DemoStack, check: bool) -> int:
         config_path = demo.base / "config.yaml"
         raw = demo_config(hs, demo.base, bot, admin, demo.http_port, am.url)
         raw["backups"] = demo_backups(demo.ssh, demo.pg)
+        raw.update(demo_deploys(demo.ssh, demo.base))
         config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         registry = load_registry()
         config = load(str(config_path), registry)
@@ -200,6 +231,7 @@ infrabot demo is up.
   room       : {alias}  ({room})
   bot        : {bot.user_id}, health on http://127.0.0.1:{demo.http_port}/healthz
   backups    : `!backups` checks a local SSH host's zfs/zrepl and a local PostgreSQL
+  deploys    : `!deploy pluto` runs a (fake) nixos-rebuild over a local SSH server
   alerts     : Alertmanager {am.url} sends to the bot; fire a test alert with
                amtool --alertmanager.url={am.url} alert add SystemdUnitFailed \\
                  instance=pluto name=nginx.service severity=warning \\
@@ -235,6 +267,15 @@ async def _self_check(bot: Bot, demo: DemoStack, admin: Account, room: str) -> i
         demo.am.fire(labels, resolved=True)
         backups = await user.ask(room, "!backups", bot_id, timeout=60)
         print("demo check: !backups answered:\n" + backups.body)
+        await user.send(room, "!deploy pluto")
+        done = await user.wait_for(
+            lambda e: (
+                e.sender == bot_id
+                and e.content.get("m.new_content", {}).get("body", "").startswith("✅ pluto")
+            ),
+            timeout=60,
+        )
+        print("demo check: " + done.content["m.new_content"]["body"].splitlines()[0])
         return 0
     except TimeoutError:
         print("demo check: the bot did not answer in time", file=sys.stderr)
