@@ -12,6 +12,7 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from bot.app import Bot
 from bot.cli import load, load_registry, secret_values, serve
 from bot.devstack.alertmanager import LocalAlertmanager
 from bot.devstack.client import RoomUser
+from bot.devstack.moto import LocalMoto, daily_results
 from bot.devstack.postgres import LocalPostgres
 from bot.devstack.ssh import LocalSshServer
 from bot.devstack.synapse import Account, LocalSynapse, free_port
@@ -157,6 +159,50 @@ def demo_backups(ssh: LocalSshServer, pg: LocalPostgres) -> dict[str, Any]:
     }
 
 
+def demo_aws(moto: LocalMoto) -> dict[str, Any]:
+    """Sample spend (queued for many !costs calls) and a few idle resources in moto."""
+    import boto3
+
+    today = datetime.now(UTC).date()
+    start = (today - timedelta(days=60)).isoformat()
+
+    def day(i: int) -> dict[str, float]:
+        return {
+            "Amazon Simple Storage Service": 33.0 + (i % 7),
+            "Amazon Elastic Compute Cloud - Compute": 52.0 - i * 0.3,
+            "EC2 - Other": 11.0,
+            "Amazon CloudFront": 4.5,
+        }
+
+    daily = daily_results(start, 60, day)
+    month = [
+        {
+            "TimePeriod": {"Start": today.replace(day=1).isoformat(), "End": today.isoformat()},
+            "Total": {"UnblendedCost": {"Amount": f"{95.0 * max(1, today.day - 1):.2f}"}},
+            "Groups": [],
+        }
+    ]
+    moto.queue_cost_results([daily, month] * 25)
+    ec2 = boto3.client(
+        "ec2",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        aws_access_key_id="demo",
+        aws_secret_access_key="demo",  # noqa: S106 - moto accepts any
+    )
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    volume = ec2.create_volume(Size=200, AvailabilityZone="us-east-1a", VolumeType="gp2")
+    ec2.create_snapshot(VolumeId=volume["VolumeId"], Description="old release mirror")
+    ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="m4.large")
+    return {
+        "endpoint_url": moto.url,
+        "access_key_id": "demo",
+        "secret_access_key": "demo",
+        "snapshot_max_age": "0s",
+        "baseline_monthly": 3300,
+    }
+
+
 @dataclass
 class DemoStack:
     """The local servers the demo bot talks to."""
@@ -166,6 +212,7 @@ class DemoStack:
     am: LocalAlertmanager
     pg: LocalPostgres
     ssh: LocalSshServer
+    moto: LocalMoto
     http_port: int
 
 
@@ -197,7 +244,10 @@ def run_demo(directory: str, check: bool = False) -> int:
         stack.callback(pg.stop)
         pg.switch_wal()
         ssh = LocalSshServer(base / "ssh", port=free_port())
-        demo = DemoStack(base, hs, am, pg, ssh, http_port)
+        moto = LocalMoto(base / "moto")
+        moto.start()
+        stack.callback(moto.stop)
+        demo = DemoStack(base, hs, am, pg, ssh, moto, http_port)
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_main(demo, check))
     return 0
@@ -218,6 +268,7 @@ async def _main(demo: DemoStack, check: bool) -> int:
         raw = demo_config(hs, demo.base, bot, admin, demo.http_port, am.url)
         raw["backups"] = demo_backups(demo.ssh, demo.pg)
         raw.update(demo_deploys(demo.ssh, demo.base))
+        raw["aws"] = demo_aws(demo.moto)
         config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         registry = load_registry()
         config = load(str(config_path), registry)
@@ -232,6 +283,7 @@ infrabot demo is up.
   bot        : {bot.user_id}, health on http://127.0.0.1:{demo.http_port}/healthz
   backups    : `!backups` checks a local SSH host's zfs/zrepl and a local PostgreSQL
   deploys    : `!deploy pluto` runs a (fake) nixos-rebuild over a local SSH server
+  aws        : `!costs` and `!aws idle` answer from a local moto server with sample spend
   alerts     : Alertmanager {am.url} sends to the bot; fire a test alert with
                amtool --alertmanager.url={am.url} alert add SystemdUnitFailed \\
                  instance=pluto name=nginx.service severity=warning \\
@@ -276,6 +328,8 @@ async def _self_check(bot: Bot, demo: DemoStack, admin: Account, room: str) -> i
             timeout=60,
         )
         print("demo check: " + done.content["m.new_content"]["body"].splitlines()[0])
+        costs = await user.ask(room, "!costs", bot_id, timeout=60)
+        print("demo check: " + costs.body.splitlines()[0])
         return 0
     except TimeoutError:
         print("demo check: the bot did not answer in time", file=sys.stderr)

@@ -1,0 +1,162 @@
+"""Resources that cost money while doing nothing, with an estimated monthly price each."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from commands.costs.aws import AwsClients
+
+HOURS_PER_MONTH = 730
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD list prices used for estimates (override in config for your region)."""
+
+    ebs_gb_month: dict[str, float]
+    snapshot_gb_month: float
+    instance_hour: dict[str, float]
+    previous_generation: tuple[str, ...]
+    previous_generation_saving: float
+
+
+@dataclass(frozen=True)
+class IdleItem:
+    """One resource and what it costs per month."""
+
+    kind: str  # "volume", "snapshot", "stopped instance", "previous generation"
+    region: str
+    resource: str
+    detail: str
+    monthly: float | None  # None when the price table has no entry
+    saving: float  # what acting on it would save per month
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return "?"
+    days = (datetime.now(UTC) - moment.astimezone(UTC)).days
+    return f"{days} d"
+
+
+def _name(tags: list[dict[str, str]] | None) -> str:
+    for tag in tags or []:
+        if tag.get("Key") == "Name":
+            return f" ({tag.get('Value')})"
+    return ""
+
+
+async def find_idle(
+    aws: AwsClients, regions: list[str], prices: Prices, snapshot_max_age: timedelta
+) -> list[IdleItem]:
+    """Unattached volumes, old own snapshots, stopped instances' volumes, previous-gen types."""
+    identity = await aws.call("sts", "get_caller_identity")
+    account = str(identity["Account"])
+    per_region = await asyncio.gather(
+        *(_region(aws, r, account, prices, snapshot_max_age) for r in regions)
+    )
+    return [item for items in per_region for item in items]
+
+
+async def _region(
+    aws: AwsClients, region: str, account: str, prices: Prices, max_age: timedelta
+) -> list[IdleItem]:
+    items: list[IdleItem] = []
+    volumes = await aws.paginate(
+        "ec2",
+        "describe_volumes",
+        region,
+        "Volumes",
+        Filters=[{"Name": "status", "Values": ["available"]}],
+    )
+    for v in volumes:
+        price = prices.ebs_gb_month.get(v.get("VolumeType", ""), None)
+        monthly = None if price is None else v["Size"] * price
+        items.append(
+            IdleItem(
+                "volume",
+                region,
+                v["VolumeId"] + _name(v.get("Tags")),
+                f"{v['Size']} GiB {v.get('VolumeType', '?')}, unattached, "
+                f"{_age(v.get('CreateTime'))} old",
+                monthly,
+                monthly or 0.0,
+            )
+        )
+    cutoff = datetime.now(UTC) - max_age
+    snapshots = await aws.paginate(
+        "ec2", "describe_snapshots", region, "Snapshots", OwnerIds=["self"]
+    )
+    for s in snapshots:
+        # Public and AWS-provided snapshots can show up too; only our own cost us money.
+        if str(s.get("OwnerId")) != account or s["StartTime"].astimezone(UTC) > cutoff:
+            continue
+        monthly = s.get("VolumeSize", 0) * prices.snapshot_gb_month
+        items.append(
+            IdleItem(
+                "snapshot",
+                region,
+                s["SnapshotId"] + _name(s.get("Tags")),
+                f"{s.get('VolumeSize', 0)} GiB, {_age(s['StartTime'])} old"
+                + (f", {s['Description'][:60]}" if s.get("Description") else ""),
+                monthly,
+                monthly,
+            )
+        )
+    reservations = await aws.paginate(
+        "ec2",
+        "describe_instances",
+        region,
+        "Reservations",
+        Filters=[{"Name": "instance-state-name", "Values": ["stopped", "running"]}],
+    )
+    instances = [i for r in reservations for i in r.get("Instances", [])]
+    stopped_volume_ids = {
+        m["Ebs"]["VolumeId"]: i["InstanceId"]
+        for i in instances
+        if i["State"]["Name"] == "stopped"
+        for m in i.get("BlockDeviceMappings", [])
+        if "Ebs" in m
+    }
+    if stopped_volume_ids:
+        attached = await aws.paginate(
+            "ec2", "describe_volumes", region, "Volumes", VolumeIds=sorted(stopped_volume_ids)
+        )
+        sizes: dict[str, float] = {}
+        for v in attached:
+            price = prices.ebs_gb_month.get(v.get("VolumeType", ""), 0.0)
+            instance = stopped_volume_ids[v["VolumeId"]]
+            sizes[instance] = sizes.get(instance, 0.0) + v["Size"] * price
+        for i in instances:
+            if i["State"]["Name"] != "stopped":
+                continue
+            monthly = sizes.get(i["InstanceId"], 0.0)
+            items.append(
+                IdleItem(
+                    "stopped instance",
+                    region,
+                    i["InstanceId"] + _name(i.get("Tags")),
+                    f"{i['InstanceType']} stopped, its volumes still billed",
+                    monthly,
+                    monthly,
+                )
+            )
+    for i in instances:
+        family = i["InstanceType"].split(".")[0]
+        if i["State"]["Name"] != "running" or family not in prices.previous_generation:
+            continue
+        hourly = prices.instance_hour.get(i["InstanceType"])
+        monthly = None if hourly is None else hourly * HOURS_PER_MONTH
+        items.append(
+            IdleItem(
+                "previous generation",
+                region,
+                i["InstanceId"] + _name(i.get("Tags")),
+                f"{i['InstanceType']} running (a current generation type is cheaper)",
+                monthly,
+                (monthly or 0.0) * prices.previous_generation_saving,
+            )
+        )
+    return items
