@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # A permanent refusal (e.g. M_FORBIDDEN) may be fixed by an operator inviting the bot back,
 # so it is retried a few times before the row is given up and logged as failed.
 MAX_PERMANENT_ATTEMPTS = 5
+# Refusals of the event itself: sending it again can never succeed.
+HOPELESS = frozenset({"M_TOO_LARGE", "M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM"})
 _REF = re.compile(r"^outbox:(\d+)$")
 
 
@@ -173,7 +175,9 @@ class Outbox:
             return
         except MatrixError as exc:
             attempts = row["attempts"] + 1
-            give_up = not exc.transient and attempts >= MAX_PERMANENT_ATTEMPTS
+            give_up = not exc.transient and (
+                attempts >= MAX_PERMANENT_ATTEMPTS or exc.errcode in HOPELESS
+            )
             self.store.execute(
                 "UPDATE outbox SET attempts = ?, last_error = ?, state = ? WHERE id = ?",
                 (attempts, str(exc), "failed" if give_up else "pending", row["id"]),

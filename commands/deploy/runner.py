@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 ACTIONS = ("switch", "boot", "test", "dry-activate", "build")
 MAX_LOG_BYTES = 20 * 2**20  # keep head and tail beyond this
+MAX_CHUNK_CHARS = 12_000
+MAX_LINE_CHARS = 400
 PHASES = (
     (
         re.compile(r"building the system configuration|building '/nix/store|these \d+ derivations"),
@@ -117,13 +119,14 @@ class DeployRun:
     dropped: int = 0
     log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=20000))
     pending_thread: list[str] = field(default_factory=list)
+    thread_skipped: int = 0
     task: asyncio.Task[None] | None = None
     cancelled_by: str | None = None
 
     def add_line(self, line: str) -> None:
         """Record one output line (bounded memory however long the log)."""
         self.lines += 1
-        self.tail.append(line)
+        self.tail.append(line[:MAX_LINE_CHARS])
         for pattern, phase in PHASES:
             if pattern.search(line):
                 self.phase = phase
@@ -136,9 +139,9 @@ class DeployRun:
                 self.dropped += 1
             self.log_tail.append(line)
         if len(self.pending_thread) < 400:
-            self.pending_thread.append(line)
+            self.pending_thread.append(line[:MAX_LINE_CHARS])
         else:
-            self.pending_thread[-1] = "…"
+            self.thread_skipped += 1
 
     def full_log(self) -> str:
         """The whole output (middle elided if it exceeded the cap)."""
@@ -186,9 +189,21 @@ class Runner:
         self.rt.outbox.post(run.room_id, content, coalesce_key=f"deploy:status:{run.deploy_id}")
 
     def _flush_thread(self, run: DeployRun) -> None:
-        if not run.pending_thread:
+        if not run.pending_thread and not run.thread_skipped:
             return
-        chunk = "\n".join(run.pending_thread)
+        # An event must stay well under Matrix's 64 KiB, HTML copy included.
+        kept: list[str] = []
+        size = 0
+        for line in run.pending_thread:
+            if size + len(line) > MAX_CHUNK_CHARS:
+                break
+            kept.append(line)
+            size += len(line) + 1
+        skipped = len(run.pending_thread) - len(kept) + run.thread_skipped
+        run.thread_skipped = 0
+        if skipped:
+            kept.append(f"… {skipped} more lines (the full log follows at the end)")
+        chunk = "\n".join(kept)
         run.pending_thread.clear()
         content = messages.notice(chunk, f"<pre><code>{escape(chunk)}</code></pre>")
         self.rt.outbox.post(run.room_id, messages.in_thread(content, ref(run.status_outbox_id)))
