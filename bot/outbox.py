@@ -6,7 +6,9 @@ homeserver deduplicates, so nothing is posted twice and nothing is dropped.
 A content value "outbox:N" stands for the event id of row N, filled in at delivery, so an edit
 or a threaded reply can be queued before the message it refers to has reached the server.
 Rows posted with the same coalesce key replace each other while still pending: under a slow or
-rate-limited homeserver only the newest version of an edited message is sent.
+rate-limited homeserver only the newest version of an edited message is sent. Rows posted as
+unordered (e.g. independent alert groups) may be sent several at a time, which keeps a burst
+from queueing behind one round trip per message.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_PERMANENT_ATTEMPTS = 5
 # Refusals of the event itself: sending it again can never succeed.
 HOPELESS = frozenset({"M_TOO_LARGE", "M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM"})
+PARALLEL_SENDS = 8
 _REF = re.compile(r"^outbox:(\d+)$")
 
 
@@ -53,7 +56,7 @@ class Outbox:
         self._waiters: dict[int, asyncio.Future[str]] = {}
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, Backoff] = {}
-        self._in_flight: int | None = None
+        self._in_flight: set[int] = set()
 
     def post(
         self,
@@ -61,17 +64,21 @@ class Outbox:
         content: dict[str, Any],
         event_type: str = "m.room.message",
         coalesce_key: str | None = None,
+        ordered: bool = True,
     ) -> int:
         """Commit an event for delivery; returns its outbox id."""
         with self.store.transaction() as db:
             if coalesce_key is not None:
-                db.execute(
-                    "DELETE FROM outbox WHERE coalesce_key = ? AND state = 'pending' AND id != ?",
-                    (coalesce_key, self._in_flight or -1),
-                )
+                stale = db.execute(
+                    "SELECT id FROM outbox WHERE coalesce_key = ? AND state = 'pending'",
+                    (coalesce_key,),
+                ).fetchall()
+                for row in stale:
+                    if row["id"] not in self._in_flight:
+                        db.execute("DELETE FROM outbox WHERE id = ?", (row["id"],))
             cur = db.execute(
-                "INSERT INTO outbox(room_id, event_type, content, txn_id, created_at, coalesce_key)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox(room_id, event_type, content, txn_id, created_at, "
+                "coalesce_key, ordered) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     room_id,
                     event_type,
@@ -79,6 +86,7 @@ class Outbox:
                     new_txn_id(),
                     time.time(),
                     coalesce_key,
+                    int(ordered),
                 ),
             )
         self._wake.set()
@@ -132,37 +140,56 @@ class Outbox:
         row = self.store.execute("SELECT COUNT(*) AS n FROM outbox WHERE state = 'pending'")
         return int(row.fetchone()["n"])
 
+    def _batches(self) -> tuple[list[list[Any]], list[str]]:
+        """Per room, what may go out now: the head alone, or a run of unordered rows."""
+        rows = self.store.execute(
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY room_id ORDER BY id) AS rn "
+            "FROM outbox WHERE state = 'pending') WHERE rn <= ? ORDER BY room_id, id",
+            (PARALLEL_SENDS,),
+        ).fetchall()
+        by_room: dict[str, list[Any]] = {}
+        for row in rows:
+            by_room.setdefault(row["room_id"], []).append(row)
+        now = time.monotonic()
+        batches, waiting = [], []
+        for room_id, queue in by_room.items():
+            if self._retry_at.get(room_id, 0) > now:
+                waiting.append(room_id)
+                continue
+            batch = [queue[0]]
+            if not queue[0]["ordered"]:
+                for row in queue[1:]:
+                    if row["ordered"]:
+                        break
+                    batch.append(row)
+            batches.append(batch)
+        return batches, waiting
+
     async def run(self) -> None:
-        """Deliver forever: the head of each room's queue, in order, with backoff per room."""
+        """Deliver forever: per room in order (unordered runs in parallel), with backoff."""
         while True:
-            heads = self.store.execute(
-                "SELECT * FROM outbox WHERE id IN (SELECT MIN(id) FROM outbox "
-                "WHERE state = 'pending' GROUP BY room_id) ORDER BY id"
-            ).fetchall()
-            self.metrics.outbox_pending.set(self.pending() if heads else 0)
-            now = time.monotonic()
-            ready = [r for r in heads if self._retry_at.get(r["room_id"], 0) <= now]
-            if not ready:
+            batches, waiting = self._batches()
+            self.metrics.outbox_pending.set(self.pending() if batches or waiting else 0)
+            if not batches:
                 self._wake.clear()
-                wait = min((self._retry_at[r["room_id"]] for r in heads), default=None)
+                wait = min((self._retry_at[r] for r in waiting), default=None)
                 try:
-                    timeout = None if wait is None else max(0.0, wait - now)
+                    timeout = None if wait is None else max(0.0, wait - time.monotonic())
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except TimeoutError:
                     pass
                 continue
-            for row in ready:
-                await self._deliver(row)
+            await asyncio.gather(*(self._deliver(row) for batch in batches for row in batch))
 
     async def _deliver(self, row: Any) -> None:
+        self._in_flight.add(row["id"])
         try:
             await self._deliver_one(row)
         finally:
-            self._in_flight = None
+            self._in_flight.discard(row["id"])
 
     async def _deliver_one(self, row: Any) -> None:
         room_id = row["room_id"]
-        self._in_flight = row["id"]
         try:
             content = self._fill_refs(json.loads(row["content"]))
             event_id = await self.transport.send_event(

@@ -82,6 +82,7 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX outbox_coalesce ON outbox(coalesce_key, state);
         """,
     ),
+    Migration("core", 3, "ALTER TABLE outbox ADD COLUMN ordered INTEGER NOT NULL DEFAULT 1"),
 )
 
 

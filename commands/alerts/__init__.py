@@ -198,7 +198,8 @@ def record_notification(rt: Runtime, room_id: str, n: Notification) -> str:
         content["m.mentions"] = {"user_ids": users, **({"room": True} if at_room else {})}
         still_open = 1 if n.status == "firing" else 0
         if row is None:
-            outbox_id = rt.outbox.post(room_id, content)
+            # A new group does not depend on any other message: it may go out in parallel.
+            outbox_id = rt.outbox.post(room_id, content, ordered=False)
             db.execute(
                 "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, "
                 "alerts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
