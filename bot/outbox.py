@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 # so it is retried a few times before the row is given up and logged as failed.
 MAX_PERMANENT_ATTEMPTS = 5
 # Refusals of the event itself: sending it again can never succeed.
-HOPELESS = frozenset({"M_TOO_LARGE", "M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM"})
+REF_GONE = "IB_REFERENCE_GONE"
+HOPELESS = frozenset({"M_TOO_LARGE", "M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM", REF_GONE})
 PARALLEL_SENDS = 8
 _REF = re.compile(r"^outbox:(\d+)$")
 
@@ -104,10 +105,19 @@ class Outbox:
             match = _REF.match(value)
             if match is None:
                 return value
-            event_id = self.event_id(int(match.group(1)))
-            if event_id is None:
+            target = self.store.execute(
+                "SELECT state, event_id FROM outbox WHERE id = ?", (int(match.group(1)),)
+            ).fetchone()
+            if target is None or target["state"] == "failed":
+                # What it refers to will never exist (given up, or coalesced away).
+                raise MatrixError(
+                    f"refers to {value}, which was not delivered",
+                    transient=False,
+                    errcode=REF_GONE,
+                )
+            if target["event_id"] is None:
                 raise _NotYetSent(value)
-            return event_id
+            return str(target["event_id"])
         if isinstance(value, dict):
             return {k: self._fill_refs(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -196,7 +206,7 @@ class Outbox:
                 room_id, row["event_type"], content, row["txn_id"]
             )
         except _NotYetSent as missing:
-            # The referenced message is in another room's queue or was given up.
+            # The referenced message is still queued (e.g. in flight, or in another room).
             self._retry_at[room_id] = time.monotonic() + 1
             log.info("outbox message %d waits for %s", row["id"], missing)
             return

@@ -343,3 +343,48 @@ async def test_full_outbox_survives_a_bot_restart(
         lambda e: e.sender == again.user_id and e.body.startswith("✅ resolved: Restart0"),
         timeout=20,
     )
+
+
+async def test_routes_pick_rooms_and_mentions_ping(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    synapse: LocalSynapse,
+    accounts: Any,
+) -> None:
+    critical_room = synapse.create_room(
+        accounts.admin, name="critical", invite=[accounts.bot.user_id]
+    )
+
+    def edit(raw: dict[str, Any]) -> None:
+        _alerting(free_port())(raw)
+        raw["matrix"]["rooms"] = [room, critical_room]
+        raw["alertmanager"]["routes"] = [
+            {"room": critical_room, "path": "critical"},
+            {"room": critical_room, "match_re": {"alertname": "Zfs.*"}},
+        ]
+        raw["alertmanager"]["mentions"] = [
+            {"severity": ["critical"], "users": [accounts.admin.user_id], "room": True}
+        ]
+
+    bot = make_bot(edit=edit)
+    await bot.start()
+    alice = people["alice"]
+    critical = _payload("DiskOnFire")
+    critical["commonLabels"]["severity"] = "critical"
+    for alert in critical["alerts"]:
+        alert["labels"]["severity"] = "critical"
+    assert (await _post(bot, critical, path="/alertmanager/critical"))[0] == 200
+    assert (await _post(bot, _payload("ZfsPoolFull")))[0] == 200
+    assert (await _post(bot, _payload("NotUp")))[0] == 200
+
+    def where(name: str) -> Callable[[SeenEvent], bool]:
+        return lambda e: e.sender == bot.user_id and f"· {name}" in e.body
+
+    pinged = await alice.wait_for(where("DiskOnFire"), timeout=20)
+    assert pinged.room_id == critical_room
+    assert pinged.body.startswith(f"@room {accounts.admin.user_id} 🔥 FIRING (1) · CRITICAL")
+    assert pinged.content["m.mentions"] == {"user_ids": [accounts.admin.user_id], "room": True}
+    assert (await alice.wait_for(where("ZfsPoolFull"), timeout=20)).room_id == critical_room
+    quiet = await alice.wait_for(where("NotUp"), timeout=20)
+    assert quiet.room_id == room and quiet.content["m.mentions"] == {"user_ids": []}

@@ -313,3 +313,48 @@ async def test_checks_handle_empty_garbage_failures_and_bad_keys(
     ssh_host.script("zfs", "sleep 30\n")
     result = await run_check(zfs, ssh, 1)
     assert result.state == "ERROR" and "timed out" in result.detail
+
+
+async def test_a_stale_backup_is_reminded_not_repeated(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    ssh_host: LocalSshServer,
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "fake"
+    install_fakes(ssh_host, data)
+    (data / "zfs.out").write_text(zfs_lines("zroot/pg", [timedelta(days=2)]))
+    config = {
+        "remind_every": "3s",
+        "ssh": {
+            "known_hosts": str(ssh_host.known_hosts),
+            "client_keys": [str(ssh_host.client_key)],
+        },
+        "checks": [
+            {
+                "name": "pg",
+                "kind": "zfs_snapshots",
+                "host": ssh_host.target,
+                "datasets": ["zroot/pg"],
+                "max_age": "1h",
+            }
+        ],
+    }
+    bot = make_bot(edit=_backups(config))
+    await bot.start()
+    alice, bob = people["alice"], people["bob"]
+    mark = alice.mark()
+    await bob.ask(room, "!jobs run backups", bot.user_id, timeout=30)
+    await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "backup pg is STALE" in e.body, after=mark
+    )
+    mark = alice.mark()
+    await bob.ask(room, "!jobs run backups", bot.user_id, timeout=30)  # within remind_every
+    await asyncio.sleep(3)
+    assert not any("backup pg is" in e.body for e in alice.seen[mark:] if e.sender == bot.user_id)
+    await bob.ask(room, "!jobs run backups", bot.user_id, timeout=30)  # past remind_every
+    reminder = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "backup pg is still STALE" in e.body, after=mark
+    )
+    assert "newest snapshot of zroot/pg is 2 d" in reminder.body
