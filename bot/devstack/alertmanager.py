@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from bot.devstack.process import start_server, stop_server
 from bot.devstack.synapse import free_port
 
 
@@ -73,8 +72,8 @@ class LocalAlertmanager:
         """Start and wait for /-/ready."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
-        log = open(self.workdir / "alertmanager.log", "ab")
-        self.proc = subprocess.Popen(
+        self.proc = start_server(
+            "alertmanager",
             [
                 alertmanager_binary(),
                 f"--config.file={config}",
@@ -83,32 +82,14 @@ class LocalAlertmanager:
                 "--cluster.listen-address=",
                 f"--web.external-url={self.url}",
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            self.workdir / "alertmanager.log",
+            f"{self.url}/-/ready",
+            timeout,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = (self.workdir / "alertmanager.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"alertmanager exited with {self.proc.returncode}:\n{tail}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2):  # noqa: S310
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"alertmanager not ready on {self.url}")
 
     def stop(self) -> None:
         """Stop the process."""
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_server(self.proc)
         self.proc = None
 
     def api(self, method: str, path: str, body: Any = None) -> Any:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bot.devstack.process import start_server, stop_server
 from bot.devstack.synapse import free_port
 
 
@@ -30,27 +29,18 @@ class LocalMoto:
     def start(self, timeout: float = 30) -> None:
         """Start and wait until it answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / "moto.log", "ab")
-        self.proc = subprocess.Popen(
+        self.proc = start_server(
+            "moto",
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            self.workdir / "moto.log",
+            f"{self.url}/moto-api/",
+            timeout,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2):  # noqa: S310
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"moto did not start on {self.url}")
 
     def stop(self) -> None:
         """Stop the server."""
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
+        stop_server(self.proc)
+        self.proc = None
 
     def _post(self, path: str, body: Any) -> None:
         req = urllib.request.Request(  # noqa: S310 - loopback URL

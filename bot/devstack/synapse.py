@@ -6,7 +6,6 @@ mix with the bot's), keyed by version.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -16,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bot.devstack.process import start_server, stop_server
 
 log = logging.getLogger(__name__)
 
@@ -193,37 +193,18 @@ class LocalSynapse:
         """Start the process and wait until the client API answers."""
         if not self.config_path.exists():
             self.prepare()
-        python = synapse_python()
-        out = open(self.workdir / "stdout.log", "ab")
-        self.proc = subprocess.Popen(
-            [str(python), "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
+        self.proc = start_server(
+            "synapse",
+            [str(synapse_python()), "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
+            self.workdir / "stdout.log",
+            f"{self.url}/_matrix/client/versions",
+            timeout,
             cwd=self.workdir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
         )
-        out.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = (self.workdir / "stdout.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"synapse exited with {self.proc.returncode}:\n{tail}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/_matrix/client/versions", timeout=2):  # noqa: S310 - loopback URL
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"synapse did not answer on {self.url} within {timeout} s")
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL after 10 s)."""
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_server(self.proc)
         self.proc = None
 
     # --- client-server helpers (synchronous; for setup, not for the bot) -------------------
