@@ -235,6 +235,11 @@ async def _post(
 async def test_webhook_rejects_bad_input_and_keeps_running(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str
 ) -> None:
+    unconfigured = make_bot()
+    await unconfigured.start()
+    status, text = await _post(unconfigured, _payload("Nobody"))
+    assert status == 404 and "not configured" in text
+    await unconfigured.stop()
     bot = make_bot(edit=_alerting(free_port()))
     await bot.start()
     assert (await _post(bot, _payload("Ok"), token=None))[0] == 401

@@ -254,7 +254,10 @@ def _reject(status: int, reason: str, request: web.Request, rt: Runtime) -> web.
 
 
 async def _webhook(rt: Runtime, request: web.Request, path: str | None) -> web.Response:
-    cfg = _config(rt)
+    cfg = rt.config.section("alertmanager", AlertsConfig)
+    if cfg is None:
+        # Without the section nobody chose a room or credentials: accept nothing.
+        return _reject(404, "the Alertmanager relay is not configured (alertmanager:)", request, rt)
     if not _authorised(cfg, request):
         resp = _reject(401, "missing or wrong credentials", request, rt)
         resp.headers["WWW-Authenticate"] = 'Bearer realm="infrabot", Basic realm="infrabot"'
