@@ -93,6 +93,25 @@ class Outbox:
         self._wake.set()
         return int(cur.lastrowid or 0)
 
+    def amend(self, outbox_id: int, content: dict[str, Any]) -> bool:
+        """Replace the content of a row not yet sent (nor being sent); False if too late."""
+        if outbox_id in self._in_flight:
+            return False
+        cur = self.store.execute(
+            "UPDATE outbox SET content = ? WHERE id = ? AND state = 'pending'",
+            (json.dumps(content), outbox_id),
+        )
+        return cur.rowcount == 1
+
+    def pending_in_room(self, room_id: str, ordered: bool) -> int:
+        """How many ordered (or unordered) rows wait for a room."""
+        row = self.store.execute(
+            "SELECT COUNT(*) AS n FROM outbox WHERE room_id = ? AND state = 'pending' "
+            "AND ordered = ?",
+            (room_id, int(ordered)),
+        ).fetchone()
+        return int(row["n"])
+
     def event_id(self, outbox_id: int) -> str | None:
         """The event id of a delivered row, or None."""
         row = self.store.execute(
@@ -189,10 +208,12 @@ class Outbox:
                 except TimeoutError:
                     pass
                 continue
-            await asyncio.gather(*(self._deliver(row) for batch in batches for row in batch))
+            rows = [row for batch in batches for row in batch]
+            # Marked before the first await: from here on nobody may amend or drop them.
+            self._in_flight.update(row["id"] for row in rows)
+            await asyncio.gather(*(self._deliver(row) for row in rows))
 
     async def _deliver(self, row: Any) -> None:
-        self._in_flight.add(row["id"])
         try:
             await self._deliver_one(row)
         finally:

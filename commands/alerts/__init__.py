@@ -11,6 +11,7 @@ import base64
 import hmac
 import logging
 import re
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +30,7 @@ from bot.registry import Param, Router
 from commands.alerts.api import AlertmanagerAPI
 from commands.alerts.matchers import looks_like_matcher, parse_duration, parse_matchers
 from commands.alerts.payload import Notification, WebhookError, parse_notification
-from commands.alerts.render import Renderer, severity_of
+from commands.alerts.render import Renderer, digest_line, render_digest, severity_of
 
 log = logging.getLogger(__name__)
 router = Router("alerts")
@@ -75,6 +76,10 @@ class AlertsConfig(Section):
     dedupe_window_s: float = Field(default=600, ge=0)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     templates: Templates = Templates()
+    # When this many new group messages already wait to be sent to a room, further new groups
+    # are folded into one digest message instead of queueing behind them (0: never).
+    storm_threshold: int = Field(default=4, ge=0)
+    digest_max_groups: int = Field(default=100, ge=1, le=200)
 
 
 router.section("alertmanager", AlertsConfig)
@@ -94,6 +99,18 @@ router.migration(
         updated_at REAL NOT NULL
     );
     CREATE UNIQUE INDEX alert_groups_open ON alert_groups(room_id, group_key) WHERE open = 1
+    """,
+)
+router.migration(
+    2,
+    """
+    ALTER TABLE alert_groups ADD COLUMN in_digest INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE alert_digest_lines (
+        outbox_id INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        html TEXT NOT NULL
+    );
+    CREATE INDEX alert_digest_lines_outbox ON alert_digest_lines(outbox_id)
     """,
 )
 
@@ -193,16 +210,30 @@ def record_notification(rt: Runtime, room_id: str, n: Notification) -> str:
         users, at_room = _mentions(cfg, n)
         if row is not None:
             users, at_room = [], False  # an update must not ping everybody again
-        text, html = _renderer(rt).render(n, users, at_room)
-        content = messages.notice(text, html)
-        content["m.mentions"] = {"user_ids": users, **({"room": True} if at_room else {})}
+
+        def content() -> messages.Content:
+            text, html = _renderer(rt).render(n, users, at_room)
+            body = messages.notice(text, html)
+            body["m.mentions"] = {"user_ids": users, **({"room": True} if at_room else {})}
+            return body
+
         still_open = 1 if n.status == "firing" else 0
-        if row is None:
+        if row is None or row["in_digest"]:
+            folded = None
+            if (
+                row is None
+                and cfg.storm_threshold
+                and (rt.outbox.pending_in_room(room_id, ordered=False) >= cfg.storm_threshold)
+            ):
+                folded = _fold_into_digest(rt, cfg, room_id, n)
             # A new group does not depend on any other message: it may go out in parallel.
-            outbox_id = rt.outbox.post(room_id, content, ordered=False)
+            # A group first shown in a storm digest gets its own message when it changes.
+            outbox_id = folded or rt.outbox.post(room_id, content(), ordered=False)
+            if row is not None:
+                db.execute("DELETE FROM alert_groups WHERE id = ?", (row["id"],))
             db.execute(
                 "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, "
-                "alerts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "alerts, created_at, updated_at, in_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     room_id,
                     n.groupKey,
@@ -213,12 +244,13 @@ def record_notification(rt: Runtime, room_id: str, n: Notification) -> str:
                     len(n.alerts),
                     now,
                     now,
+                    1 if folded else 0,
                 ),
             )
-            return "posted"
+            return "digested" if folded else "posted"
         target = ref(row["outbox_id"])
         rt.outbox.post(
-            room_id, messages.edit(content, target), coalesce_key=f"alerts:edit:{row['id']}"
+            room_id, messages.edit(content(), target), coalesce_key=f"alerts:edit:{row['id']}"
         )
         if n.status == "resolved" and cfg.resolved_reply:
             name = n.groupLabels.get("alertname") or n.commonLabels.get("alertname") or "alerts"
@@ -245,6 +277,46 @@ def _webhook_counter(rt: Runtime) -> Counter:
         )
         rt.extras["alerts.counter"] = counter
     return counter
+
+
+def _fold_into_digest(rt: Runtime, cfg: AlertsConfig, room_id: str, n: Notification) -> int | None:
+    """Add the group to the room's pending digest message (or start one); None if impossible."""
+    key = f"alerts:digest:{room_id}"
+    line = digest_line(n)
+    latest = rt.store.execute(
+        "SELECT id FROM outbox WHERE room_id = ? AND state = 'pending' AND coalesce_key LIKE ? "
+        "ORDER BY id DESC LIMIT 1",
+        (room_id, key + ":%"),
+    ).fetchone()
+    if latest is not None:
+        lines = [
+            (r["text"], r["html"])
+            for r in rt.store.execute(
+                "SELECT text, html FROM alert_digest_lines WHERE outbox_id = ? ORDER BY rowid",
+                (latest["id"],),
+            )
+        ]
+        if len(lines) < cfg.digest_max_groups:
+            text, html = render_digest([*lines, line])
+            if rt.outbox.amend(latest["id"], messages.notice(text, html)):
+                _add_digest_line(rt, latest["id"], line)
+                return int(latest["id"])
+    text, html = render_digest([line])
+    outbox_id = rt.outbox.post(
+        room_id,
+        messages.notice(text, html),
+        coalesce_key=f"{key}:{secrets.token_hex(4)}",
+        ordered=False,
+    )
+    _add_digest_line(rt, outbox_id, line)
+    return outbox_id
+
+
+def _add_digest_line(rt: Runtime, outbox_id: int, line: tuple[str, str]) -> None:
+    rt.store.execute(
+        "INSERT INTO alert_digest_lines(outbox_id, text, html) VALUES (?, ?, ?)",
+        (outbox_id, *line),
+    )
 
 
 def _reject(status: int, reason: str, request: web.Request, rt: Runtime) -> web.Response:

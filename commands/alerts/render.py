@@ -205,3 +205,41 @@ class Renderer:
             "mention_html": mention_html,
         }
         return self.text_template.render(values).strip(), self.html_template.render(values).strip()
+
+
+def _icon(n: Notification) -> str:
+    if n.status == "resolved":
+        return "✅"
+    return "🔥" if severity_of(n) in ("critical", "error") else "⚠️"
+
+
+def group_title(n: Notification) -> str:
+    """The group's name as headers show it."""
+    return (
+        n.groupLabels.get("alertname")
+        or n.commonLabels.get("alertname")
+        or ", ".join(f"{k}={v}" for k, v in sorted(n.groupLabels.items()))
+        or "alerts"
+    )
+
+
+def digest_line(n: Notification) -> tuple[str, str]:
+    """One group as a line of a storm digest: (text, html)."""
+    firing = len(n.firing) if n.status == "firing" else 0
+    summary = next((a.annotations.get("summary", "") for a in n.alerts if a.annotations), "")
+    state = f"{firing} firing" if n.status == "firing" else "resolved"
+    head = f"{_icon(n)} {severity_of(n).upper()} · {group_title(n)}"
+    text = f"• {head} — {state}" + (f" — {summary}" if summary else "")
+    html = f"<li><b>{escape(head)}</b> — {state}" + (f" — {escape(summary)}" if summary else "")
+    return text, html + "</li>"
+
+
+def render_digest(lines: list[tuple[str, str]]) -> tuple[str, str]:
+    """A message folding many new groups together while the room is flooded."""
+    head = (
+        f"🌩️ Alert storm: {len(lines)} more group(s) started firing "
+        "(each gets its own message when it changes)"
+    )
+    text = "\n".join([head, *(t for t, _ in lines)])
+    html = f"<p><b>{escape(head)}</b></p><ul>{''.join(h for _, h in lines)}</ul>"
+    return text, html
