@@ -34,6 +34,7 @@ MAX_PERMANENT_ATTEMPTS = 5
 REF_GONE = "IB_REFERENCE_GONE"
 HOPELESS = frozenset({"M_TOO_LARGE", "M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM", REF_GONE})
 PARALLEL_SENDS = 8
+KEEP_SENT_S = 7 * 86400  # sent rows keep their content a week, then only id → event id
 _REF = re.compile(r"^outbox:(\d+)$")
 
 
@@ -194,9 +195,26 @@ class Outbox:
             batches.append(batch)
         return batches, waiting
 
+    def prune(self) -> int:
+        """Drop the content of rows finished over a week ago; returns how many.
+
+        The rows themselves stay: a later edit (an alert group open for weeks) still needs
+        the event id its `outbox:N` placeholder stands for.
+        """
+        cur = self.store.execute(
+            "UPDATE outbox SET content = '{}' WHERE state != 'pending' AND created_at < ? "
+            "AND content != '{}'",
+            (time.time() - KEEP_SENT_S,),
+        )
+        return cur.rowcount
+
     async def run(self) -> None:
         """Deliver forever: per room in order (unordered runs in parallel), with backoff."""
+        next_prune = 0.0
         while True:
+            if time.monotonic() >= next_prune:
+                self.prune()
+                next_prune = time.monotonic() + 3600
             batches, waiting = self._batches()
             self.metrics.outbox_pending.set(self.pending() if batches or waiting else 0)
             if not batches:

@@ -59,7 +59,8 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
         );
         CREATE INDEX job_runs_job ON job_runs(job, scheduled_for);
         CREATE TABLE outbox (
-            id INTEGER PRIMARY KEY,
+            -- AUTOINCREMENT: ids are referenced ("outbox:N") and must never be reused.
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             room_id TEXT NOT NULL,
             event_type TEXT NOT NULL,
             content TEXT NOT NULL,

@@ -11,8 +11,8 @@ import base64
 import hmac
 import logging
 import re
-import secrets
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -104,13 +104,7 @@ router.migration(
 router.migration(
     2,
     """
-    ALTER TABLE alert_groups ADD COLUMN in_digest INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE alert_digest_lines (
-        outbox_id INTEGER NOT NULL,
-        text TEXT NOT NULL,
-        html TEXT NOT NULL
-    );
-    CREATE INDEX alert_digest_lines_outbox ON alert_digest_lines(outbox_id)
+    ALTER TABLE alert_groups ADD COLUMN in_digest INTEGER NOT NULL DEFAULT 0
     """,
 )
 
@@ -279,44 +273,29 @@ def _webhook_counter(rt: Runtime) -> Counter:
     return counter
 
 
-def _fold_into_digest(rt: Runtime, cfg: AlertsConfig, room_id: str, n: Notification) -> int | None:
-    """Add the group to the room's pending digest message (or start one); None if impossible."""
-    key = f"alerts:digest:{room_id}"
+@dataclass
+class DigestDraft:
+    """The storm digest still waiting to be sent to a room, and the lines it holds."""
+
+    outbox_id: int
+    lines: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _fold_into_digest(rt: Runtime, cfg: AlertsConfig, room_id: str, n: Notification) -> int:
+    """Add the group to the room's pending digest message, or start a new one."""
+    drafts: dict[str, DigestDraft] = rt.extras.setdefault("alerts.digests", {})
     line = digest_line(n)
-    latest = rt.store.execute(
-        "SELECT id FROM outbox WHERE room_id = ? AND state = 'pending' AND coalesce_key LIKE ? "
-        "ORDER BY id DESC LIMIT 1",
-        (room_id, key + ":%"),
-    ).fetchone()
-    if latest is not None:
-        lines = [
-            (r["text"], r["html"])
-            for r in rt.store.execute(
-                "SELECT text, html FROM alert_digest_lines WHERE outbox_id = ? ORDER BY rowid",
-                (latest["id"],),
-            )
-        ]
-        if len(lines) < cfg.digest_max_groups:
-            text, html = render_digest([*lines, line])
-            if rt.outbox.amend(latest["id"], messages.notice(text, html)):
-                _add_digest_line(rt, latest["id"], line)
-                return int(latest["id"])
+    draft = drafts.get(room_id)
+    # Kept in memory: after a restart a new digest starts, which costs one extra message.
+    if draft is not None and len(draft.lines) < cfg.digest_max_groups:
+        text, html = render_digest([*draft.lines, line])
+        if rt.outbox.amend(draft.outbox_id, messages.notice(text, html)):
+            draft.lines.append(line)
+            return draft.outbox_id
     text, html = render_digest([line])
-    outbox_id = rt.outbox.post(
-        room_id,
-        messages.notice(text, html),
-        coalesce_key=f"{key}:{secrets.token_hex(4)}",
-        ordered=False,
-    )
-    _add_digest_line(rt, outbox_id, line)
+    outbox_id = rt.outbox.post(room_id, messages.notice(text, html), ordered=False)
+    drafts[room_id] = DigestDraft(outbox_id, [line])
     return outbox_id
-
-
-def _add_digest_line(rt: Runtime, outbox_id: int, line: tuple[str, str]) -> None:
-    rt.store.execute(
-        "INSERT INTO alert_digest_lines(outbox_id, text, html) VALUES (?, ?, ?)",
-        (outbox_id, *line),
-    )
 
 
 def _reject(status: int, reason: str, request: web.Request, rt: Runtime) -> web.Response:

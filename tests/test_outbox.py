@@ -1,0 +1,56 @@
+"""Outbox bookkeeping without a homeserver: coalescing, amending, pruning, references."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from bot.matrix import MatrixError, Transport
+from bot.metrics import Metrics
+from bot.outbox import KEEP_SENT_S, Outbox, ref
+from bot.store import Store
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    return Outbox(Store(tmp_path / "state.sqlite3"), cast(Transport, None), Metrics())
+
+
+def _content(box: Outbox, outbox_id: int) -> dict[str, Any]:
+    row = box.store.execute("SELECT content FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
+    return cast(dict[str, Any], json.loads(row["content"]))
+
+
+async def test_coalesce_amend_prune_and_references(outbox: Outbox) -> None:
+    first = outbox.post("!r", {"body": "v1"}, coalesce_key="edit:1")
+    second = outbox.post("!r", {"body": "v2"}, coalesce_key="edit:1")
+    assert outbox.pending() == 1 and _content(outbox, second)["body"] == "v2"
+    assert outbox.store.execute("SELECT 1 FROM outbox WHERE id = ?", (first,)).fetchone() is None
+
+    assert outbox.amend(second, {"body": "v3"}) and _content(outbox, second)["body"] == "v3"
+    outbox._in_flight.add(second)
+    assert not outbox.amend(second, {"body": "v4"}), "a row being sent is not changed under it"
+    outbox._in_flight.clear()
+
+    original = outbox.post("!r", {"body": "message"})
+    edit = outbox.post("!r", {"m.relates_to": {"event_id": ref(original)}})
+    with pytest.raises(Exception, match="outbox:"):
+        outbox._fill_refs(json.loads(json.dumps({"x": ref(original)})))
+    outbox.store.execute(
+        "UPDATE outbox SET state = 'sent', event_id = '$abc', created_at = ? WHERE id = ?",
+        (time.time() - KEEP_SENT_S - 10, original),
+    )
+    assert outbox._fill_refs({"m.relates_to": {"event_id": ref(original)}}) == {
+        "m.relates_to": {"event_id": "$abc"}
+    }
+    assert outbox.prune() == 1
+    assert _content(outbox, original) == {} and outbox.event_id(original) == "$abc"
+    assert outbox.pending() == 2 and edit > original
+
+    outbox.store.execute("UPDATE outbox SET state = 'failed' WHERE id = ?", (original,))
+    with pytest.raises(MatrixError, match="was not delivered"):
+        outbox._fill_refs({"event_id": ref(original)})
