@@ -14,22 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
-from bench.ping import pct, wait_healthy
+from bench.common import bench_room, bot_config, free_port, pct, start_bot, stop_bot
 from bot.devstack.client import RoomUser
-from bot.devstack.synapse import LocalSynapse, free_port
 
 
 def payload(name: str, alerts: int) -> dict[str, Any]:
@@ -76,18 +70,10 @@ async def main() -> None:
     parser.add_argument("--single", type=int, default=40)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="infrabot-storm-"))
-    hs = LocalSynapse(work / "synapse")
-    hs.prepare()
-    hs.start()
     proc: subprocess.Popen[bytes] | None = None
-    try:
-        user = hs.register("storm-user", "storm-user-pw")
-        raw = hs.register("storm-raw", "storm-raw-pw")
-        bot = hs.register("storm-bot", "storm-bot-pw")
-        room = hs.create_room(user, name="storm", invite=[raw.user_id, bot.user_id])
-        hs.join(raw, room)
-        hs.join(bot, room)
+    with bench_room("storm", ["raw", "bot"]) as bench:
+        hs, room, user = bench.hs, bench.room, bench.person
+        raw, bot = bench.accounts["raw"], bench.accounts["bot"]
         person = RoomUser(hs.url, user.user_id, user.access_token)
         await person.start()
 
@@ -102,24 +88,8 @@ async def main() -> None:
         await sender.client.close()
 
         port = free_port()
-        config = {
-            "matrix": {
-                "homeserver": hs.url,
-                "user_id": bot.user_id,
-                "access_token": bot.access_token,
-                "rooms": [room],
-            },
-            "http": {"host": "127.0.0.1", "port": port},
-            "state": {"data_dir": str(work / "state")},
-            "alertmanager": {},
-            "logging": {"level": "WARNING"},
-        }
-        (work / "config.yaml").write_text(yaml.safe_dump(config))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bot", "run", "--config", str(work / "config.yaml")],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        await asyncio.to_thread(wait_healthy, port, proc)
+        config = bot_config(bench, bot, port, alertmanager={}, logging={"level": "WARNING"})
+        proc = await asyncio.to_thread(start_bot, config, port, False)
         url = f"http://127.0.0.1:{port}/alertmanager"
         seen_at: dict[str, float] = {}
 
@@ -208,11 +178,7 @@ async def main() -> None:
             ),
         }
         print(json.dumps(result, indent=2))
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
-        hs.stop()
+        stop_bot(proc)
 
 
 if __name__ == "__main__":

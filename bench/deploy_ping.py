@@ -12,20 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-import yaml
-
-from bench.ping import measure, pct, wait_healthy
+from bench.common import bench_room, bot_config, free_port, pct, start_bot, stop_bot
+from bench.ping import measure
 from bot.devstack.client import RoomUser
 from bot.devstack.ssh import LocalSshServer
-from bot.devstack.synapse import LocalSynapse, free_port
 
 FLOOD = r"""for i in $(seq 1 100); do
   seq 1 1000 | sed "s|^|copying path '/nix/store/$i-hash-package-|; s|$|' to 'ssh://root@pluto'...|"
@@ -38,46 +32,29 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pings", type=int, default=20)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="infrabot-deploy-bench-"))
-    hs = LocalSynapse(work / "synapse")
-    hs.prepare()
-    hs.start()
-    ssh = LocalSshServer(work / "ssh")
-    ssh.script("nixos-rebuild", FLOOD)
-    ssh.script("git", "echo 3f2c1a9b8e7d6c5b4a39281706f5e4d3c2b1a098\n")
-    await ssh.start()
     proc: subprocess.Popen[bytes] | None = None
-    try:
-        user = hs.register("bench-user", "bench-user-pw")
-        bot = hs.register("bench-bot", "bench-bot-pw")
-        room = hs.create_room(user, name="bench", invite=[bot.user_id])
-        hs.join(bot, room)
+    with bench_room("deploy", ["bot"]) as bench:
+        ssh = LocalSshServer(bench.work / "ssh")
+        ssh.script("nixos-rebuild", FLOOD)
+        ssh.script("git", "echo 3f2c1a9b8e7d6c5b4a39281706f5e4d3c2b1a098\n")
+        await ssh.start()
+        hs, room, user, bot = bench.hs, bench.room, bench.person, bench.accounts["bot"]
         port = free_port()
-        (work / "infra").mkdir()
-        config = {
-            "matrix": {
-                "homeserver": hs.url,
-                "user_id": bot.user_id,
-                "access_token": bot.access_token,
-                "rooms": [room],
-            },
-            "permissions": {"roles": {"admin": {"users": [user.user_id]}}},
-            "http": {"host": "127.0.0.1", "port": port},
-            "state": {"data_dir": str(work / "state")},
-            "hosts": [{"name": "pluto", "target": "root@pluto.example.org"}],
-            "deploy": {
+        (bench.work / "infra").mkdir()
+        config = bot_config(
+            bench,
+            bot,
+            port,
+            permissions={"roles": {"admin": {"users": [user.user_id]}}},
+            hosts=[{"name": "pluto", "target": "root@pluto.example.org"}],
+            deploy={
                 "runner": ssh.target,
-                "checkout": str(work / "infra"),
+                "checkout": str(bench.work / "infra"),
                 "ssh": {"known_hosts": str(ssh.known_hosts), "client_keys": [str(ssh.client_key)]},
             },
-            "logging": {"level": "WARNING"},
-        }
-        (work / "config.yaml").write_text(yaml.safe_dump(config))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bot", "run", "--config", str(work / "config.yaml")],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            logging={"level": "WARNING"},
         )
-        await asyncio.to_thread(wait_healthy, port, proc)
+        proc = await asyncio.to_thread(start_bot, config, port, False)
         person = RoomUser(hs.url, user.user_id, user.access_token)
         await person.start()
         await measure(person, room, bot.user_id, 3)
@@ -114,12 +91,8 @@ async def main() -> None:
             "deploy_result": final,
         }
         print(json.dumps(result, indent=2, ensure_ascii=False))
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
+        stop_bot(proc)
         await ssh.stop()
-        hs.stop()
 
 
 if __name__ == "__main__":

@@ -5,29 +5,25 @@ the bot's idle RSS and its time from process start to first answer. The raw clie
 each run alone as a subprocess (a live bot in the room would slow the baseline too), in
 alternating rounds so that machine noise hits both alike.
 
-    .venv/bin/python bench/ping.py [--rounds 3] [--pings 30]
+    .venv/bin/python -m bench.ping [--rounds 3] [--pings 30]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import yaml
 from nio import AsyncClient, AsyncClientConfig, RoomMessageText, SyncResponse
 
+from bench.common import bench_room, bot_config, free_port, pct, start_bot, stop_bot
 from bot.devstack.client import RoomUser
-from bot.devstack.synapse import LocalSynapse, free_port
 
 
 async def raw_echo(homeserver: str, user_id: str, token: str, room: str) -> None:
@@ -78,57 +74,17 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """Poll /healthz until 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("bot exited")
-        with contextlib.suppress(OSError):
-            url = f"http://127.0.0.1:{port}/healthz"
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.01)
-    raise RuntimeError("bot never became healthy")
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of values."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pings", type=int, default=30)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="infrabot-bench-"))
-    hs = LocalSynapse(work / "synapse")
-    hs.prepare()
-    hs.start()
-    try:
-        user = hs.register("bench-user", "bench-user-pw")
-        raw = hs.register("raw-echo", "raw-echo-pw")
-        bot = hs.register("bench-bot", "bench-bot-pw")
-        room = hs.create_room(user, name="bench", invite=[raw.user_id, bot.user_id])
-        hs.join(raw, room)
-        hs.join(bot, room)
+    with bench_room("bench", ["raw-echo", "bot"]) as bench:
+        raw, bot = bench.accounts["raw-echo"], bench.accounts["bot"]
+        hs, room, user = bench.hs, bench.room, bench.person
         http_port = free_port()
-        config = {
-            "matrix": {
-                "homeserver": hs.url,
-                "user_id": bot.user_id,
-                "access_token": bot.access_token,
-                "rooms": [room],
-            },
-            "http": {"host": "127.0.0.1", "port": http_port},
-            "state": {"data_dir": str(work / "state")},
-        }
-        config_path = work / "config.yaml"
-        config_path.write_text(yaml.safe_dump(config))
+        config_path = bot_config(bench, bot, http_port)
         person = RoomUser(hs.url, user.user_id, user.access_token)
         await person.start()
 
@@ -141,7 +97,8 @@ async def main() -> None:
             echo = subprocess.Popen(
                 [
                     sys.executable,
-                    __file__,
+                    "-m",
+                    "bench.ping",
                     "--raw-echo",
                     hs.url,
                     raw.user_id,
@@ -159,20 +116,14 @@ async def main() -> None:
             echo.wait()
 
             t0 = time.perf_counter()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bot", "run", "--config", str(config_path)],
-                stderr=subprocess.DEVNULL,
-                env=env,
-            )
-            await asyncio.to_thread(wait_healthy, http_port, proc)
+            proc = await asyncio.to_thread(start_bot, config_path, http_port)
             await person.ask(room, "!ping", bot.user_id, timeout=30)
             start_to_answer.append((time.perf_counter() - t0) * 1000)
             await measure(person, room, bot.user_id, 3)  # warm-up
             bot_times += await measure(person, room, bot.user_id, args.pings)
             await asyncio.sleep(3)
             rss.append(rss_mb(proc.pid))
-            proc.terminate()
-            proc.wait()
+            stop_bot(proc)
         await person.close()
 
         raw_med, bot_med = statistics.median(raw_times), statistics.median(bot_times)
@@ -187,8 +138,6 @@ async def main() -> None:
             "samples_each": len(raw_times),
         }
         print(json.dumps(result, indent=2))
-    finally:
-        hs.stop()
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncssh
 from pydantic import Field
 
 from bot.config import Section
 from bot.errors import RemoteError
+
+if TYPE_CHECKING:
+    import asyncssh
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ class SshClient:
     @asynccontextmanager
     async def connect(self, target: Target) -> AsyncIterator[asyncssh.SSHClientConnection]:
         """An open connection, or RemoteError saying why there is none."""
+        import asyncssh  # imported on first use: it pulls in much of `cryptography`
+
         try:
             conn = await asyncio.wait_for(
                 asyncssh.connect(
@@ -119,6 +124,8 @@ class SshClient:
 
     async def run(self, target: Target, command: str, timeout_s: float) -> Result:
         """Run a command (already quoted by the caller) and collect its output."""
+        import asyncssh
+
         async with self.connect(target) as conn:
             try:
                 proc = await asyncio.wait_for(conn.run(command, check=False), timeout_s)

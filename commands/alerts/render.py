@@ -10,11 +10,13 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from bot.messages import escape, human_duration
 from commands.alerts.payload import Alert, Notification
+
+if TYPE_CHECKING:
+    pass
 
 # An edit carries the content twice (fallback + m.new_content) and an event may be 64 KiB.
 MAX_RENDERED_BYTES = 28_000
@@ -131,6 +133,8 @@ class Renderer:
     """Turns a notification into (text, html); templates may be overridden from config."""
 
     def __init__(self, text_template: str | None = None, html_template: str | None = None):
+        import jinja2  # on the first notification, not at start-up
+
         # Plain-text bodies are not HTML: escaping them would show &lt; to readers.
         self._text = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)  # noqa: S701
         self._html = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)

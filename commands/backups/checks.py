@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from bot import durations
@@ -258,6 +257,8 @@ async def check_zrepl(check: BackupCheck, ssh: SshClient, timeout_s: float) -> C
 
 async def check_postgres(check: BackupCheck, timeout_s: float) -> CheckResult:
     """WAL archiving from pg_stat_archiver (and the database size)."""
+    import psycopg  # on first use: only bots with a postgres check need libpq loaded
+
     assert check.dsn is not None
     kwargs: dict[str, Any] = {"connect_timeout": max(1, int(timeout_s))}
     if check.password is not None:

@@ -14,8 +14,7 @@ import shlex
 import time
 from collections import deque
 from dataclasses import dataclass, field
-
-import asyncssh
+from typing import TYPE_CHECKING
 
 from bot import messages
 from bot.context import Runtime
@@ -23,6 +22,9 @@ from bot.errors import RemoteError
 from bot.messages import escape, human_duration
 from bot.outbox import ref
 from bot.services.ssh import SshClient, parse_target
+
+if TYPE_CHECKING:
+    import asyncssh
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,8 @@ class Runner:
 
     async def execute(self, run: DeployRun) -> tuple[str, int | None, str]:
         """Run the deploy; returns (state, exit code, summary). Never raises but CancelledError."""
+        import asyncssh
+
         target = parse_target(self.spec.target)
         reporter = asyncio.get_running_loop().create_task(self._report(run))
         try:
