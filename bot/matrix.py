@@ -268,6 +268,8 @@ class Transport:
                     sync_filter = self._sync_filter()
             since = resp.next_batch
             self.store.put("matrix.sync_token", since)
+            if not caught_up:
+                self._warn_encrypted()
             caught_up = True
             self.health.set_ok("syncing")
 
@@ -327,6 +329,18 @@ class Transport:
                     )
                 )
         return invites
+
+    def _warn_encrypted(self) -> None:
+        for room_id in sorted(self.served_rooms):
+            room = self.client.rooms.get(room_id)
+            if room is not None and room.encrypted:
+                # nio here runs without olm: commands in such a room arrive as unreadable
+                # m.room.encrypted events, and our notices would go out unencrypted.
+                log.error(
+                    "room %s is end-to-end encrypted; infrabot does not support E2EE, so it "
+                    "cannot read commands there; use an unencrypted room",
+                    room_id,
+                )
 
     def resolve_room(self, room: str) -> str:
         """The room id for a configured room id or alias (after `connect`)."""

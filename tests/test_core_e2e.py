@@ -346,3 +346,25 @@ async def test_password_login_keeps_token_and_device(
     await again.start()
     assert again.rt.transport.client.device_id == device, "the stored session is reused"
     assert (await people["alice"].ask(room, "!ping", again.user_id)).body.startswith("pong")
+
+
+async def test_an_encrypted_room_is_reported(
+    make_bot: BotFactory,
+    synapse: LocalSynapse,
+    accounts: Accounts,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret_room = synapse.create_room(
+        accounts.admin, name="e2ee", invite=[accounts.bot.user_id], encrypted=True
+    )
+
+    def use_it(raw: dict[str, Any]) -> None:
+        raw["matrix"]["rooms"] = [secret_room]
+
+    bot = make_bot(edit=use_it)
+    await bot.start()
+    for _ in range(50):
+        if "end-to-end encrypted" in caplog.text:
+            break
+        await asyncio.sleep(0.1)
+    assert f"room {secret_room} is end-to-end encrypted" in caplog.text

@@ -279,9 +279,18 @@ class LocalSynapse:
         invite: list[str] = (),  # type: ignore[assignment]
         power_levels: dict[str, int] | None = None,
         alias: str | None = None,
+        encrypted: bool = False,
     ) -> str:
         """Create a private room owned by `owner`; returns its room id."""
         body: dict[str, Any] = {"name": name, "preset": "private_chat", "invite": list(invite)}
+        if encrypted:
+            body["initial_state"] = [
+                {
+                    "type": "m.room.encryption",
+                    "state_key": "",
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+                }
+            ]
         if alias:
             body["room_alias_name"] = alias
         if power_levels:
