@@ -3,7 +3,7 @@
 Measures, on a loopback Synapse with infrabot running as a subprocess:
 - a raw Matrix send's latency (a nio client sends, a room member sees it) — the baseline;
 - one webhook at a time: webhook response time and webhook → message visible to a member;
-- a storm: 500 webhooks of 10 alerts each, sent as fast as possible (20 in flight): webhook
+- a storm: 500 webhooks of 10 alerts each, sent as fast as possible (--in-flight, default 20):
   p50/p99, how many groups reached the room, end-to-end p50/p99 and the time to drain.
 
     .venv/bin/python bench/alert_storm.py [--webhooks 500] [--alerts-per-webhook 10]
@@ -68,6 +68,7 @@ async def main() -> None:
     parser.add_argument("--webhooks", type=int, default=500)
     parser.add_argument("--alerts-per-webhook", type=int, default=10)
     parser.add_argument("--single", type=int, default=40)
+    parser.add_argument("--in-flight", type=int, default=20)
     args = parser.parse_args()
 
     proc: subprocess.Popen[bytes] | None = None
@@ -130,7 +131,7 @@ async def main() -> None:
             ]
             sent_at: dict[str, float] = {}
             hook_ms: list[float] = []
-            gate = asyncio.Semaphore(20)
+            gate = asyncio.Semaphore(args.in_flight)
 
             async def post(name: str, body: bytes) -> None:
                 async with gate:
@@ -164,6 +165,7 @@ async def main() -> None:
             "single_e2e_p99_vs_raw_p99": round(pct(single_e2e, 0.99) / pct(raw_lat, 0.99), 2),
             "storm_alerts": args.webhooks * args.alerts_per_webhook,
             "storm_webhooks": args.webhooks,
+            "storm_in_flight": args.in_flight,
             "storm_webhook_p50_ms": round(statistics.median(hook_ms), 2),
             "storm_webhook_p99_ms": round(pct(hook_ms, 0.99), 2),
             "storm_accepted_in_s": round(accepted_s, 2),
