@@ -4,8 +4,7 @@ Measures, on a loopback Synapse with infrabot running as a subprocess:
 - a raw Matrix send's latency (a nio client sends, a room member sees it) — the baseline;
 - one webhook at a time: webhook response time and webhook → message visible to a member;
 - a storm: 500 webhooks of 10 alerts each, sent as fast as possible (--in-flight, default 20):
-  webhook
-  p50/p99, how many groups reached the room, end-to-end p50/p99 and the time to drain.
+  webhook p50/p99, how many groups reached the room, end-to-end p50/p99, the time to drain.
 
     .venv/bin/python -m bench.alert_storm [--webhooks 500] [--in-flight 20]
 """
