@@ -112,6 +112,8 @@ async def main() -> None:
                 body = json.dumps(payload(f"Warmup{i}", 1)).encode()
                 async with session.post(url, data=body) as resp:
                     assert resp.status == 200
+            while not all(f"Warmup{i}" in seen_at for i in range(3)):
+                await asyncio.sleep(0.01)
             single_hook, single_e2e = [], []
             for i in range(args.single):
                 name = f"Single{i}"
