@@ -271,6 +271,7 @@ def _confirm(rt: Runtime, confirm_id: str, user: str, room_id: str) -> str:
     if busy:
         raise UserError(f"{busy[0]} is already being deployed; try again when it is done.")
     del state.pending[confirm_id]
+    rt.outbox.post(room_id, messages.reaction(pending.command_event, "👀"), "m.reaction")
     start_deploys(
         rt,
         pending.hosts,
