@@ -410,3 +410,36 @@ async def test_routes_pick_rooms_and_mentions_ping(
     assert (await alice.wait_for(where("ZfsPoolFull"), timeout=20)).room_id == critical_room
     quiet = await alice.wait_for(where("NotUp"), timeout=20)
     assert quiet.room_id == room and quiet.content["m.mentions"] == {"user_ids": []}
+
+
+async def test_two_alertmanager_replicas_post_one_message(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, tmp_path: Path
+) -> None:
+    """An HA pair that does not gossip (partitioned) sends every group twice."""
+    port = free_port()
+    webhook = f"http://127.0.0.1:{port}/alertmanager"
+    replicas = [LocalAlertmanager(tmp_path / f"am{i}", webhook, bearer_token=TOKEN) for i in (1, 2)]
+    for am in replicas:
+        am.start()
+    try:
+        bot = make_bot(edit=_alerting(port))
+        await bot.start()
+        started = datetime.now(UTC) - timedelta(minutes=3)
+        labels = {"alertname": "DomainExpiry", "domain": "nixos.org", "severity": "warning"}
+        for am in replicas:  # Prometheus sends every alert to every replica
+            am.fire(labels, {"summary": "nixos.org expires in 13 days"}, starts_at=started)
+        mark = 0
+        first = await people["alice"].wait_for(
+            lambda e: e.sender == bot.user_id and "DomainExpiry" in e.body, timeout=20, after=mark
+        )
+        await asyncio.sleep(3)
+        copies = [
+            e for e in people["alice"].seen if e.sender == bot.user_id and "DomainExpiry" in e.body
+        ]
+        assert copies == [first], "the second replica's identical webhook was not posted"
+        assert "domain=nixos.org" in first.body
+        _, metrics = await bot.http("/metrics")
+        assert 'infrabot_alert_notifications_total{result="duplicate"} 1.0' in metrics
+    finally:
+        for am in replicas:
+            am.stop()

@@ -334,9 +334,11 @@ async def test_protected_host_needs_confirmation(
     ok = await alice.ask(room, f"!confirm {confirm_id}", bot.user_id)
     assert "confirmed by @alice:localhost" in ok.body
     await alice.wait_for(
-        lambda e: e.sender == bot.user_id
-        and e.source.get("type") == "m.reaction"
-        and e.content["m.relates_to"]["key"] == "👀",
+        lambda e: (
+            e.sender == bot.user_id
+            and e.source.get("type") == "m.reaction"
+            and e.content["m.relates_to"]["key"] == "👀"
+        ),
         after=mark,
     )
     assert _new(await _final(alice, bot.user_id, "mimas", mark))["body"].startswith("✅ mimas")

@@ -108,6 +108,7 @@ class LocalAlertmanager:
         labels: dict[str, str],
         annotations: dict[str, str] | None = None,
         resolved: bool = False,
+        starts_at: datetime | None = None,
     ) -> None:
         """Post one alert as Prometheus would: firing, or resolved (endsAt in the past)."""
         now = datetime.now(UTC)
@@ -115,7 +116,7 @@ class LocalAlertmanager:
             "labels": labels,
             "annotations": annotations or {},
             "generatorURL": f"http://prometheus.example:9090/graph?g0.expr={labels.get('alertname')}",
-            "startsAt": (now - timedelta(minutes=5)).isoformat(),
+            "startsAt": (starts_at or now - timedelta(minutes=5)).isoformat(),
         }
         alert["endsAt"] = (
             now - timedelta(seconds=1) if resolved else now + timedelta(hours=1)
