@@ -145,3 +145,23 @@ def test_run_with_bad_config_exits_before_connecting(tmp_path: Path) -> None:
     result = _cli("run", "--config", str(bad))
     assert result.returncode == 2
     assert "matrix.user_id" in result.stderr and "connect" not in result.stderr
+
+
+def test_durations_in_feature_sections_are_checked_at_load() -> None:
+    raw = _raw(access_token="t")
+    raw["backups"] = {
+        "remind_every": "daily",
+        "checks": [{"name": "c", "kind": "postgres_archiving", "dsn": "host=x", "max_age": "1 h"}],
+    }
+    raw["deploy"] = {"checkout": "/srv/infra", "timeout": "soon", "confirm_timeout": "5m"}
+    raw["aws"] = {"snapshot_max_age": "old"}
+    with pytest.raises(ConfigError) as err:
+        _parse(raw)
+    problems = "\n".join(err.value.problems)
+    for key in (
+        "backups.remind_every",
+        "backups.checks[0].max_age",
+        "deploy.timeout",
+        "aws.snapshot_max_age",
+    ):
+        assert f"cfg.yaml: {key}: " in problems and "is not a duration" in problems, key

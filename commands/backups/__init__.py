@@ -17,6 +17,7 @@ from pydantic import Field
 from bot import durations, messages
 from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
+from bot.durations import Duration
 from bot.errors import UserError
 from bot.messages import escape, human_duration, table
 from bot.registry import Param, Router
@@ -36,7 +37,7 @@ class BackupMention(Section):
 class BackupsConfig(Section):
     cron: str = "0 * * * *"
     room: str | None = None
-    remind_every: str = "24h"
+    remind_every: Duration = "24h"
     timeout_s: float = Field(default=30, gt=0)
     mentions: list[BackupMention] = Field(default_factory=list)
     ssh: SshSettings = SshSettings()

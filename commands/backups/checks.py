@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from bot import durations
 from bot.config import Section
+from bot.durations import Duration
 from bot.errors import RemoteError
 from bot.messages import human_duration
 from bot.services.ssh import SshClient, parse_target
@@ -30,7 +31,7 @@ _SAFE_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]+=,@%-]+$")
 class BackupCheck(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     kind: Literal["zfs_snapshots", "postgres_archiving", "file_age", "zrepl"]
-    max_age: str
+    max_age: Duration
     severity: str = "warning"
     # SSH target (user@host[:port]) for zfs_snapshots, file_age and zrepl.
     host: str | None = None
@@ -45,12 +46,6 @@ class BackupCheck(Section):
     glob: str | None = None
     # zrepl: the jobs to look at (default: all).
     jobs: list[str] = Field(default_factory=list)
-
-    @field_validator("max_age")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        durations.parse_duration(value)
-        return value
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> BackupCheck:

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 
 from bot import durations
 from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
+from bot.durations import Duration
 from bot.errors import RemoteError, UserError
 from bot.messages import escape, table
 from bot.registry import Param, Router
@@ -100,18 +101,12 @@ class AwsConfig(Section):
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
     timeout_s: float = Field(default=20, gt=0)
-    snapshot_max_age: str = "90d"
+    snapshot_max_age: Duration = "90d"
     prices: PriceTable = PriceTable()
     baseline_monthly: float | None = Field(default=None, ge=0)
     weekly_cron: str = "0 9 * * 1"
     room: str | None = None
     top: int = Field(default=5, ge=1, le=20)
-
-    @field_validator("snapshot_max_age")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        durations.parse_duration(value)
-        return value
 
 
 router.section("aws", AwsConfig)

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, RootModel, field_validator
 from bot import durations, messages
 from bot.config import Section
 from bot.context import Context, Runtime, answer_to
+from bot.durations import Duration
 from bot.errors import UserError
 from bot.matrix import IncomingReaction
 from bot.messages import escape, human_duration, table
@@ -51,9 +52,9 @@ class DeployConfig(Section):
     runner: str = "root@localhost"
     checkout: str
     ssh: SshSettings = SshSettings()
-    timeout: str = "30m"
+    timeout: Duration = "30m"
     max_parallel: int = Field(default=2, ge=1, le=32)
-    confirm_timeout: str = "5m"
+    confirm_timeout: Duration = "5m"
     progress_interval_s: float = Field(default=3, gt=0)
     thread_interval_s: float = Field(default=5, gt=0)
 
@@ -61,12 +62,6 @@ class DeployConfig(Section):
     @classmethod
     def _runner(cls, value: str) -> str:
         parse_target(value)
-        return value
-
-    @field_validator("timeout", "confirm_timeout")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        durations.parse_duration(value)
         return value
 
 
