@@ -24,13 +24,20 @@ from bot import messages
 from bot.config import Section
 from bot.context import Context, Runtime
 from bot.errors import RemoteError, UserError
+from bot.mentions import NOBODY, MentionRule, mentions_for
 from bot.messages import escape, human_duration, table
 from bot.outbox import ref
 from bot.registry import Param, Router
 from commands.alerts.api import AlertmanagerAPI
 from commands.alerts.matchers import looks_like_matcher, parse_duration, parse_matchers
 from commands.alerts.payload import Notification, WebhookError, parse_notification
-from commands.alerts.render import Renderer, digest_line, render_digest, severity_of
+from commands.alerts.render import (
+    Renderer,
+    digest_line,
+    group_title,
+    render_digest,
+    severity_of,
+)
 
 log = logging.getLogger(__name__)
 router = Router("alerts")
@@ -51,12 +58,6 @@ class AlertRoute(Section):
     match_re: dict[str, str] = Field(default_factory=dict)
     # Keep looking for further matching routes after this one.
     continue_: bool = Field(default=False, alias="continue")
-
-
-class MentionRule(Section):
-    severity: list[str]
-    users: list[str] = Field(default_factory=list)
-    room: bool = False
 
 
 class Templates(Section):
@@ -171,19 +172,6 @@ def rooms_for(rt: Runtime, cfg: AlertsConfig, n: Notification, path: str | None)
     return list(dict.fromkeys(rooms))
 
 
-def _mentions(cfg: AlertsConfig, n: Notification) -> tuple[list[str], bool]:
-    if n.status != "firing":
-        return [], False
-    severity = severity_of(n)
-    users: list[str] = []
-    room = False
-    for rule in cfg.mentions:
-        if severity in {s.lower() for s in rule.severity}:
-            users += [u for u in rule.users if u not in users]
-            room = room or rule.room
-    return users, room
-
-
 def record_notification(rt: Runtime, room_id: str, n: Notification) -> str:
     """Queue the group's message (new, edited or resolved); returns what was done."""
     cfg = _config(rt)
@@ -201,14 +189,15 @@ def record_notification(rt: Runtime, room_id: str, n: Notification) -> str:
             and now - row["updated_at"] < (cfg.dedupe_window_s)
         ):
             return "duplicate"
-        users, at_room = _mentions(cfg, n)
-        if row is not None:
-            users, at_room = [], False  # an update must not ping everybody again
+        # Only a group that starts firing pings; an update must not ping everybody again.
+        pings = NOBODY
+        if row is None and n.status == "firing":
+            pings = mentions_for(cfg.mentions, severity_of(n))
 
         def content() -> messages.Content:
-            text, html = _renderer(rt).render(n, users, at_room)
+            text, html = _renderer(rt).render(n, pings)
             body = messages.notice(text, html)
-            body["m.mentions"] = {"user_ids": users, **({"room": True} if at_room else {})}
+            body["m.mentions"] = pings.content()
             return body
 
         still_open = 1 if n.status == "firing" else 0
@@ -247,7 +236,7 @@ def record_notification(rt: Runtime, room_id: str, n: Notification) -> str:
             room_id, messages.edit(content(), target), coalesce_key=f"alerts:edit:{row['id']}"
         )
         if n.status == "resolved" and cfg.resolved_reply:
-            name = n.groupLabels.get("alertname") or n.commonLabels.get("alertname") or "alerts"
+            name = group_title(n)
             lasted = human_duration(now - row["created_at"])
             reply = f"✅ resolved: {name} ({len(n.alerts)} alert(s), open for {lasted})"
             rt.outbox.post(room_id, messages.in_thread(messages.notice(reply), target))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from bot.mentions import NOBODY, Mentions
 from bot.messages import escape, human_duration
 from commands.alerts.payload import Alert, Notification
 
@@ -144,8 +145,7 @@ class Renderer:
     def render(
         self,
         n: Notification,
-        mention_users: list[str] | None = None,
-        mention_room: bool = False,
+        mentions: Mentions = NOBODY,
         now: datetime | None = None,
     ) -> tuple[str, str]:
         """Plain text and HTML for the group, cut to fit one event."""
@@ -154,9 +154,7 @@ class Renderer:
         resolved = [_view(a, n, now) for a in (n.resolved if n.status == "firing" else n.alerts)]
         keep_f, keep_r = len(firing), len(resolved)
         while True:
-            text, html = self._render(
-                n, firing, resolved, keep_f, keep_r, mention_users, mention_room
-            )
+            text, html = self._render(n, firing, resolved, keep_f, keep_r, mentions)
             if (
                 len(text.encode()) + len(html.encode()) <= MAX_RENDERED_BYTES
                 or keep_f + keep_r <= 1
@@ -175,29 +173,16 @@ class Renderer:
         resolved: list[AlertView],
         keep_f: int,
         keep_r: int,
-        mention_users: list[str] | None,
-        mention_room: bool,
+        mentions: Mentions,
     ) -> tuple[str, str]:
         severity = severity_of(n)
         is_resolved = n.status == "resolved"
-        users = mention_users or []
-        title = (
-            n.groupLabels.get("alertname")
-            or n.commonLabels.get("alertname")
-            or ", ".join(f"{k}={v}" for k, v in sorted(n.groupLabels.items()))
-            or "alerts"
-        )
-        mention_text = " ".join((["@room"] if mention_room else []) + users)
-        mention_html = " ".join(
-            (["@room"] if mention_room else [])
-            + [f'<a href="https://matrix.to/#/{escape(u)}">{escape(u)}</a>' for u in users]
-        )
         values = {
             "n": n,
-            "title": title,
+            "title": group_title(n),
             "severity": severity,
             "status_word": "RESOLVED" if is_resolved else "FIRING",
-            "icon": "✅" if is_resolved else ("🔥" if severity in ("critical", "error") else "⚠️"),
+            "icon": _icon(n),
             "colour": SEVERITY_COLOURS["resolved" if is_resolved else severity]
             if (is_resolved or severity in SEVERITY_COLOURS)
             else "#616161",
@@ -205,8 +190,8 @@ class Renderer:
             "resolved": resolved[:keep_r],
             "more_firing": len(firing) - keep_f,
             "more_resolved": len(resolved) - keep_r,
-            "mention_text": mention_text,
-            "mention_html": mention_html,
+            "mention_text": mentions.text(),
+            "mention_html": mentions.html(),
         }
         return self.text_template.render(values).strip(), self.html_template.render(values).strip()
 

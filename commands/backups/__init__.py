@@ -19,6 +19,7 @@ from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration
 from bot.errors import UserError
+from bot.mentions import NOBODY, MentionRule, mentions_for
 from bot.messages import escape, human_duration, table
 from bot.registry import Param, Router
 from bot.services.ssh import SshClient, SshSettings
@@ -28,18 +29,12 @@ router = Router("backups")
 ICONS = {"OK": "✅", "STALE": "⚠️", "ERROR": "❌"}
 
 
-class BackupMention(Section):
-    severity: list[str]
-    users: list[str] = Field(default_factory=list)
-    room: bool = False
-
-
 class BackupsConfig(Section):
     cron: str = "0 * * * *"
     room: str | None = None
     remind_every: Duration = "24h"
     timeout_s: float = Field(default=30, gt=0)
-    mentions: list[BackupMention] = Field(default_factory=list)
+    mentions: list[MentionRule] = Field(default_factory=list)
     ssh: SshSettings = SshSettings()
     checks: list[BackupCheck] = Field(default_factory=list)
 
@@ -154,21 +149,14 @@ def _announce(
         head = f"{icon} backup {check.name} is still {result.state} ({lasting})"
     else:
         head = f"{icon} backup {check.name} is {result.state}"
-    users: list[str] = []
-    at_room = False
-    if result.state != "OK":
-        for rule in cfg.mentions:
-            if check.severity.lower() in {s.lower() for s in rule.severity}:
-                users += [u for u in rule.users if u not in users]
-                at_room = at_room or rule.room
-    pings = " ".join((["@room"] if at_room else []) + users)
-    text = f"{pings + ' ' if pings else ''}{head}: {result.detail} [{check.kind} {check.target}]"
+    pings = NOBODY if result.state == "OK" else mentions_for(cfg.mentions, check.severity)
+    text = f"{pings.text()} {head}: {result.detail} [{check.kind} {check.target}]".lstrip()
     html = (
-        f"{escape(pings) + ' ' if pings else ''}<b>{escape(head)}</b>: {escape(result.detail)} "
+        f"{pings.html()} <b>{escape(head)}</b>: {escape(result.detail)} "
         f"<i>[{escape(check.kind)} {escape(check.target)}]</i>"
-    )
+    ).lstrip()
     content = messages.notice(text, html)
-    content["m.mentions"] = {"user_ids": users, **({"room": True} if at_room else {})}
+    content["m.mentions"] = pings.content()
     rt.outbox.post(room, content)
 
 
