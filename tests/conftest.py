@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,6 @@ class BotHandle:
     registry: Registry
     bot: Bot | None = None
     task: asyncio.Task[None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rt(self) -> Runtime:

@@ -117,7 +117,6 @@ class Pending:
     room_id: str
     prompt_outbox_id: int
     command_event: str
-    expires: float
 
 
 @dataclass
@@ -237,7 +236,6 @@ async def deploy_cmd(ctx: Context) -> None:
             ctx.room_id,
             prompt,
             ctx.msg.event_id,
-            time.time() + timeout,
         )
         ctx.rt.tasks.spawn(_expire(ctx.rt, confirm_id, timeout), name=f"confirm:{confirm_id}")
         return

@@ -114,7 +114,6 @@ class DeployRun:
     started_wall: float = field(default_factory=time.time)
     phase: str = "starting"
     revision: str = ""
-    lines: int = 0
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=15))
     log_head: list[str] = field(default_factory=list)
     log_bytes: int = 0
@@ -127,7 +126,6 @@ class DeployRun:
 
     def add_line(self, line: str) -> None:
         """Record one output line (bounded memory however long the log)."""
-        self.lines += 1
         self.tail.append(line[:MAX_LINE_CHARS])
         for pattern, phase in PHASES:
             if pattern.search(line):
