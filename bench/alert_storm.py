@@ -14,53 +14,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
+import sys
 import time
-from datetime import UTC, datetime
-from typing import Any
 
 import aiohttp
 
-from bench.common import bench_room, bot_config, free_port, pct, start_bot, stop_bot
+from bench.common import bench_room, bot_config, cpu_seconds, free_port, pct, start_bot, stop_bot
+from bench.webhook_load import payload
 from bot.devstack.client import RoomUser
 
 
-def payload(name: str, alerts: int) -> dict[str, Any]:
-    """A version-4 notification for group `name` with `alerts` firing alerts."""
-    now = datetime.now(UTC).isoformat()
-    return {
-        "version": "4",
-        "groupKey": f'{{}}:{{alertname="{name}"}}',
-        "status": "firing",
-        "receiver": "matrix",
-        "groupLabels": {"alertname": name},
-        "commonLabels": {"alertname": name, "severity": "warning"},
-        "externalURL": "http://127.0.0.1:9093",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": {"alertname": name, "instance": f"host{i}:9100", "severity": "warning"},
-                "annotations": {"summary": f"{name} on host{i}"},
-                "startsAt": now,
-                "generatorURL": "http://prometheus:9090/graph",
-                "fingerprint": f"{name}-{i}",
-            }
-            for i in range(alerts)
-        ],
-    }
-
-
 def titles(body: str) -> list[str]:
-    """The groups a message shows: its title, or each line of a storm digest."""
-    if body.startswith("🌩️ Alert storm"):
-        return [
-            line.split(" · ", 1)[1].split(" — ")[0]
-            for line in body.splitlines()
-            if line.startswith("• ")
-        ]
-    first = body.splitlines()[0] if body else ""
-    return [first.rsplit("· ", 1)[-1]] if "FIRING" in first else []
+    """The groups a message shows: its title(s), or each line of a storm digest."""
+    lines = body.splitlines()
+    if lines and "🌩️ Alert storm" in lines[0]:
+        return [line.split(" · ", 1)[1].split(" — ")[0] for line in lines if line.startswith("• ")]
+    return [line.rsplit("· ", 1)[-1] for line in lines if "FIRING" in line and " · " in line]
+
+
+async def bot_syncs(session: aiohttp.ClientSession, port: int) -> int:
+    """How many sync requests the bot has made so far (from its /metrics)."""
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith("infrabot_sync_request_seconds_count"):
+                return int(float(line.split()[-1]))
+    return 0
 
 
 async def main() -> None:
@@ -126,32 +107,52 @@ async def main() -> None:
                     await asyncio.sleep(0.001)
                 single_e2e.append((seen_at[name] - t0) * 1000)
 
-            # The storm.
-            bodies = [
-                (f"Storm{i}", json.dumps(payload(f"Storm{i}", args.alerts_per_webhook)).encode())
-                for i in range(args.webhooks)
-            ]
-            sent_at: dict[str, float] = {}
-            hook_ms: list[float] = []
-            gate = asyncio.Semaphore(args.in_flight)
-
-            async def post(name: str, body: bytes) -> None:
-                async with gate:
-                    t0 = time.perf_counter()
-                    async with session.post(url, data=body) as resp:
-                        assert resp.status == 200
-                    hook_ms.append((time.perf_counter() - t0) * 1000)
-                    sent_at[name] = t0
-
-            storm_start = time.perf_counter()
-            await asyncio.gather(*(post(n, b) for n, b in bodies))
-            accepted_s = time.perf_counter() - storm_start
+            # The storm, from a separate lean process so that its CPU does not delay the watcher.
+            loader = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.webhook_load",
+                f"--port={port}",
+                f"--webhooks={args.webhooks}",
+                f"--alerts={args.alerts_per_webhook}",
+                f"--in-flight={args.in_flight}",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert loader.stdin is not None and loader.stdout is not None
+            assert (await loader.stdout.readline()).strip() == b"ready"
+            pids = {
+                "bot": proc.pid,
+                "synapse": hs.proc.pid,
+                "load": loader.pid,
+                "bench": os.getpid(),
+            }
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            syncs_before = await bot_syncs(session, port)
+            loader.stdin.write(b"go\n")
+            await loader.stdin.drain()
+            report = json.loads(await loader.stdout.readline())
+            cpu_load = cpu_seconds(loader.pid) - cpu_before["load"]
+            await loader.wait()
+            storm_start = report["started"]
+            sent_at = {name: t0 for name, t0, _, _ in report["results"]}
+            hook_ms = [ms for _, _, ms, _ in report["results"]]
+            assert all(status == 200 for *_, status in report["results"])
+            accepted_s = max(t0 + ms / 1000 for _, t0, ms, _ in report["results"]) - storm_start
+            names = list(sent_at)
             deadline = time.perf_counter() + 300
-            while time.perf_counter() < deadline and not all(n in seen_at for n, _ in bodies):
-                await asyncio.sleep(0.05)
+            while time.perf_counter() < deadline and not all(n in seen_at for n in names):
+                await asyncio.sleep(0.005)
             drained_s = time.perf_counter() - storm_start
+            cpu_used = {
+                name: round(cpu_seconds(pid) - cpu_before[name], 2)
+                for name, pid in pids.items()
+                if name != "load"
+            }
+            cpu_used["load"] = round(cpu_load, 2)
+            syncs = await bot_syncs(session, port) - syncs_before
         watcher.cancel()
-        delivered = [n for n, _ in bodies if n in seen_at]
+        delivered = [n for n in names if n in seen_at]
         e2e = [(seen_at[n] - sent_at[n]) * 1000 for n in delivered]
         await person.close()
         raw_med = statistics.median(raw_lat)
@@ -171,10 +172,12 @@ async def main() -> None:
             "storm_webhook_p50_ms": round(statistics.median(hook_ms), 2),
             "storm_webhook_p99_ms": round(pct(hook_ms, 0.99), 2),
             "storm_accepted_in_s": round(accepted_s, 2),
-            "storm_delivered": f"{len(delivered)}/{len(bodies)}",
+            "storm_delivered": f"{len(delivered)}/{len(names)}",
             "storm_e2e_p50_ms": round(statistics.median(e2e), 1) if e2e else None,
             "storm_e2e_p99_ms": round(pct(e2e, 0.99), 1) if e2e else None,
             "storm_drained_in_s": round(drained_s, 2),
+            "storm_cpu_s": cpu_used,
+            "storm_bot_sync_requests": syncs,
             "storm_room_messages": sum(
                 1
                 for e in person.seen

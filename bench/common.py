@@ -99,10 +99,25 @@ def stop_bot(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     """The q-quantile (0..1) of values."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-__all__ = ["BenchRoom", "bench_room", "bot_config", "free_port", "pct", "start_bot", "stop_bot"]
+__all__ = [
+    "BenchRoom",
+    "bench_room",
+    "bot_config",
+    "cpu_seconds",
+    "free_port",
+    "pct",
+    "start_bot",
+    "stop_bot",
+]

@@ -6,9 +6,11 @@ homeserver deduplicates, so nothing is posted twice and nothing is dropped.
 A content value "outbox:N" stands for the event id of row N, filled in at delivery, so an edit
 or a threaded reply can be queued before the message it refers to has reached the server.
 Rows posted with the same coalesce key replace each other while still pending: under a slow or
-rate-limited homeserver only the newest version of an edited message is sent. Rows posted as
-unordered (e.g. independent alert groups) may be sent several at a time, which keeps a burst
-from queueing behind one round trip per message.
+rate-limited homeserver only the newest version of an edited message is sent.
+
+One send per room is in flight at a time. Synapse persists a room's events one after another,
+so parallel sends to one room only queue inside it (bench/alert_storm.py measured 2 in flight
+slower than 1); a burst is better folded into fewer messages by the feature (see `amend`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bot.backoff import Backoff
@@ -33,7 +36,6 @@ MAX_PERMANENT_ATTEMPTS = 5
 # Refusals of the event itself: sending it again can never succeed.
 REF_GONE = "IB_REFERENCE_GONE"
 HOPELESS = frozenset({"M_TOO_LARGE", "M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM", REF_GONE})
-PARALLEL_SENDS = 8
 KEEP_SENT_S = 7 * 86400  # sent rows keep their content a week, then only id → event id
 _REF = re.compile(r"^outbox:(\d+)$")
 
@@ -66,7 +68,6 @@ class Outbox:
         content: dict[str, Any],
         event_type: str = "m.room.message",
         coalesce_key: str | None = None,
-        ordered: bool = True,
     ) -> int:
         """Commit an event for delivery; returns its outbox id."""
         with self.store.transaction() as db:
@@ -80,7 +81,7 @@ class Outbox:
                         db.execute("DELETE FROM outbox WHERE id = ?", (row["id"],))
             cur = db.execute(
                 "INSERT INTO outbox(room_id, event_type, content, txn_id, created_at, "
-                "coalesce_key, ordered) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "coalesce_key) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     room_id,
                     event_type,
@@ -88,30 +89,35 @@ class Outbox:
                     new_txn_id(),
                     time.time(),
                     coalesce_key,
-                    int(ordered),
                 ),
             )
         self._wake.set()
         return int(cur.lastrowid or 0)
 
     def amend(self, outbox_id: int, content: dict[str, Any]) -> bool:
-        """Replace the content of a row not yet sent (nor being sent); False if too late."""
+        """Replace the content of a row never tried yet; False if too late.
+
+        A row already tried may have reached the server with only its answer lost: its retry
+        reuses the transaction id, the server answers with the first event, and an amended
+        content would silently never be seen.
+        """
         if outbox_id in self._in_flight:
             return False
         cur = self.store.execute(
-            "UPDATE outbox SET content = ? WHERE id = ? AND state = 'pending'",
+            "UPDATE outbox SET content = ? WHERE id = ? AND state = 'pending' AND attempts = 0",
             (json.dumps(content), outbox_id),
         )
         return cur.rowcount == 1
 
-    def pending_in_room(self, room_id: str, ordered: bool) -> int:
-        """How many ordered (or unordered) rows wait for a room."""
+    def waiting(self, outbox_id: int) -> bool:
+        """Whether the row is queued and was never tried (so `amend` would succeed)."""
+        if outbox_id in self._in_flight:
+            return False
         row = self.store.execute(
-            "SELECT COUNT(*) AS n FROM outbox WHERE room_id = ? AND state = 'pending' "
-            "AND ordered = ?",
-            (room_id, int(ordered)),
+            "SELECT 1 FROM outbox WHERE id = ? AND state = 'pending' AND attempts = 0",
+            (outbox_id,),
         ).fetchone()
-        return int(row["n"])
+        return row is not None
 
     def event_id(self, outbox_id: int) -> str | None:
         """The event id of a delivered row, or None."""
@@ -170,30 +176,20 @@ class Outbox:
         row = self.store.execute("SELECT COUNT(*) AS n FROM outbox WHERE state = 'pending'")
         return int(row.fetchone()["n"])
 
-    def _batches(self) -> tuple[list[list[Any]], list[str]]:
-        """Per room, what may go out now: the head alone, or a run of unordered rows."""
+    def _ready(self) -> tuple[list[Any], list[str]]:
+        """Each room's oldest pending row unless it is being sent, and rooms waiting a retry."""
         rows = self.store.execute(
-            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY room_id ORDER BY id) AS rn "
-            "FROM outbox WHERE state = 'pending') WHERE rn <= ? ORDER BY room_id, id",
-            (PARALLEL_SENDS,),
+            "SELECT * FROM outbox WHERE id IN "
+            "(SELECT MIN(id) FROM outbox WHERE state = 'pending' GROUP BY room_id)"
         ).fetchall()
-        by_room: dict[str, list[Any]] = {}
-        for row in rows:
-            by_room.setdefault(row["room_id"], []).append(row)
         now = time.monotonic()
-        batches, waiting = [], []
-        for room_id, queue in by_room.items():
-            if self._retry_at.get(room_id, 0) > now:
-                waiting.append(room_id)
-                continue
-            batch = [queue[0]]
-            if not queue[0]["ordered"]:
-                for row in queue[1:]:
-                    if row["ordered"]:
-                        break
-                    batch.append(row)
-            batches.append(batch)
-        return batches, waiting
+        ready, waiting = [], []
+        for row in rows:
+            if self._retry_at.get(row["room_id"], 0) > now:
+                waiting.append(row["room_id"])
+            elif row["id"] not in self._in_flight:
+                ready.append(row)
+        return ready, waiting
 
     def prune(self) -> int:
         """Drop the content of rows finished over a week ago; returns how many.
@@ -209,33 +205,59 @@ class Outbox:
         return cur.rowcount
 
     async def run(self) -> None:
-        """Deliver forever: per room in order (unordered runs in parallel), with backoff."""
+        """Deliver forever: per room in order, rooms in parallel, with backoff."""
         next_prune = 0.0
-        while True:
-            if time.monotonic() >= next_prune:
-                self.prune()
-                next_prune = time.monotonic() + 3600
-            batches, waiting = self._batches()
-            self.metrics.outbox_pending.set(self.pending() if batches or waiting else 0)
-            if not batches:
+        sending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if time.monotonic() >= next_prune:
+                    self.prune()
+                    next_prune = time.monotonic() + 3600
+                # Cleared before looking, so a post or a finished send from here on wakes us.
                 self._wake.clear()
+                ready, waiting = self._ready()
+                self.metrics.outbox_pending.set(
+                    self.pending() if ready or waiting or sending else 0
+                )
+                for row in ready:
+                    # Marked before the first await: from here on nobody may amend or drop it.
+                    self._in_flight.add(row["id"])
+                    task = asyncio.get_running_loop().create_task(self._deliver(row))
+                    sending.add(task)
+                    task.add_done_callback(self._finished(sending))
                 wait = min((self._retry_at[r] for r in waiting), default=None)
                 try:
                     timeout = None if wait is None else max(0.0, wait - time.monotonic())
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except TimeoutError:
                     pass
-                continue
-            rows = [row for batch in batches for row in batch]
-            # Marked before the first await: from here on nobody may amend or drop them.
-            self._in_flight.update(row["id"] for row in rows)
-            await asyncio.gather(*(self._deliver(row) for row in rows))
+        finally:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+
+    def _finished(self, sending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            sending.discard(task)
+            self._wake.set()
+
+        return done
 
     async def _deliver(self, row: Any) -> None:
         try:
             await self._deliver_one(row)
+        except Exception:
+            # A bug, not the homeserver: keep the row, back off the room, and say so.
+            log.exception("outbox message %d: unexpected error; will retry", row["id"])
+            self.metrics.errors.labels("outbox").inc()
+            self._retry_at[row["room_id"]] = (
+                time.monotonic() + self._backoff_for(row["room_id"]).next()
+            )
         finally:
             self._in_flight.discard(row["id"])
+
+    def _backoff_for(self, room_id: str) -> Backoff:
+        return self._backoff.setdefault(room_id, Backoff(0.5, 60))
 
     async def _deliver_one(self, row: Any) -> None:
         room_id = row["room_id"]
@@ -263,8 +285,7 @@ class Outbox:
                 log.error("giving up outbox message %d to %s: %s", row["id"], room_id, exc)
                 self._resolve(row["id"], error=exc)
                 return
-            backoff = self._backoff.setdefault(room_id, Backoff(0.5, 60))
-            wait = exc.retry_after or backoff.next()
+            wait = exc.retry_after or self._backoff_for(room_id).next()
             self._retry_at[room_id] = time.monotonic() + wait
             log.warning(
                 "outbox message %d to %s: %s; retry in %.1f s", row["id"], room_id, exc, wait

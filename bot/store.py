@@ -84,6 +84,8 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration("core", 3, "ALTER TABLE outbox ADD COLUMN ordered INTEGER NOT NULL DEFAULT 1"),
+    # One send per room at a time made the flag meaningless.
+    Migration("core", 4, "ALTER TABLE outbox DROP COLUMN ordered"),
 )
 
 
@@ -151,6 +153,18 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    @contextmanager
+    def savepoint(self) -> Iterator[sqlite3.Connection]:
+        """A nested part of the current transaction, undone alone if it raises."""
+        self.db.execute("SAVEPOINT part")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK TO part")
+            self.db.execute("RELEASE part")
+            raise
+        self.db.execute("RELEASE part")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """Run one statement in autocommit mode."""

@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.errors import UserError
+from bot.mentions import NOBODY, Mentions
 from commands.alerts.matchers import parse_duration, parse_matchers
 from commands.alerts.payload import Notification, WebhookError, parse_notification
-from commands.alerts.render import MAX_RENDERED_BYTES, Renderer
+from commands.alerts.render import MAX_RENDERED_BYTES, Renderer, digest_line, render_batch
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -133,3 +134,18 @@ def test_template_override_and_escaping() -> None:
     evil = _group(1, "<script>alert(1)</script>")
     _, html = Renderer().render(evil)
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_groups_sharing_a_message_show_in_full_when_they_fit_else_a_line_each() -> None:
+    r = Renderer()
+    small = [_group(2, "disk full"), _group(1, "<b>unit failed</b>")]
+    pings = Mentions(["@alice:x"], room=True)
+    text, html = render_batch([r.render(n) for n in small], [digest_line(n) for n in small], pings)
+    assert text.startswith("@room @alice:x 🔔 2 alert groups started together")
+    assert text.count("FIRING") == 2 and "<hr>" in html and "&lt;b&gt;unit failed" in html
+    big = [_group(400, "s" * 60) for _ in range(3)]
+    text, html = render_batch([r.render(n) for n in big], [digest_line(n) for n in big], pings)
+    assert text.startswith("@room @alice:x 🌩️ Alert storm: 3 groups")
+    assert text.count("\n• ") == 3 and len(text.encode()) + len(html.encode()) <= MAX_RENDERED_BYTES
+    text, _ = render_batch(None, [digest_line(n) for n in small], NOBODY)
+    assert text.startswith("🌩️ Alert storm: 2 groups") and "disk full" in text

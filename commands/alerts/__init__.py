@@ -11,76 +11,24 @@ import base64
 import hmac
 import logging
 import re
-import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter
-from pydantic import Field, SecretStr
 
-from bot import messages
-from bot.config import Section
 from bot.context import Context, Runtime
 from bot.errors import RemoteError, UserError
-from bot.mentions import NOBODY, MentionRule, mentions_for
 from bot.messages import escape, human_duration, table
-from bot.outbox import ref
 from bot.registry import Param, Router
 from commands.alerts.api import AlertmanagerAPI
+from commands.alerts.config import AlertRoute, AlertsConfig, alerts_config
+from commands.alerts.intake import Intake
 from commands.alerts.matchers import looks_like_matcher, parse_duration, parse_matchers
 from commands.alerts.payload import Notification, WebhookError, parse_notification
-from commands.alerts.render import (
-    Renderer,
-    digest_line,
-    group_title,
-    render_digest,
-    severity_of,
-)
 
 log = logging.getLogger(__name__)
 router = Router("alerts")
-
-
-class WebhookAuth(Section):
-    bearer_token: SecretStr | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-
-
-class AlertRoute(Section):
-    room: str
-    # Any of these that is set must match: the webhook path suffix, the receiver, labels.
-    path: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
-    receiver: str | None = None
-    match: dict[str, str] = Field(default_factory=dict)
-    match_re: dict[str, str] = Field(default_factory=dict)
-    # Keep looking for further matching routes after this one.
-    continue_: bool = Field(default=False, alias="continue")
-
-
-class Templates(Section):
-    text: str | None = None
-    html: str | None = None
-
-
-class AlertsConfig(Section):
-    url: str | None = Field(default=None, pattern=r"^https?://")
-    api_timeout_s: float = Field(default=10, gt=0)
-    external_url: str | None = None
-    auth: WebhookAuth | None = None
-    room: str | None = None
-    routes: list[AlertRoute] = Field(default_factory=list)
-    mentions: list[MentionRule] = Field(default_factory=list)
-    resolved_reply: bool = True
-    dedupe_window_s: float = Field(default=600, ge=0)
-    max_body_bytes: int = Field(default=1_048_576, gt=0)
-    templates: Templates = Templates()
-    # When this many new group messages already wait to be sent to a room, further new groups
-    # are folded into one digest message instead of queueing behind them (0: never).
-    storm_threshold: int = Field(default=4, ge=0)
-    digest_max_groups: int = Field(default=100, ge=1, le=200)
 
 
 router.section("alertmanager", AlertsConfig)
@@ -108,19 +56,6 @@ router.migration(
     ALTER TABLE alert_groups ADD COLUMN in_digest INTEGER NOT NULL DEFAULT 0
     """,
 )
-
-
-def _config(rt: Runtime) -> AlertsConfig:
-    return rt.config.section("alertmanager", AlertsConfig) or AlertsConfig()
-
-
-def _renderer(rt: Runtime) -> Renderer:
-    renderer = rt.extras.get("alerts.renderer")
-    if not isinstance(renderer, Renderer):
-        cfg = _config(rt)
-        renderer = Renderer(cfg.templates.text, cfg.templates.html)
-        rt.extras["alerts.renderer"] = renderer
-    return renderer
 
 
 # --- webhook -------------------------------------------------------------------------------
@@ -172,80 +107,11 @@ def rooms_for(rt: Runtime, cfg: AlertsConfig, n: Notification, path: str | None)
     return list(dict.fromkeys(rooms))
 
 
-def record_notification(rt: Runtime, room_id: str, n: Notification) -> str:
-    """Queue the group's message (new, edited or resolved); returns what was done."""
-    cfg = _config(rt)
-    store = rt.store
-    digest = n.state_digest()
-    now = time.time()
-    with store.transaction() as db:
-        row = db.execute(
-            "SELECT * FROM alert_groups WHERE room_id = ? AND group_key = ? AND open = 1",
-            (room_id, n.groupKey),
-        ).fetchone()
-        if (
-            row is not None
-            and row["digest"] == digest
-            and now - row["updated_at"] < (cfg.dedupe_window_s)
-        ):
-            return "duplicate"
-        # Only a group that starts firing pings; an update must not ping everybody again.
-        pings = NOBODY
-        if row is None and n.status == "firing":
-            pings = mentions_for(cfg.mentions, severity_of(n))
-
-        def content() -> messages.Content:
-            text, html = _renderer(rt).render(n, pings)
-            body = messages.notice(text, html)
-            body["m.mentions"] = pings.content()
-            return body
-
-        still_open = 1 if n.status == "firing" else 0
-        if row is None or row["in_digest"]:
-            folded = None
-            if (
-                row is None
-                and cfg.storm_threshold
-                and (rt.outbox.pending_in_room(room_id, ordered=False) >= cfg.storm_threshold)
-            ):
-                folded = _fold_into_digest(rt, cfg, room_id, n)
-            # A new group does not depend on any other message: it may go out in parallel.
-            # A group first shown in a storm digest gets its own message when it changes.
-            outbox_id = folded or rt.outbox.post(room_id, content(), ordered=False)
-            if row is not None:
-                db.execute("DELETE FROM alert_groups WHERE id = ?", (row["id"],))
-            db.execute(
-                "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, "
-                "alerts, created_at, updated_at, in_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    room_id,
-                    n.groupKey,
-                    still_open,
-                    outbox_id,
-                    digest,
-                    n.status,
-                    len(n.alerts),
-                    now,
-                    now,
-                    1 if folded else 0,
-                ),
-            )
-            return "digested" if folded else "posted"
-        target = ref(row["outbox_id"])
-        rt.outbox.post(
-            room_id, messages.edit(content(), target), coalesce_key=f"alerts:edit:{row['id']}"
-        )
-        if n.status == "resolved" and cfg.resolved_reply:
-            name = group_title(n)
-            lasted = human_duration(now - row["created_at"])
-            reply = f"✅ resolved: {name} ({len(n.alerts)} alert(s), open for {lasted})"
-            rt.outbox.post(room_id, messages.in_thread(messages.notice(reply), target))
-        db.execute(
-            "UPDATE alert_groups SET digest = ?, status = ?, alerts = ?, updated_at = ?, open = ? "
-            "WHERE id = ?",
-            (digest, n.status, len(n.alerts), now, still_open, row["id"]),
-        )
-        return "resolved" if n.status == "resolved" else "updated"
+def _intake(rt: Runtime) -> Intake:
+    intake = rt.extras.get("alerts.intake")
+    if not isinstance(intake, Intake):
+        intake = rt.extras["alerts.intake"] = Intake(rt)
+    return intake
 
 
 def _webhook_counter(rt: Runtime) -> Counter:
@@ -260,31 +126,6 @@ def _webhook_counter(rt: Runtime) -> Counter:
         )
         rt.extras["alerts.counter"] = counter
     return counter
-
-
-@dataclass
-class DigestDraft:
-    """The storm digest still waiting to be sent to a room, and the lines it holds."""
-
-    outbox_id: int
-    lines: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _fold_into_digest(rt: Runtime, cfg: AlertsConfig, room_id: str, n: Notification) -> int:
-    """Add the group to the room's pending digest message, or start a new one."""
-    drafts: dict[str, DigestDraft] = rt.extras.setdefault("alerts.digests", {})
-    line = digest_line(n)
-    draft = drafts.get(room_id)
-    # Kept in memory: after a restart a new digest starts, which costs one extra message.
-    if draft is not None and len(draft.lines) < cfg.digest_max_groups:
-        text, html = render_digest([*draft.lines, line])
-        if rt.outbox.amend(draft.outbox_id, messages.notice(text, html)):
-            draft.lines.append(line)
-            return draft.outbox_id
-    text, html = render_digest([line])
-    outbox_id = rt.outbox.post(room_id, messages.notice(text, html), ordered=False)
-    drafts[room_id] = DigestDraft(outbox_id, [line])
-    return outbox_id
 
 
 def _reject(status: int, reason: str, request: web.Request, rt: Runtime) -> web.Response:
@@ -311,7 +152,7 @@ async def _webhook(rt: Runtime, request: web.Request, path: str | None) -> web.R
         n = parse_notification(body)
     except WebhookError as exc:
         return _reject(exc.status, exc.reason, request, rt)
-    results = [record_notification(rt, room, n) for room in rooms_for(rt, cfg, n, path)]
+    results = await _intake(rt).submit(rooms_for(rt, cfg, n, path), n)
     for result in results:
         _webhook_counter(rt).labels(result).inc()
     log.info("webhook %s (%s, %d alerts): %s", n.groupKey[:60], n.status, len(n.alerts), results)
@@ -334,7 +175,7 @@ async def webhook_routed(rt: Runtime, request: web.Request) -> web.StreamRespons
 
 
 def _api(ctx: Context) -> AlertmanagerAPI:
-    cfg = _config(ctx.rt)
+    cfg = alerts_config(ctx.rt)
     if not cfg.url:
         raise UserError("Alertmanager's API is not configured (`alertmanager.url`).")
     return AlertmanagerAPI(cfg.url, cfg.api_timeout_s)

@@ -73,6 +73,11 @@ class Notification(_Model):
 def parse_notification(body: bytes) -> Notification:
     """Parse and validate a webhook body; raises WebhookError(400) with the first few reasons."""
     try:
+        # The common case in one pass through pydantic-core; a failure is explained below.
+        return Notification.model_validate_json(body)
+    except ValidationError:
+        pass
+    try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WebhookError(400, f"body is not JSON: {exc}") from None

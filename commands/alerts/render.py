@@ -223,12 +223,18 @@ def digest_line(n: Notification) -> tuple[str, str]:
     return text, html + "</li>"
 
 
-def render_digest(lines: list[tuple[str, str]]) -> tuple[str, str]:
-    """A message folding many new groups together while the room is flooded."""
-    head = (
-        f"🌩️ Alert storm: {len(lines)} more group(s) started firing "
-        "(each gets its own message when it changes)"
-    )
-    text = "\n".join([head, *(t for t, _ in lines)])
-    html = f"<p><b>{escape(head)}</b></p><ul>{''.join(h for _, h in lines)}</ul>"
+def render_batch(
+    full: list[tuple[str, str]] | None, lines: list[tuple[str, str]], pings: Mentions
+) -> tuple[str, str]:
+    """One message for several new groups: each in full when that fits, else a line each."""
+    later = "each gets its own message when it changes"
+    if full is not None:
+        head = f"🔔 {len(full)} alert groups started together ({later})"
+        text = "\n\n".join([f"{pings.text()} {head}".strip(), *(t for t, _ in full)])
+        html = f"<p>{pings.html()} <b>{escape(head)}</b></p>" + "<hr>".join(h for _, h in full)
+        if len(text.encode()) + len(html.encode()) <= MAX_RENDERED_BYTES:
+            return text, html
+    head = f"🌩️ Alert storm: {len(lines)} groups started firing ({later})"
+    text = "\n".join([f"{pings.text()} {head}".strip(), *(t for t, _ in lines)])
+    html = f"<p>{pings.html()} <b>{escape(head)}</b></p><ul>{''.join(h for _, h in lines)}</ul>"
     return text, html

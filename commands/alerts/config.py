@@ -1,0 +1,64 @@
+"""The `alertmanager:` config section, and the renderer built from its templates."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from bot.config import Section
+from bot.context import Runtime
+from bot.mentions import MentionRule
+from commands.alerts.render import Renderer
+
+
+class WebhookAuth(Section):
+    bearer_token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class AlertRoute(Section):
+    room: str
+    # Any of these that is set must match: the webhook path suffix, the receiver, labels.
+    path: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    receiver: str | None = None
+    match: dict[str, str] = Field(default_factory=dict)
+    match_re: dict[str, str] = Field(default_factory=dict)
+    # Keep looking for further matching routes after this one.
+    continue_: bool = Field(default=False, alias="continue")
+
+
+class Templates(Section):
+    text: str | None = None
+    html: str | None = None
+
+
+class AlertsConfig(Section):
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    api_timeout_s: float = Field(default=10, gt=0)
+    external_url: str | None = None
+    auth: WebhookAuth | None = None
+    room: str | None = None
+    routes: list[AlertRoute] = Field(default_factory=list)
+    mentions: list[MentionRule] = Field(default_factory=list)
+    resolved_reply: bool = True
+    dedupe_window_s: float = Field(default=600, ge=0)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    templates: Templates = Templates()
+    # New groups that join a message still waiting to be sent (a storm, or the homeserver
+    # away) share it, up to this many per message.
+    digest_max_groups: int = Field(default=150, ge=1, le=200)
+
+
+def alerts_config(rt: Runtime) -> AlertsConfig:
+    """The section as configured, or its defaults."""
+    return rt.config.section("alertmanager", AlertsConfig) or AlertsConfig()
+
+
+def renderer(rt: Runtime) -> Renderer:
+    """The one Renderer for this runtime, built on first use from the configured templates."""
+    found = rt.extras.get("alerts.renderer")
+    if not isinstance(found, Renderer):
+        cfg = alerts_config(rt)
+        found = Renderer(cfg.templates.text, cfg.templates.html)
+        rt.extras["alerts.renderer"] = found
+    return found

@@ -1,0 +1,218 @@
+"""From accepted notification to committed room message: group commit and coalescing.
+
+Webhooks that arrive together are committed in one transaction (each in its own savepoint), so
+a storm costs one commit per batch rather than per webhook, and every webhook is still answered
+only after its message is in the outbox.
+
+A new group becomes its own message. While that message still waits to be sent (the room is
+busy sending, or the homeserver is away), further new groups join it instead of queueing behind
+it, so the room gets one message per round trip whatever the arrival rate. A waiting message
+that holds several groups shows each in full when that fits, else one line per group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from bot import messages
+from bot.context import Runtime
+from bot.mentions import NOBODY, Mentions, mentions_for
+from bot.messages import human_duration
+from bot.outbox import ref
+from commands.alerts.config import AlertsConfig, alerts_config, renderer
+from commands.alerts.payload import Notification
+from commands.alerts.render import digest_line, group_title, render_batch, severity_of
+
+log = logging.getLogger(__name__)
+# Beyond this many groups in one message, each is shown as one line rather than in full.
+FULL_BATCH_GROUPS = 5
+
+
+@dataclass(frozen=True)
+class Member:
+    """A group in a shared message: its notification, who it pings, its one-line form."""
+
+    n: Notification
+    pings: Mentions
+    line: tuple[str, str]
+
+
+@dataclass
+class Draft:
+    """A room's newest group message that has not started sending, and the groups it holds."""
+
+    outbox_id: int
+    groups: dict[str, Member] = field(default_factory=dict)  # by group key, in arrival order
+    changed: bool = False
+
+
+@dataclass
+class _Pending:
+    rooms: list[str]
+    notification: Notification
+    done: asyncio.Future[list[str]]
+
+
+class Intake:
+    """Records notifications in batches; `submit` returns once its batch is committed."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.drafts: dict[str, Draft] = {}
+        self._queue: list[_Pending] = []
+
+    async def submit(self, rooms: list[str], n: Notification) -> list[str]:
+        """Queue the notification for its rooms; returns what was done in each."""
+        loop = asyncio.get_running_loop()
+        item = _Pending(rooms, n, loop.create_future())
+        self._queue.append(item)
+        if len(self._queue) == 1:
+            # Handlers made ready by the same loop iteration join this batch.
+            loop.call_soon(self._flush)
+        return await item.done
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        cfg = alerts_config(self.rt)
+        outcomes: list[list[str] | BaseException] = []
+        try:
+            with self.rt.store.transaction():
+                for item in batch:
+                    try:
+                        with self.rt.store.savepoint():
+                            outcomes.append(
+                                [self.record(cfg, room, item.notification) for room in item.rooms]
+                            )
+                    except Exception as exc:
+                        log.exception("could not record %s", item.notification.groupKey[:80])
+                        outcomes.append(exc)
+                self._render_drafts(cfg)
+        except Exception as exc:
+            log.exception("could not commit %d alert notification(s)", len(batch))
+            outcomes = [exc] * len(batch)
+            # Rolled back: what the drafts say in memory may no longer be in the store.
+            self.drafts.clear()
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.done.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.done.set_exception(outcome)
+            else:
+                item.done.set_result(outcome)
+
+    def record(self, cfg: AlertsConfig, room_id: str, n: Notification) -> str:
+        """Queue the group's message (new, edited or resolved); returns what was done."""
+        db = self.rt.store.db
+        digest = n.state_digest()
+        now = time.time()
+        row = db.execute(
+            "SELECT * FROM alert_groups WHERE room_id = ? AND group_key = ? AND open = 1",
+            (room_id, n.groupKey),
+        ).fetchone()
+        if (
+            row is not None
+            and row["digest"] == digest
+            and now - row["updated_at"] < (cfg.dedupe_window_s)
+        ):
+            return "duplicate"
+        still_open = 1 if n.status == "firing" else 0
+        if row is None or row["in_digest"]:
+            # Only a group that starts firing pings; an update must not ping everybody again.
+            pings = NOBODY
+            if row is None and n.status == "firing":
+                pings = mentions_for(cfg.mentions, severity_of(n))
+            outbox_id, joined = self._place(cfg, room_id, n, pings)
+            if row is not None:
+                db.execute("DELETE FROM alert_groups WHERE id = ?", (row["id"],))
+            db.execute(
+                "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, "
+                "alerts, created_at, updated_at, in_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (
+                    room_id,
+                    n.groupKey,
+                    still_open,
+                    outbox_id,
+                    digest,
+                    n.status,
+                    len(n.alerts),
+                    now,
+                    now,
+                ),
+            )
+            return "coalesced" if joined else "posted"
+        draft = self.drafts.get(room_id)
+        if draft is not None and draft.outbox_id == row["outbox_id"]:
+            # An edit is about to target this message: nothing else may join it now.
+            del self.drafts[room_id]
+        content = self._content(n, NOBODY)
+        target = ref(row["outbox_id"])
+        self.rt.outbox.post(
+            room_id, messages.edit(content, target), coalesce_key=f"alerts:edit:{row['id']}"
+        )
+        if n.status == "resolved" and cfg.resolved_reply:
+            lasted = human_duration(now - row["created_at"])
+            reply = f"✅ resolved: {group_title(n)} ({len(n.alerts)} alert(s), open for {lasted})"
+            self.rt.outbox.post(room_id, messages.in_thread(messages.notice(reply), target))
+        db.execute(
+            "UPDATE alert_groups SET digest = ?, status = ?, alerts = ?, updated_at = ?, open = ? "
+            "WHERE id = ?",
+            (digest, n.status, len(n.alerts), now, still_open, row["id"]),
+        )
+        return "resolved" if n.status == "resolved" else "updated"
+
+    def _place(
+        self, cfg: AlertsConfig, room_id: str, n: Notification, pings: Mentions
+    ) -> tuple[int, bool]:
+        """The outbox row that will show a new group, and whether it joined a waiting one."""
+        draft = self.drafts.get(room_id)
+        if (
+            draft is not None
+            and len(draft.groups) < cfg.digest_max_groups
+            and self.rt.outbox.waiting(draft.outbox_id)
+        ):
+            # A group that changes again before its message went out replaces its older self.
+            draft.groups[n.groupKey] = Member(n, pings, digest_line(n))
+            draft.changed = True
+            return draft.outbox_id, True
+        outbox_id = self.rt.outbox.post(room_id, self._content(n, pings))
+        self.drafts[room_id] = Draft(outbox_id, {n.groupKey: Member(n, pings, digest_line(n))})
+        return outbox_id, False
+
+    def _content(self, n: Notification, pings: Mentions) -> messages.Content:
+        text, html = renderer(self.rt).render(n, pings)
+        body = messages.notice(text, html)
+        body["m.mentions"] = pings.content()
+        return body
+
+    def _render_drafts(self, cfg: AlertsConfig) -> None:
+        """Once per batch, rewrite each waiting message that gained groups."""
+        for draft in self.drafts.values():
+            if not draft.changed:
+                continue
+            draft.changed = False
+            members = list(draft.groups.values())
+            users: list[str] = []
+            for m in members:
+                users += [u for u in m.pings.users if u not in users]
+            pings = Mentions(users, any(m.pings.room for m in members))
+            if len(members) == 1:
+                body = self._content(members[0].n, pings)
+            else:
+                # Full renderings only while they can fit; a storm gets one line per group.
+                full = None
+                if len(members) <= FULL_BATCH_GROUPS:
+                    full = [renderer(self.rt).render(m.n, NOBODY) for m in members]
+                lines = [m.line for m in members]
+                text, html = render_batch(full, lines, pings)
+                body = messages.notice(text, html)
+                body["m.mentions"] = pings.content()
+            if not self.rt.outbox.amend(draft.outbox_id, body):
+                raise RuntimeError(f"outbox row {draft.outbox_id} started sending mid-batch")
+            # Groups sharing a message get their own message when they next change.
+            self.rt.store.execute(
+                "UPDATE alert_groups SET in_digest = ? WHERE outbox_id = ?",
+                (int(len(draft.groups) > 1), draft.outbox_id),
+            )
