@@ -244,22 +244,39 @@ class Outbox:
         return done
 
     async def _deliver(self, row: Any) -> None:
-        try:
-            await self._deliver_one(row)
-        except Exception:
-            # A bug, not the homeserver: keep the row, back off the room, and say so.
-            log.exception("outbox message %d: unexpected error; will retry", row["id"])
-            self.metrics.errors.labels("outbox").inc()
-            self._retry_at[row["room_id"]] = (
-                time.monotonic() + self._backoff_for(row["room_id"]).next()
-            )
-        finally:
-            self._in_flight.discard(row["id"])
+        """Send the row, then the room's next ones while they keep succeeding."""
+        while row is not None:
+            delivered = False
+            try:
+                delivered = await self._deliver_one(row)
+            except Exception:
+                # A bug, not the homeserver: keep the row, back off the room, and say so.
+                log.exception("outbox message %d: unexpected error; will retry", row["id"])
+                self.metrics.errors.labels("outbox").inc()
+                self._retry_at[row["room_id"]] = (
+                    time.monotonic() + self._backoff_for(row["room_id"]).next()
+                )
+            finally:
+                self._in_flight.discard(row["id"])
+            # Straight on to the next, without a turn through `run`: under load each loop
+            # turn costs milliseconds that a burst would otherwise pay per message.
+            row = self._next_in_room(row["room_id"]) if delivered else None
+
+    def _next_in_room(self, room_id: str) -> Any:
+        """The room's oldest pending row, marked in flight, unless it is being sent already."""
+        row = self.store.execute(
+            "SELECT * FROM outbox WHERE state = 'pending' AND room_id = ? ORDER BY id LIMIT 1",
+            (room_id,),
+        ).fetchone()
+        if row is None or row["id"] in self._in_flight:
+            return None
+        self._in_flight.add(row["id"])
+        return row
 
     def _backoff_for(self, room_id: str) -> Backoff:
         return self._backoff.setdefault(room_id, Backoff(0.5, 60))
 
-    async def _deliver_one(self, row: Any) -> None:
+    async def _deliver_one(self, row: Any) -> bool:
         room_id = row["room_id"]
         try:
             content = self._fill_refs(json.loads(row["content"]))
@@ -270,7 +287,7 @@ class Outbox:
             # The referenced message is still queued (e.g. in flight, or in another room).
             self._retry_at[room_id] = time.monotonic() + 1
             log.info("outbox message %d waits for %s", row["id"], missing)
-            return
+            return False
         except MatrixError as exc:
             attempts = row["attempts"] + 1
             give_up = not exc.transient and (
@@ -284,13 +301,13 @@ class Outbox:
             if give_up:
                 log.error("giving up outbox message %d to %s: %s", row["id"], room_id, exc)
                 self._resolve(row["id"], error=exc)
-                return
+                return False
             wait = exc.retry_after or self._backoff_for(room_id).next()
             self._retry_at[room_id] = time.monotonic() + wait
             log.warning(
                 "outbox message %d to %s: %s; retry in %.1f s", row["id"], room_id, exc, wait
             )
-            return
+            return False
         self.store.execute(
             "UPDATE outbox SET state = 'sent', event_id = ?, sent_at = ?, attempts = attempts + 1 "
             "WHERE id = ?",
@@ -300,6 +317,7 @@ class Outbox:
         if room_id in self._backoff:
             self._backoff[room_id].reset()
         self._resolve(row["id"], event_id=event_id)
+        return True
 
     def _resolve(
         self, outbox_id: int, *, event_id: str | None = None, error: Exception | None = None

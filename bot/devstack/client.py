@@ -76,7 +76,11 @@ class RoomUser:
     async def _loop(self) -> None:
         while True:
             try:
-                resp = await self.client.sync(timeout=30000)
+                # A member must see every event: the default limit of 10 would skip some
+                # of a burst as a "limited" timeline.
+                resp = await self.client.sync(
+                    timeout=30000, sync_filter={"room": {"timeline": {"limit": 500}}}
+                )
             except Exception:  # the homeserver may be restarted by a test
                 await asyncio.sleep(0.2)
                 continue

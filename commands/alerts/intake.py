@@ -24,11 +24,19 @@ from bot.messages import human_duration
 from bot.outbox import ref
 from commands.alerts.config import AlertsConfig, alerts_config, renderer
 from commands.alerts.payload import Notification
-from commands.alerts.render import digest_line, group_title, render_batch, severity_of
+from commands.alerts.render import (
+    MAX_RENDERED_BYTES,
+    digest_line,
+    group_title,
+    render_batch,
+    severity_of,
+)
 
 log = logging.getLogger(__name__)
 # Beyond this many groups in one message, each is shown as one line rather than in full.
 FULL_BATCH_GROUPS = 5
+# The one-line forms a shared message may hold, leaving room for its heading and mentions.
+DIGEST_BYTES = MAX_RENDERED_BYTES - 2_000
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,11 @@ class Member:
     pings: Mentions
     line: tuple[str, str]
 
+    @property
+    def size(self) -> int:
+        """Bytes of its one-line form."""
+        return len(self.line[0].encode()) + len(self.line[1].encode())
+
 
 @dataclass
 class Draft:
@@ -46,7 +59,13 @@ class Draft:
 
     outbox_id: int
     groups: dict[str, Member] = field(default_factory=dict)  # by group key, in arrival order
-    changed: bool = False
+    size: int = 0  # bytes of the one-line forms
+
+    def add(self, member: Member) -> None:
+        """Add a group; one that changed again before the message went out replaces itself."""
+        old = self.groups.pop(member.n.groupKey, None)
+        self.size += member.size - (old.size if old else 0)
+        self.groups[member.n.groupKey] = member
 
 
 @dataclass
@@ -62,6 +81,7 @@ class Intake:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.drafts: dict[str, Draft] = {}
+        self._changed: dict[int, Draft] = {}  # by outbox id: a full draft is no longer in drafts
         self._queue: list[_Pending] = []
 
     async def submit(self, rooms: list[str], n: Notification) -> list[str]:
@@ -95,6 +115,7 @@ class Intake:
             outcomes = [exc] * len(batch)
             # Rolled back: what the drafts say in memory may no longer be in the store.
             self.drafts.clear()
+            self._changed.clear()
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.done.done():
                 continue
@@ -168,17 +189,19 @@ class Intake:
     ) -> tuple[int, bool]:
         """The outbox row that will show a new group, and whether it joined a waiting one."""
         draft = self.drafts.get(room_id)
+        member = Member(n, pings, digest_line(n))
         if (
             draft is not None
             and len(draft.groups) < cfg.digest_max_groups
+            and draft.size + member.size <= DIGEST_BYTES
             and self.rt.outbox.waiting(draft.outbox_id)
         ):
-            # A group that changes again before its message went out replaces its older self.
-            draft.groups[n.groupKey] = Member(n, pings, digest_line(n))
-            draft.changed = True
+            draft.add(member)
+            self._changed[draft.outbox_id] = draft
             return draft.outbox_id, True
         outbox_id = self.rt.outbox.post(room_id, self._content(n, pings))
-        self.drafts[room_id] = Draft(outbox_id, {n.groupKey: Member(n, pings, digest_line(n))})
+        self.drafts[room_id] = draft = Draft(outbox_id)
+        draft.add(member)
         return outbox_id, False
 
     def _content(self, n: Notification, pings: Mentions) -> messages.Content:
@@ -189,10 +212,8 @@ class Intake:
 
     def _render_drafts(self, cfg: AlertsConfig) -> None:
         """Once per batch, rewrite each waiting message that gained groups."""
-        for draft in self.drafts.values():
-            if not draft.changed:
-                continue
-            draft.changed = False
+        changed, self._changed = list(self._changed.values()), {}
+        for draft in changed:
             members = list(draft.groups.values())
             users: list[str] = []
             for m in members:
