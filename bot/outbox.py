@@ -20,13 +20,13 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 from bot.backoff import Backoff
 from bot.matrix import MatrixError, Transport, new_txn_id
 from bot.metrics import Metrics
 from bot.store import Store
+from bot.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class Outbox:
     async def run(self) -> None:
         """Deliver forever: per room in order, rooms in parallel, with backoff."""
         next_prune = 0.0
-        sending: set[asyncio.Task[None]] = set()
+        sending = TaskOwner()
         try:
             while True:
                 if time.monotonic() >= next_prune:
@@ -222,9 +222,8 @@ class Outbox:
                 for row in ready:
                     # Marked before the first await: from here on nobody may amend or drop it.
                     self._in_flight.add(row["id"])
-                    task = asyncio.get_running_loop().create_task(self._deliver(row))
-                    sending.add(task)
-                    task.add_done_callback(self._finished(sending))
+                    task = sending.spawn(self._deliver(row), f"outbox:{row['id']}")
+                    task.add_done_callback(lambda _: self._wake.set())
                 wait = min((self._retry_at[r] for r in waiting), default=None)
                 try:
                     timeout = None if wait is None else max(0.0, wait - time.monotonic())
@@ -232,16 +231,7 @@ class Outbox:
                 except TimeoutError:
                     pass
         finally:
-            for task in sending:
-                task.cancel()
-            await asyncio.gather(*sending, return_exceptions=True)
-
-    def _finished(self, sending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
-        def done(task: asyncio.Task[None]) -> None:
-            sending.discard(task)
-            self._wake.set()
-
-        return done
+            await sending.shutdown()
 
     async def _deliver(self, row: Any) -> None:
         """Send the row, then the room's next ones while they keep succeeding."""
