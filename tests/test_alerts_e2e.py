@@ -68,6 +68,16 @@ def _is_edit_of(event: SeenEvent, event_id: str) -> bool:
     return rel.get("rel_type") == "m.replace" and rel.get("event_id") == event_id
 
 
+def _unit_failed(host: str) -> dict[str, str]:
+    """The labels of the users' failed-unit alert for nginx on `host`."""
+    return {
+        "alertname": "SystemdUnitFailed",
+        "instance": f"{host}:9100",
+        "name": "nginx.service",
+        "severity": "WARNING",
+    }
+
+
 async def test_alerts_are_grouped_and_resolving_edits_the_message(
     alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
 ) -> None:
@@ -76,12 +86,7 @@ async def test_alerts_are_grouped_and_resolving_edits_the_message(
     mark = alice.mark()
     for host in ("pluto", "haumea"):
         am.fire(
-            {
-                "alertname": "SystemdUnitFailed",
-                "instance": f"{host}:9100",
-                "name": "nginx.service",
-                "severity": "WARNING",
-            },
+            _unit_failed(host),
             {"summary": f"unit nginx.service failed on {host}", "grafana": "https://grafana/d/1"},
         )
     message = await alice.wait_for(
@@ -112,15 +117,7 @@ async def test_alerts_are_grouped_and_resolving_edits_the_message(
     assert len(originals) == 1, "one message per group, not per alert"
 
     for host in ("pluto", "haumea"):
-        am.fire(
-            {
-                "alertname": "SystemdUnitFailed",
-                "instance": f"{host}:9100",
-                "name": "nginx.service",
-                "severity": "WARNING",
-            },
-            resolved=True,
-        )
+        am.fire(_unit_failed(host), resolved=True)
     edit = await alice.wait_for(
         lambda e: (
             _is_edit_of(e, message.event_id) and "RESOLVED" in e.content["m.new_content"]["body"]
