@@ -338,6 +338,41 @@ async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
     assert sum(e.body.split("\n", 1)[0].count("Alert storm") for e in shared) == 2
 
 
+async def test_a_group_changing_before_its_message_is_sent_changes_that_message(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
+) -> None:
+    bot = make_bot(edit=_alerting(free_port()))
+    await bot.start()
+    synapse.stop()
+    try:
+        assert (await _post(bot, _payload("First")))[0] == 200  # tried, so fixed
+        # Alone in the waiting message: fires with 1, then 2 alerts, then resolves.
+        for status, n in (("firing", 1), ("firing", 2), ("resolved", 2)):
+            assert (await _post(bot, _payload("Flappy", status=status, n=n)))[0] == 200
+        # Three more join it together; one of them changes in the same batch or the next.
+        posted = await asyncio.gather(
+            *(_post(bot, _payload(name)) for name in ("Shared", "Other1", "Other2")),
+            _post(bot, _payload("Shared", n=3)),
+        )
+        assert [status for status, _ in posted] == [200] * 4
+        assert bot.rt.outbox.pending() == 2, "First, and one message for the four others"
+    finally:
+        synapse.start()
+    alice = people["alice"]
+    await _wait_counts(alice, bot.user_id, ["First", "Other1", "Other2"], timeout=60)
+    await asyncio.sleep(1.5)  # an edit or a reply would show up now
+    mine = [
+        e for e in alice.seen if e.sender == bot.user_id and e.source["type"] != "m.room.member"
+    ]
+    assert len(mine) == 2 and not any(_edit(e) for e in mine), "no edits, no replies"
+    shared = mine[1].body
+    assert shared.startswith("🔔 4 alert groups started together")
+    assert "✅ RESOLVED · WARNING · Flappy" in shared
+    assert (
+        "FIRING (3) · WARNING · Shared" in shared and "FIRING (1) · WARNING · Shared" not in shared
+    )
+
+
 async def test_full_outbox_survives_a_bot_restart(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
 ) -> None:

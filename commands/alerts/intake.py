@@ -140,11 +140,22 @@ class Intake:
         ):
             return "duplicate"
         still_open = 1 if n.status == "firing" else 0
-        if row is None or row["in_digest"]:
-            # Only a group that starts firing pings; an update must not ping everybody again.
+        draft = self.drafts.get(room_id)
+        # A group whose message has not gone out yet is changed in that message, not edited.
+        unsent = (
+            row is not None
+            and draft is not None
+            and draft.outbox_id == row["outbox_id"]
+            and self.rt.outbox.waiting(draft.outbox_id)
+        )
+        if row is None or row["in_digest"] or unsent:
+            # Only a group that starts firing pings; an update must not ping everybody again,
+            # but one still waiting keeps the ping it was going to send.
             pings = NOBODY
             if row is None and n.status == "firing":
                 pings = mentions_for(cfg.mentions, severity_of(n))
+            elif unsent and draft is not None and n.groupKey in draft.groups:
+                pings = draft.groups[n.groupKey].pings
             outbox_id, joined = self._place(cfg, room_id, n, pings)
             if row is not None:
                 db.execute("DELETE FROM alert_groups WHERE id = ?", (row["id"],))
@@ -163,11 +174,9 @@ class Intake:
                     now,
                 ),
             )
+            if row is not None:
+                return "resolved" if n.status == "resolved" else "updated"
             return "coalesced" if joined else "posted"
-        draft = self.drafts.get(room_id)
-        if draft is not None and draft.outbox_id == row["outbox_id"]:
-            # An edit is about to target this message: nothing else may join it now.
-            del self.drafts[room_id]
         content = self._content(n, NOBODY)
         target = ref(row["outbox_id"])
         self.rt.outbox.post(
@@ -190,12 +199,14 @@ class Intake:
         """The outbox row that will show a new group, and whether it joined a waiting one."""
         draft = self.drafts.get(room_id)
         member = Member(n, pings, digest_line(n))
-        if (
-            draft is not None
-            and len(draft.groups) < cfg.digest_max_groups
-            and draft.size + member.size <= DIGEST_BYTES
-            and self.rt.outbox.waiting(draft.outbox_id)
-        ):
+        fits = draft is not None and (
+            member.n.groupKey in draft.groups  # replaces itself
+            or (
+                len(draft.groups) < cfg.digest_max_groups
+                and draft.size + member.size <= DIGEST_BYTES
+            )
+        )
+        if draft is not None and fits and self.rt.outbox.waiting(draft.outbox_id):
             draft.add(member)
             self._changed[draft.outbox_id] = draft
             return draft.outbox_id, True
