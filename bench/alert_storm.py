@@ -4,7 +4,10 @@ Measures, on a loopback Synapse with infrabot running as a subprocess:
 - a raw Matrix send's latency (a nio client sends, a room member sees it) — the baseline;
 - one webhook at a time: webhook response time and webhook → message visible to a member;
 - a storm: 500 webhooks of 10 alerts each, sent as fast as possible (--in-flight, default 20):
-  webhook p50/p99, how many groups reached the room, end-to-end p50/p99, the time to drain.
+  webhook p50/p99, how many groups reached the room, end-to-end p50/p99, the time to drain;
+- the same arrivals through an ideal relay (a raw client, no webhook cost, the bot stopped)
+  that sends one message at a time with everything that arrived meanwhile: the floor for any
+  relay that keeps a room's messages in order on this homeserver.
 
     .venv/bin/python -m bench.alert_storm [--webhooks 500] [--in-flight 20]
 """
@@ -16,15 +19,18 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+from functools import partial
 
 import aiohttp
 
 from bench.common import bench_room, bot_config, cpu_seconds, free_port, pct, start_bot, stop_bot
 from bench.webhook_load import payload
-from bot.devstack.client import RoomUser
+from bot.devstack.client import RoomUser, SeenEvent
+from bot.mentions import NOBODY
+from commands.alerts.payload import parse_notification
+from commands.alerts.render import digest_line, render_batch
 
 
 def titles(body: str) -> list[str]:
@@ -33,6 +39,11 @@ def titles(body: str) -> list[str]:
     if lines and "🌩️ Alert storm" in lines[0]:
         return [line.split(" · ", 1)[1].split(" — ")[0] for line in lines if line.startswith("• ")]
     return [line.rsplit("· ", 1)[-1] for line in lines if "FIRING" in line and " · " in line]
+
+
+def is_event(event_id: str, event: SeenEvent) -> bool:
+    """Whether `event` is the one with `event_id`."""
+    return event.event_id == event_id
 
 
 async def bot_syncs(session: aiohttp.ClientSession, port: int) -> int:
@@ -44,6 +55,42 @@ async def bot_syncs(session: aiohttp.ClientSession, port: int) -> int:
     return 0
 
 
+async def ideal_relay(
+    sender: RoomUser, room: str, arrivals: list[tuple[str, float]], alerts: int
+) -> dict[str, float]:
+    """The storm through a relay that costs nothing: the same arrivals, one send at a time.
+
+    Each send carries every group that arrived while the previous one was out, rendered as the
+    bot renders a storm message; arrivals are offsets in seconds. Returns each group's arrival
+    (time.perf_counter() clock). This is the floor for any relay that keeps a room's messages
+    in order on this homeserver.
+    """
+    lines = {
+        name: digest_line(parse_notification(json.dumps(payload(name, alerts)).encode()))
+        for name, _ in arrivals
+    }
+    start = time.perf_counter()
+    index = 0
+    while index < len(arrivals):
+        wait = arrivals[index][1] - (time.perf_counter() - start)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        now = time.perf_counter() - start
+        batch = []
+        while index < len(arrivals) and arrivals[index][1] <= now:
+            batch.append(arrivals[index][0])
+            index += 1
+        text, html = render_batch(None, [lines[name] for name in batch], NOBODY)
+        content = {
+            "msgtype": "m.notice",
+            "body": text,
+            "format": "org.matrix.custom.html",
+            "formatted_body": html,
+        }
+        await sender.send(room, text, content)
+    return {name: start + offset for name, offset in arrivals}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--webhooks", type=int, default=500)
@@ -52,7 +99,6 @@ async def main() -> None:
     parser.add_argument("--in-flight", type=int, default=20)
     args = parser.parse_args()
 
-    proc: subprocess.Popen[bytes] | None = None
     with bench_room("storm", ["raw", "bot"]) as bench:
         hs, room, user = bench.hs, bench.room, bench.person
         raw, bot = bench.accounts["raw"], bench.accounts["bot"]
@@ -65,7 +111,7 @@ async def main() -> None:
         for i in range(args.single):
             t0 = time.perf_counter()
             event_id = await sender.send(room, f"raw {i}")
-            await person.wait_for(lambda e, eid=event_id: e.event_id == eid, timeout=30)
+            await person.wait_for(partial(is_event, event_id), timeout=30)
             raw_lat.append((time.perf_counter() - t0) * 1000)
         await sender.client.close()
 
@@ -74,6 +120,7 @@ async def main() -> None:
         proc = await asyncio.to_thread(start_bot, config, port, False)
         url = f"http://127.0.0.1:{port}/alertmanager"
         seen_at: dict[str, float] = {}
+        senders = {bot.user_id, raw.user_id}
 
         async def watch() -> None:
             index = 0
@@ -81,7 +128,7 @@ async def main() -> None:
                 async with person._changed:
                     await person._changed.wait()
                 for event in person.seen[index:]:
-                    if event.sender == bot.user_id and "m.new_content" not in event.content:
+                    if event.sender in senders and "m.new_content" not in event.content:
                         for name in titles(event.body):
                             seen_at.setdefault(name, time.perf_counter())
                 index = len(person.seen)
@@ -121,6 +168,7 @@ async def main() -> None:
             )
             assert loader.stdin is not None and loader.stdout is not None
             assert (await loader.stdout.readline()).strip() == b"ready"
+            assert hs.proc is not None
             pids = {
                 "bot": proc.pid,
                 "synapse": hs.proc.pid,
@@ -151,9 +199,23 @@ async def main() -> None:
             }
             cpu_used["load"] = round(cpu_load, 2)
             syncs = await bot_syncs(session, port) - syncs_before
-        watcher.cancel()
+        stop_bot(proc)
         delivered = [n for n in names if n in seen_at]
         e2e = [(seen_at[n] - sent_at[n]) * 1000 for n in delivered]
+
+        # The same arrivals through a relay that costs nothing, with the bot stopped.
+        ideal_sender = RoomUser(hs.url, raw.user_id, raw.access_token)
+        arrivals = sorted(
+            ((f"Ideal{n.removeprefix('Storm')}", sent_at[n] - storm_start) for n in names),
+            key=lambda item: item[1],
+        )
+        ideal_at = await ideal_relay(ideal_sender, room, arrivals, args.alerts_per_webhook)
+        deadline = time.perf_counter() + 60
+        while time.perf_counter() < deadline and not all(n in seen_at for n in ideal_at):
+            await asyncio.sleep(0.005)
+        ideal = [(seen_at[n] - t0) * 1000 for n, t0 in ideal_at.items() if n in seen_at]
+        await ideal_sender.client.close()
+        watcher.cancel()
         await person.close()
         raw_med = statistics.median(raw_lat)
         result = {
@@ -176,6 +238,12 @@ async def main() -> None:
             "storm_e2e_p50_ms": round(statistics.median(e2e), 1) if e2e else None,
             "storm_e2e_p99_ms": round(pct(e2e, 0.99), 1) if e2e else None,
             "storm_drained_in_s": round(drained_s, 2),
+            "ideal_relay_delivered": f"{len(ideal)}/{len(ideal_at)}",
+            "ideal_relay_e2e_p50_ms": round(statistics.median(ideal), 1) if ideal else None,
+            "ideal_relay_e2e_p99_ms": round(pct(ideal, 0.99), 1) if ideal else None,
+            "storm_e2e_p99_vs_ideal_relay_p99": round(pct(e2e, 0.99) / pct(ideal, 0.99), 2)
+            if e2e and ideal
+            else None,
             "storm_cpu_s": cpu_used,
             "storm_bot_sync_requests": syncs,
             "storm_room_messages": sum(
@@ -185,7 +253,6 @@ async def main() -> None:
             ),
         }
         print(json.dumps(result, indent=2))
-        stop_bot(proc)
 
 
 if __name__ == "__main__":
