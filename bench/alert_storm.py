@@ -165,6 +165,7 @@ async def main() -> None:
                 f"--in-flight={args.in_flight}",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
+                limit=64 * 1024 * 1024,  # its report is one JSON line, ~100 bytes per webhook
             )
             assert loader.stdin is not None and loader.stdout is not None
             assert (await loader.stdout.readline()).strip() == b"ready"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import subprocess
@@ -73,6 +74,8 @@ def start_bot(config: Path, port: int, quiet: bool = True) -> subprocess.Popen[b
         stderr=subprocess.DEVNULL if quiet else None,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    # A benchmark that fails half-way must not leave its bot running.
+    atexit.register(stop_bot, proc)
     wait_healthy(port, proc)
     return proc
 
@@ -93,8 +96,8 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) 
 
 
 def stop_bot(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM and wait."""
-    if proc is not None:
+    """SIGTERM and wait (nothing if it has already exited)."""
+    if proc is not None and proc.poll() is None:
         proc.terminate()
         proc.wait()
 

@@ -337,6 +337,25 @@ async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
     # Up to 5 groups show in full; more get one line each.
     assert sum(e.body.split("\n", 1)[0].count("Alert storm") for e in shared) == 2
 
+    # A group of a shared message gets its own message when it changes (an edit of the shared
+    # one would replace the other groups): the message's first group as much as a later one.
+    biggest = max(shared, key=lambda e: len(_titles(e)))
+    changing = _titles(biggest)[:2]
+    mark = people["alice"].mark()
+    for name in changing:
+        status, text = await _post(bot, _payload(name, n=3))
+        assert status == 200 and json.loads(text)["results"] == ["updated"], text
+    for name in changing:
+        title = f"FIRING (3) · WARNING · {name}"
+        own = await people["alice"].wait_for(
+            lambda e, title=title: e.sender == bot.user_id and title in e.body,
+            timeout=20,
+            after=mark,
+        )
+        assert not _edit(own)
+    await asyncio.sleep(1)
+    assert not [e for e in people["alice"].seen[mark:] if _edit(e)], "a shared message was edited"
+
 
 async def test_a_group_changing_before_its_message_is_sent_changes_that_message(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
@@ -473,6 +492,26 @@ async def test_two_alertmanager_replicas_post_one_message(
         assert "domain=nixos.org" in first.body
         _, metrics = await bot.http("/metrics")
         assert 'infrabot_alert_notifications_total{result="duplicate"} 1.0' in metrics
+
+        # Both replicas also report the resolve: one edit and one "resolved" reply, no new post.
+        for am in replicas:
+            am.fire(labels, resolved=True, starts_at=started)
+        await people["alice"].wait_for(
+            lambda e: _is_edit_of(e, first.event_id) and "RESOLVED" in _text(e), timeout=20
+        )
+        await asyncio.sleep(3)
+        later = [
+            e
+            for e in people["alice"].seen
+            if e.sender == bot.user_id and "DomainExpiry" in e.body and e != first
+        ]
+        replies = [e for e in later if e.body.startswith("✅ resolved: DomainExpiry")]
+        posts = [e for e in later if not _edit(e) and e not in replies]
+        assert len(replies) == 1, [e.body for e in replies]
+        assert posts == [], "the second replica's resolve was posted as a new message"
+        assert sum(1 for e in later if _is_edit_of(e, first.event_id)) == 1
+        _, metrics = await bot.http("/metrics")
+        assert 'infrabot_alert_notifications_total{result="duplicate"} 2.0' in metrics
     finally:
         for am in replicas:
             am.stop()

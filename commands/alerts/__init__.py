@@ -56,6 +56,15 @@ router.migration(
     ALTER TABLE alert_groups ADD COLUMN in_digest INTEGER NOT NULL DEFAULT 0
     """,
 )
+# A group's newest row, open or not (a resolved group's HA twin must find it), and the rows
+# of one message (marked shared when a second group joins it).
+router.migration(
+    3,
+    """
+    CREATE INDEX alert_groups_newest ON alert_groups(room_id, group_key, id);
+    CREATE INDEX alert_groups_message ON alert_groups(outbox_id)
+    """,
+)
 
 
 # --- webhook -------------------------------------------------------------------------------

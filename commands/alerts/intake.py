@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 FULL_BATCH_GROUPS = 5
 # The one-line forms a shared message may hold, leaving room for its heading and mentions.
 DIGEST_BYTES = MAX_RENDERED_BYTES - 2_000
+# A resolved group's row is kept this long: its HA twin's copy must find it to be dropped.
+KEEP_CLOSED_S = 7 * 86_400
+PRUNE_EVERY_S = 3_600
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class Intake:
         self.drafts: dict[str, Draft] = {}
         self._changed: dict[int, Draft] = {}  # by outbox id: a full draft is no longer in drafts
         self._queue: list[_Pending] = []
+        self._next_prune = 0.0
 
     async def submit(self, rooms: list[str], n: Notification) -> list[str]:
         """Queue the notification for its rooms; returns what was done in each."""
@@ -110,6 +114,12 @@ class Intake:
                         log.exception("could not record %s", item.notification.groupKey[:80])
                         outcomes.append(exc)
                 self._render_drafts(cfg)
+                if time.monotonic() >= self._next_prune:
+                    self._next_prune = time.monotonic() + PRUNE_EVERY_S
+                    self.rt.store.execute(
+                        "DELETE FROM alert_groups WHERE open = 0 AND updated_at < ?",
+                        (time.time() - KEEP_CLOSED_S,),
+                    )
         except Exception as exc:
             log.exception("could not commit %d alert notification(s)", len(batch))
             outcomes = [exc] * len(batch)
@@ -130,9 +140,15 @@ class Intake:
         digest = n.state_digest()
         now = time.time()
         row = db.execute(
-            "SELECT * FROM alert_groups WHERE room_id = ? AND group_key = ? AND open = 1",
+            "SELECT * FROM alert_groups WHERE room_id = ? AND group_key = ? "
+            "ORDER BY id DESC LIMIT 1",
             (room_id, n.groupKey),
         ).fetchone()
+        if row is not None and not row["open"]:
+            if n.status == "resolved":
+                # Its message already says so: this is the HA twin's (or a late) copy.
+                return "duplicate"
+            row = None  # it fires again: a new message
         if (
             row is not None
             and row["digest"] == digest
@@ -161,7 +177,7 @@ class Intake:
                 db.execute("DELETE FROM alert_groups WHERE id = ?", (row["id"],))
             db.execute(
                 "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, "
-                "alerts, created_at, updated_at, in_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                "alerts, created_at, updated_at, in_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     room_id,
                     n.groupKey,
@@ -172,6 +188,7 @@ class Intake:
                     len(n.alerts),
                     now,
                     now,
+                    int(len(self.drafts[room_id].groups) > 1),
                 ),
             )
             if row is not None:
@@ -207,8 +224,15 @@ class Intake:
             )
         )
         if draft is not None and fits and self.rt.outbox.waiting(draft.outbox_id):
+            alone = len(draft.groups) == 1 and member.n.groupKey not in draft.groups
             draft.add(member)
             self._changed[draft.outbox_id] = draft
+            if alone:
+                # The message is shared from now on: its first group gets its own message
+                # when it next changes, as every later one will.
+                self.rt.store.execute(
+                    "UPDATE alert_groups SET in_digest = 1 WHERE outbox_id = ?", (draft.outbox_id,)
+                )
             return draft.outbox_id, True
         outbox_id = self.rt.outbox.post(room_id, self._content(n, pings))
         self.drafts[room_id] = draft = Draft(outbox_id)
@@ -243,8 +267,3 @@ class Intake:
                 body["m.mentions"] = pings.content()
             if not self.rt.outbox.amend(draft.outbox_id, body):
                 raise RuntimeError(f"outbox row {draft.outbox_id} started sending mid-batch")
-            # Groups sharing a message get their own message when they next change.
-            self.rt.store.execute(
-                "UPDATE alert_groups SET in_digest = ? WHERE outbox_id = ?",
-                (int(len(draft.groups) > 1), draft.outbox_id),
-            )

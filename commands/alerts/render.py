@@ -81,12 +81,11 @@ class AlertView:
 
 def severity_of(n: Notification) -> str:
     """The group's severity, lower-cased ('WARNING' and 'warning' are the same)."""
-    order = ["critical", "error", "warning", "info"]
-    found = {a.labels.get("severity", "").lower() for a in n.alerts} - {""}
     common = n.commonLabels.get("severity", "").lower()
     if common:
         return common
-    for sev in order:
+    found = {a.labels.get("severity", "").lower() for a in n.alerts} - {""}
+    for sev in ("critical", "error", "warning", "info"):
         if sev in found:
             return sev
     return sorted(found)[0] if found else "none"
