@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from bot.devstack.alertmanager import LocalAlertmanager
 from bot.devstack.client import RoomUser, SeenEvent
 from bot.devstack.synapse import LocalSynapse, free_port
+from commands.alerts.render import REMINDER
 from tests.conftest import BotFactory, BotHandle
 
 TOKEN = "webhook-token-123456"
@@ -385,7 +387,7 @@ async def test_a_group_changing_before_its_message_is_sent_changes_that_message(
     ]
     assert len(mine) == 2 and not any(_edit(e) for e in mine), "no edits, no replies"
     shared = mine[1].body
-    assert shared.startswith("🔔 4 alert groups started together")
+    assert shared.startswith("🔔 4 alert groups started firing")
     assert "✅ RESOLVED · WARNING · Flappy" in shared
     assert (
         "FIRING (3) · WARNING · Shared" in shared and "FIRING (1) · WARNING · Shared" not in shared
@@ -515,3 +517,60 @@ async def test_two_alertmanager_replicas_post_one_message(
     finally:
         for am in replicas:
             am.stop()
+
+
+async def test_alertmanager_reminder_reposts_the_group_without_pings(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, tmp_path: Path
+) -> None:
+    """An unchanged group repeated after repeat_interval is posted again, not edited silently."""
+    port = free_port()
+    am = LocalAlertmanager(
+        tmp_path / "am",
+        f"http://127.0.0.1:{port}/alertmanager",
+        bearer_token=TOKEN,
+        repeat_interval="6s",
+    )
+    am.start()
+    try:
+        alice = people["alice"]
+        mentions = [{"severity": ["critical"], "users": [alice.client.user_id]}]
+        bot = make_bot(edit=_alerting(port, dedupe_window_s=2, mentions=mentions))
+        await bot.start()
+        mark = alice.mark()
+        labels = {"alertname": "ZfsPoolDegraded", "instance": "eris:9100", "severity": "critical"}
+        am.fire(labels, {"summary": "pool tank is DEGRADED"})
+        first = await alice.wait_for(
+            lambda e: e.sender == bot.user_id and "ZfsPoolDegraded" in e.body and not _edit(e),
+            timeout=20,
+            after=mark,
+        )
+        assert first.content["m.mentions"] == {"user_ids": [alice.client.user_id]}
+        reminder = await alice.wait_for(
+            lambda e: e.sender == bot.user_id and e.body.startswith(REMINDER),
+            timeout=30,
+            after=mark,
+        )
+        assert not _edit(reminder) and "FIRING (1) · CRITICAL · ZfsPoolDegraded" in reminder.body
+        assert reminder.content["m.mentions"] == {"user_ids": []}, "a reminder pings nobody"
+        _, metrics = await bot.http("/metrics")
+        assert 'infrabot_alert_notifications_total{result="reminded"}' in metrics
+
+        # The reminder is the group's message from now on: the resolve edits that one.
+        am.fire(labels, resolved=True)
+        edit = await alice.wait_for(
+            lambda e: _is_edit_of(e, reminder.event_id) and "RESOLVED" in _text(e),
+            timeout=30,
+            after=mark,
+        )
+        assert not _text(edit).startswith(REMINDER)
+        note = await alice.wait_for(
+            lambda e: e.sender == bot.user_id and e.body.startswith("✅ resolved: ZfsPoolDegraded"),
+            timeout=10,
+            after=mark,
+        )
+        assert note.content["m.relates_to"]["event_id"] == reminder.event_id
+        # Open since it first fired, not since the reminder.
+        match = re.search(r"open for (\d+) s\)", note.body)
+        assert match is not None and int(match.group(1)) >= 6, note.body
+    finally:
+        am.stop()

@@ -14,7 +14,14 @@ from bot.errors import UserError
 from bot.mentions import NOBODY, Mentions
 from commands.alerts.matchers import parse_duration, parse_matchers
 from commands.alerts.payload import Notification, WebhookError, parse_notification
-from commands.alerts.render import MAX_RENDERED_BYTES, Renderer, digest_line, render_batch
+from commands.alerts.render import (
+    MAX_RENDERED_BYTES,
+    REMINDER,
+    Renderer,
+    digest_line,
+    render_batch,
+    with_reminder,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -141,11 +148,21 @@ def test_groups_sharing_a_message_show_in_full_when_they_fit_else_a_line_each() 
     small = [_group(2, "disk full"), _group(1, "<b>unit failed</b>")]
     pings = Mentions(["@alice:x"], room=True)
     text, html = render_batch([r.render(n) for n in small], [digest_line(n) for n in small], pings)
-    assert text.startswith("@room @alice:x 🔔 2 alert groups started together")
+    assert text.startswith("@room @alice:x 🔔 2 alert groups started firing")
     assert text.count("FIRING") == 2 and "<hr>" in html and "&lt;b&gt;unit failed" in html
     big = [_group(400, "s" * 60) for _ in range(3)]
     text, html = render_batch([r.render(n) for n in big], [digest_line(n) for n in big], pings)
-    assert text.startswith("@room @alice:x 🌩️ Alert storm: 3 groups")
+    assert text.startswith("@room @alice:x 🌩️ Alert storm: 3 alert groups started firing")
     assert text.count("\n• ") == 3 and len(text.encode()) + len(html.encode()) <= MAX_RENDERED_BYTES
     text, _ = render_batch(None, [digest_line(n) for n in small], NOBODY)
-    assert text.startswith("🌩️ Alert storm: 2 groups") and "disk full" in text
+    assert text.startswith("🌩️ Alert storm: 2 alert groups") and "disk full" in text
+    # Alertmanager's reminders (repeat_interval) say so, as a whole and per line.
+    reminded = [digest_line(n, repeat=True) for n in small]
+    text, _ = render_batch(None, reminded, NOBODY, repeats=2)
+    assert text.startswith("🌩️ Alert storm: 2 alert groups still firing, unchanged")
+    assert "— 2 still firing — disk full" in text
+    text, _ = render_batch(None, [digest_line(small[0]), reminded[1]], NOBODY, repeats=1)
+    assert "2 alert groups: 1 started firing, 1 still firing" in text
+    text, html = with_reminder(*r.render(small[0]))
+    assert text.startswith(REMINDER + "\n") and "FIRING (2)" in text
+    assert html.startswith("<p>🔁 Still firing")

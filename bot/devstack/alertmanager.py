@@ -35,6 +35,7 @@ class LocalAlertmanager:
         bearer_token: str | None = None,
         group_wait: str = "1s",
         group_interval: str = "1s",
+        repeat_interval: str = "24h",
     ) -> None:
         self.workdir = workdir.resolve()
         self.webhook_url = webhook_url
@@ -42,6 +43,7 @@ class LocalAlertmanager:
         self.bearer_token = bearer_token
         self.group_wait = group_wait
         self.group_interval = group_interval
+        self.repeat_interval = repeat_interval
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,7 +61,7 @@ class LocalAlertmanager:
                 "group_by": ["alertname"],
                 "group_wait": self.group_wait,
                 "group_interval": self.group_interval,
-                "repeat_interval": "24h",
+                "repeat_interval": self.repeat_interval,
             },
             "receivers": [{"name": "infrabot", "webhook_configs": [webhook]}],
         }

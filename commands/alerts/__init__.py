@@ -128,8 +128,8 @@ def _webhook_counter(rt: Runtime) -> Counter:
     if not isinstance(counter, Counter):
         counter = Counter(
             "infrabot_alert_notifications_total",
-            "Alertmanager notifications by what was done (posted, updated, resolved, duplicate,"
-            " rejected).",
+            "Alertmanager notifications by what was done (posted, coalesced, updated, resolved,"
+            " reminded, duplicate, rejected).",
             ["result"],
             registry=rt.metrics.registry,
         )

@@ -30,6 +30,7 @@ from commands.alerts.render import (
     group_title,
     render_batch,
     severity_of,
+    with_reminder,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Member:
     n: Notification
     pings: Mentions
     line: tuple[str, str]
+    repeat: bool = False  # Alertmanager's reminder of a group that has not changed
 
     @property
     def size(self) -> int:
@@ -149,11 +151,8 @@ class Intake:
                 # Its message already says so: this is the HA twin's (or a late) copy.
                 return "duplicate"
             row = None  # it fires again: a new message
-        if (
-            row is not None
-            and row["digest"] == digest
-            and now - row["updated_at"] < (cfg.dedupe_window_s)
-        ):
+        same = row is not None and row["digest"] == digest
+        if same and now - row["updated_at"] < cfg.dedupe_window_s:
             return "duplicate"
         still_open = 1 if n.status == "firing" else 0
         draft = self.drafts.get(room_id)
@@ -164,7 +163,11 @@ class Intake:
             and draft.outbox_id == row["outbox_id"]
             and self.rt.outbox.waiting(draft.outbox_id)
         )
-        if row is None or row["in_digest"] or unsent:
+        # Unchanged after the window: Alertmanager's repeat_interval reminding that it still
+        # fires. An edit would be silent on a message long scrolled away, so the group is
+        # posted again (without pings), and that is its message from now on.
+        repeat = same and not unsent
+        if row is None or row["in_digest"] or unsent or repeat:
             # Only a group that starts firing pings; an update must not ping everybody again,
             # but one still waiting keeps the ping it was going to send.
             pings = NOBODY
@@ -172,7 +175,7 @@ class Intake:
                 pings = mentions_for(cfg.mentions, severity_of(n))
             elif unsent and draft is not None and n.groupKey in draft.groups:
                 pings = draft.groups[n.groupKey].pings
-            outbox_id, joined = self._place(cfg, room_id, n, pings)
+            outbox_id, joined = self._place(cfg, room_id, n, pings, repeat)
             if row is not None:
                 db.execute("DELETE FROM alert_groups WHERE id = ?", (row["id"],))
             db.execute(
@@ -186,11 +189,13 @@ class Intake:
                     digest,
                     n.status,
                     len(n.alerts),
-                    now,
+                    now if row is None else row["created_at"],
                     now,
                     int(len(self.drafts[room_id].groups) > 1),
                 ),
             )
+            if repeat:
+                return "reminded"
             if row is not None:
                 return "resolved" if n.status == "resolved" else "updated"
             return "coalesced" if joined else "posted"
@@ -211,11 +216,11 @@ class Intake:
         return "resolved" if n.status == "resolved" else "updated"
 
     def _place(
-        self, cfg: AlertsConfig, room_id: str, n: Notification, pings: Mentions
+        self, cfg: AlertsConfig, room_id: str, n: Notification, pings: Mentions, repeat: bool
     ) -> tuple[int, bool]:
         """The outbox row that will show a new group, and whether it joined a waiting one."""
         draft = self.drafts.get(room_id)
-        member = Member(n, pings, digest_line(n))
+        member = Member(n, pings, digest_line(n, repeat), repeat)
         fits = draft is not None and (
             member.n.groupKey in draft.groups  # replaces itself
             or (
@@ -234,16 +239,20 @@ class Intake:
                     "UPDATE alert_groups SET in_digest = 1 WHERE outbox_id = ?", (draft.outbox_id,)
                 )
             return draft.outbox_id, True
-        outbox_id = self.rt.outbox.post(room_id, self._content(n, pings))
+        outbox_id = self.rt.outbox.post(room_id, self._content(n, pings, repeat))
         self.drafts[room_id] = draft = Draft(outbox_id)
         draft.add(member)
         return outbox_id, False
 
-    def _content(self, n: Notification, pings: Mentions) -> messages.Content:
-        text, html = renderer(self.rt).render(n, pings)
+    def _content(self, n: Notification, pings: Mentions, repeat: bool = False) -> messages.Content:
+        text, html = self._render(n, pings, repeat)
         body = messages.notice(text, html)
         body["m.mentions"] = pings.content()
         return body
+
+    def _render(self, n: Notification, pings: Mentions, repeat: bool) -> tuple[str, str]:
+        text, html = renderer(self.rt).render(n, pings)
+        return with_reminder(text, html) if repeat else (text, html)
 
     def _render_drafts(self, cfg: AlertsConfig) -> None:
         """Once per batch, rewrite each waiting message that gained groups."""
@@ -255,14 +264,15 @@ class Intake:
                 users += [u for u in m.pings.users if u not in users]
             pings = Mentions(users, any(m.pings.room for m in members))
             if len(members) == 1:
-                body = self._content(members[0].n, pings)
+                body = self._content(members[0].n, pings, members[0].repeat)
             else:
                 # Full renderings only while they can fit; a storm gets one line per group.
                 full = None
                 if len(members) <= FULL_BATCH_GROUPS:
-                    full = [renderer(self.rt).render(m.n, NOBODY) for m in members]
+                    full = [self._render(m.n, NOBODY, m.repeat) for m in members]
                 lines = [m.line for m in members]
-                text, html = render_batch(full, lines, pings)
+                repeats = sum(m.repeat for m in members)
+                text, html = render_batch(full, lines, pings, repeats)
                 body = messages.notice(text, html)
                 body["m.mentions"] = pings.content()
             if not self.rt.outbox.amend(draft.outbox_id, body):

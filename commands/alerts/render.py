@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 # An edit carries the content twice (fallback + m.new_content) and an event may be 64 KiB.
 MAX_RENDERED_BYTES = 28_000
+# Heads a group posted again because Alertmanager repeated it unchanged (repeat_interval).
+REMINDER = "🔁 Still firing, unchanged (Alertmanager's reminder)"
 
 SEVERITY_COLOURS = {
     "critical": "#d32f2f",
@@ -211,29 +213,49 @@ def group_title(n: Notification) -> str:
     )
 
 
-def digest_line(n: Notification) -> tuple[str, str]:
-    """One group as a line of a storm digest: (text, html)."""
+def digest_line(n: Notification, repeat: bool = False) -> tuple[str, str]:
+    """One group as a line of a storm digest: (text, html); `repeat` if it is a reminder."""
     firing = len(n.firing) if n.status == "firing" else 0
     summary = next((a.annotations.get("summary", "") for a in n.alerts if a.annotations), "")
-    state = f"{firing} firing" if n.status == "firing" else "resolved"
+    state = f"{firing} {'still ' if repeat else ''}firing" if n.status == "firing" else "resolved"
     head = f"{_icon(n)} {severity_of(n).upper()} · {group_title(n)}"
     text = f"• {head} — {state}" + (f" — {summary}" if summary else "")
     html = f"<li><b>{escape(head)}</b> — {state}" + (f" — {escape(summary)}" if summary else "")
     return text, html + "</li>"
 
 
+def with_reminder(text: str, html: str) -> tuple[str, str]:
+    """A group's message marked as Alertmanager's reminder that it still fires, unchanged."""
+    return f"{REMINDER}\n{text}", f"<p>{escape(REMINDER)}</p>{html}"
+
+
+def _batch_subject(groups: int, repeats: int) -> str:
+    if repeats == 0:
+        return f"{groups} alert groups started firing"
+    if repeats == groups:
+        return f"{groups} alert groups still firing, unchanged"
+    return f"{groups} alert groups: {groups - repeats} started firing, {repeats} still firing"
+
+
 def render_batch(
-    full: list[tuple[str, str]] | None, lines: list[tuple[str, str]], pings: Mentions
+    full: list[tuple[str, str]] | None,
+    lines: list[tuple[str, str]],
+    pings: Mentions,
+    repeats: int = 0,
 ) -> tuple[str, str]:
-    """One message for several new groups: each in full when that fits, else a line each."""
+    """One message for several groups: each in full when that fits, else a line each.
+
+    `repeats` of them are reminders of groups that still fire unchanged.
+    """
     later = "each gets its own message when it changes"
     if full is not None:
-        head = f"🔔 {len(full)} alert groups started together ({later})"
+        subject = _batch_subject(len(full), repeats)
+        head = f"🔔 {subject} ({later})"
         text = "\n\n".join([f"{pings.text()} {head}".strip(), *(t for t, _ in full)])
         html = f"<p>{pings.html()} <b>{escape(head)}</b></p>" + "<hr>".join(h for _, h in full)
         if len(text.encode()) + len(html.encode()) <= MAX_RENDERED_BYTES:
             return text, html
-    head = f"🌩️ Alert storm: {len(lines)} groups started firing ({later})"
+    head = f"🌩️ Alert storm: {_batch_subject(len(lines), repeats)} ({later})"
     text = "\n".join([f"{pings.text()} {head}".strip(), *(t for t, _ in lines)])
     html = f"<p>{pings.html()} <b>{escape(head)}</b></p><ul>{''.join(h for _, h in lines)}</ul>"
     return text, html
