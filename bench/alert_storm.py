@@ -9,7 +9,10 @@ Measures, on a loopback Synapse with infrabot running as a subprocess:
   that sends one message at a time with everything that arrived meanwhile: the floor for any
   relay that keeps a room's messages in order on this homeserver.
 
-    .venv/bin/python -m bench.alert_storm [--webhooks 500] [--in-flight 20]
+With --rate-limit 1/1 the bot's sends are rate-limited during the storm (Synapse's admin API):
+it must coalesce rather than fall behind.
+
+    .venv/bin/python -m bench.alert_storm [--webhooks 500] [--in-flight 20] [--rate-limit 1/1]
 """
 
 from __future__ import annotations
@@ -46,13 +49,24 @@ def is_event(event_id: str, event: SeenEvent) -> bool:
     return event.event_id == event_id
 
 
-async def bot_syncs(session: aiohttp.ClientSession, port: int) -> int:
-    """How many sync requests the bot has made so far (from its /metrics)."""
+async def bot_metric(session: aiohttp.ClientSession, port: int, name: str) -> int:
+    """One counter from the bot's /metrics (0 while it has no value)."""
     async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
         for line in (await resp.text()).splitlines():
-            if line.startswith("infrabot_sync_request_seconds_count"):
+            if line.startswith(name + " "):
                 return int(float(line.split()[-1]))
     return 0
+
+
+async def bot_syncs(session: aiohttp.ClientSession, port: int) -> int:
+    """How many sync requests the bot has made so far."""
+    return await bot_metric(session, port, "infrabot_sync_request_seconds_count")
+
+
+async def bot_sends(session: aiohttp.ClientSession, port: int) -> tuple[int, int]:
+    """Events the bot has sent, and send attempts that failed (e.g. refused: rate limit)."""
+    sent = await bot_metric(session, port, "infrabot_messages_sent_total")
+    return sent, await bot_metric(session, port, 'infrabot_errors_total{where="outbox"}')
 
 
 async def ideal_relay(
@@ -97,6 +111,11 @@ async def main() -> None:
     parser.add_argument("--alerts-per-webhook", type=int, default=10)
     parser.add_argument("--single", type=int, default=40)
     parser.add_argument("--in-flight", type=int, default=20)
+    parser.add_argument(
+        "--rate-limit",
+        metavar="PER_SECOND/BURST",
+        help="rate-limit the bot's sends during the storm (Synapse admin API), e.g. 1/1",
+    )
     args = parser.parse_args()
 
     with bench_room("storm", ["raw", "bot"]) as bench:
@@ -154,6 +173,12 @@ async def main() -> None:
                     await asyncio.sleep(0.001)
                 single_e2e.append((seen_at[name] - t0) * 1000)
 
+            if args.rate_limit:
+                per_second, burst = (int(x) for x in args.rate_limit.split("/"))
+                admin = hs.register("storm-admin", "storm-admin-pw", admin=True)
+                await asyncio.to_thread(hs.limit_messages, admin, bot.user_id, per_second, burst)
+            sent_before, failed_before = await bot_sends(session, port)
+
             # The storm, from a separate lean process so that its CPU does not delay the watcher.
             loader = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -200,22 +225,26 @@ async def main() -> None:
             }
             cpu_used["load"] = round(cpu_load, 2)
             syncs = await bot_syncs(session, port) - syncs_before
+            sent_after, failed_after = await bot_sends(session, port)
         stop_bot(proc)
         delivered = [n for n in names if n in seen_at]
         e2e = [(seen_at[n] - sent_at[n]) * 1000 for n in delivered]
 
-        # The same arrivals through a relay that costs nothing, with the bot stopped.
-        ideal_sender = RoomUser(hs.url, raw.user_id, raw.access_token)
-        arrivals = sorted(
-            ((f"Ideal{n.removeprefix('Storm')}", sent_at[n] - storm_start) for n in names),
-            key=lambda item: item[1],
-        )
-        ideal_at = await ideal_relay(ideal_sender, room, arrivals, args.alerts_per_webhook)
-        deadline = time.perf_counter() + 60
-        while time.perf_counter() < deadline and not all(n in seen_at for n in ideal_at):
-            await asyncio.sleep(0.005)
+        # The same arrivals through a relay that costs nothing, with the bot stopped (not
+        # comparable when only the bot is rate-limited).
+        ideal_at: dict[str, float] = {}
+        if not args.rate_limit:
+            ideal_sender = RoomUser(hs.url, raw.user_id, raw.access_token)
+            arrivals = sorted(
+                ((f"Ideal{n.removeprefix('Storm')}", sent_at[n] - storm_start) for n in names),
+                key=lambda item: item[1],
+            )
+            ideal_at = await ideal_relay(ideal_sender, room, arrivals, args.alerts_per_webhook)
+            deadline = time.perf_counter() + 60
+            while time.perf_counter() < deadline and not all(n in seen_at for n in ideal_at):
+                await asyncio.sleep(0.005)
+            await ideal_sender.client.close()
         ideal = [(seen_at[n] - t0) * 1000 for n, t0 in ideal_at.items() if n in seen_at]
-        await ideal_sender.client.close()
         watcher.cancel()
         await person.close()
         raw_med = statistics.median(raw_lat)
@@ -247,6 +276,9 @@ async def main() -> None:
             else None,
             "storm_cpu_s": cpu_used,
             "storm_bot_sync_requests": syncs,
+            "storm_rate_limit": args.rate_limit or "none (relaxed)",
+            "storm_bot_sends": sent_after - sent_before,
+            "storm_bot_sends_refused_or_failed": failed_after - failed_before,
             "storm_room_messages": sum(
                 1
                 for e in person.seen

@@ -1,4 +1,5 @@
-"""Lost responses and rate limits between the bot and a real Synapse, via a fault proxy."""
+"""Lost responses and rate limits between the bot and a real Synapse (a fault proxy, or
+Synapse's own rate limiter)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bot import messages
 from bot.devstack.client import RoomUser
 from bot.devstack.synapse import LocalSynapse
 from tests.conftest import BotFactory
@@ -97,3 +99,35 @@ async def test_rate_limit_is_honoured(
     (t1, p1), (t2, p2) = proxy.sends[:2]
     assert p1 == p2
     assert t2 - t1 >= 0.35, "waited for retry_after_ms before sending again"
+
+
+async def test_a_rate_limited_backlog_goes_at_the_servers_pace(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
+) -> None:
+    """After one refusal the rest is sent at the allowed rate, not refused one by one."""
+    admin = synapse.register("pace-admin", "pace-admin-password", admin=True)
+    bot = make_bot()
+    await bot.start()
+    synapse.limit_messages(admin, bot.user_id, per_second=1, burst=1)
+    try:
+        alice = people["alice"]
+        mark = alice.mark()
+        started = time.monotonic()
+        for i in range(4):
+            bot.rt.outbox.post(room, messages.notice(f"paced {i}"))
+        for i in range(4):
+            await alice.wait_for(
+                lambda e, i=i: e.sender == bot.user_id and e.body == f"paced {i}",
+                timeout=20,
+                after=mark,
+            )
+        took = time.monotonic() - started
+        order = [e.body for e in alice.seen[mark:] if e.body.startswith("paced ")]
+        assert order == [f"paced {i}" for i in range(4)]
+        _, metrics = await bot.http("/metrics")
+        refused = [line for line in metrics.splitlines() if 'errors_total{where="outbox"}' in line]
+        # Unpaced, every message after the first is refused once (and held 0.5 s by Synapse).
+        assert refused == ['infrabot_errors_total{where="outbox"} 1.0'], refused
+        assert 2.5 <= took < 6, took
+    finally:
+        synapse.limit_messages(admin, bot.user_id, per_second=0, burst=None)

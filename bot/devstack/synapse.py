@@ -228,6 +228,17 @@ class LocalSynapse:
                 payload = {}
             raise MatrixHttpError(exc.code, payload) from None
 
+    def limit_messages(
+        self, admin: Account, user_id: str, per_second: int, burst: int | None
+    ) -> None:
+        """Rate-limit one user's sends (admin API) while everyone else is relaxed; None: undo."""
+        path = f"/_synapse/admin/v1/users/{urllib.parse.quote(user_id)}/override_ratelimit"
+        if burst is None:
+            self.request("DELETE", path, token=admin.access_token)
+            return
+        body = {"messages_per_second": per_second, "burst_count": burst}
+        self.request("POST", path, body, token=admin.access_token)
+
     def register(self, localpart: str, password: str, admin: bool = False) -> Account:
         """Create a user with the shared-secret admin API (or log in if it exists)."""
         cfg = yaml.safe_load(self.config_path.read_text())
