@@ -574,3 +574,26 @@ async def test_alertmanager_reminder_reposts_the_group_without_pings(
         assert match is not None and int(match.group(1)) >= 6, note.body
     finally:
         am.stop()
+
+
+async def test_reminders_can_be_switched_off(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    bot = make_bot(edit=_alerting(free_port(), dedupe_window_s=0, reminders=False))
+    await bot.start()
+    mark = people["alice"].mark()
+    once = _payload("Quiet")
+    status, text = await _post(bot, once)
+    assert status == 200 and json.loads(text)["results"] == ["posted"]
+    status, text = await _post(bot, once)  # an unchanged repeat, after the (zero) window
+    assert status == 200 and json.loads(text)["results"] == ["duplicate"]
+    await people["alice"].wait_for(
+        lambda e: e.sender == bot.user_id and "Quiet" in e.body, timeout=20, after=mark
+    )
+    await asyncio.sleep(1.5)
+    posts = [
+        e
+        for e in people["alice"].seen[mark:]
+        if e.sender == bot.user_id and e.source["type"] == "m.room.message"
+    ]
+    assert len(posts) == 1, [e.body for e in posts]

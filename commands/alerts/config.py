@@ -42,6 +42,8 @@ class AlertsConfig(Section):
     mentions: list[MentionRule] = Field(default_factory=list)
     resolved_reply: bool = True
     dedupe_window_s: float = Field(default=600, ge=0)
+    # Alertmanager's repeat of an unchanged group (repeat_interval) is posted again; off: dropped.
+    reminders: bool = True
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     templates: Templates = Templates()
     # New groups that join a message still waiting to be sent (a storm, or the homeserver

@@ -152,7 +152,7 @@ class Intake:
                 return "duplicate"
             row = None  # it fires again: a new message
         same = row is not None and row["digest"] == digest
-        if same and now - row["updated_at"] < cfg.dedupe_window_s:
+        if same and (now - row["updated_at"] < cfg.dedupe_window_s or not cfg.reminders):
             return "duplicate"
         still_open = 1 if n.status == "firing" else 0
         draft = self.drafts.get(room_id)
