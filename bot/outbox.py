@@ -41,6 +41,9 @@ MAX_PERMANENT_ATTEMPTS = 5
 REF_GONE = "IB_REFERENCE_GONE"
 HOPELESS = frozenset({"M_TOO_LARGE", "M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM", REF_GONE})
 KEEP_SENT_S = 7 * 86400  # sent rows keep their content a week, then only id → event id
+# A pace learnt from one long retry_after must not slow every later message as much: beyond
+# this, the next send is simply tried and the server says again.
+PACE_MAX_S = 30.0
 _REF = re.compile(r"^outbox:(\d+)$")
 
 
@@ -312,7 +315,8 @@ class Outbox:
             if exc.retry_after:
                 # From this try to the allowed one: the server may hold a refusal (Synapse
                 # for 0.5 s) and count that time out of its retry_after.
-                self._pace[room_id] = time.monotonic() - started + exc.retry_after
+                pace = time.monotonic() - started + exc.retry_after
+                self._pace[room_id] = min(pace, PACE_MAX_S)
             self._retry_at[room_id] = time.monotonic() + wait
             log.warning(
                 "outbox message %d to %s: %s; retry in %.1f s", row["id"], room_id, exc, wait

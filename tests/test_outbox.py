@@ -11,7 +11,7 @@ import pytest
 
 from bot.matrix import MatrixError, Transport
 from bot.metrics import Metrics
-from bot.outbox import KEEP_SENT_S, Outbox, ref
+from bot.outbox import KEEP_SENT_S, PACE_MAX_S, Outbox, ref
 from bot.store import Store
 
 
@@ -54,3 +54,42 @@ async def test_coalesce_amend_prune_and_references(outbox: Outbox) -> None:
     outbox.store.execute("UPDATE outbox SET state = 'failed' WHERE id = ?", (original,))
     with pytest.raises(MatrixError, match="was not delivered"):
         outbox._fill_refs({"event_id": ref(original)})
+
+
+class _RefusesFirst:
+    """A transport whose first send is rate-limited for `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self.bodies: list[str] = []
+
+    async def send_event(
+        self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str
+    ) -> str:
+        self.bodies.append(content["body"])
+        if len(self.bodies) == 1:
+            raise MatrixError(
+                "homeserver refused the message: M_LIMIT_EXCEEDED",
+                transient=True,
+                retry_after=self.retry_after,
+                errcode="M_LIMIT_EXCEEDED",
+            )
+        return f"$event{len(self.bodies)}"
+
+
+async def test_a_long_retry_after_paces_the_backlog_at_most_pace_max(tmp_path: Path) -> None:
+    transport = _RefusesFirst(retry_after=120)
+    box = Outbox(Store(tmp_path / "state.sqlite3"), cast(Transport, transport), Metrics())
+    for body in ("a", "b", "c"):
+        box.post("!r", {"body": body})
+    await box._deliver(box._next_in_room("!r"))
+    assert box._retry_at["!r"] - time.monotonic() > 100, "the refused message waits as told"
+    box._retry_at.clear()  # its wait is over
+    await box._deliver(box._next_in_room("!r"))
+    assert transport.bodies == ["a", "a"], "the next one is not sent straight after"
+    assert 25 < box._retry_at["!r"] - time.monotonic() <= PACE_MAX_S
+    box._retry_at.clear()
+    await box._deliver(box._next_in_room("!r"))
+    await box._deliver(box._next_in_room("!r"))
+    assert transport.bodies == ["a", "a", "b", "c"] and box.pending() == 0
+    assert "!r" not in box._pace, "with the backlog gone, so is the pace"
