@@ -134,6 +134,11 @@ class Outbox:
         ).fetchone()
         return None if row is None or row["event_id"] is None else str(row["event_id"])
 
+    def row_of(self, event_id: str) -> int | None:
+        """The row that was delivered as `event_id`, or None (e.g. not the bot's event)."""
+        row = self.store.execute("SELECT id FROM outbox WHERE event_id = ?", (event_id,)).fetchone()
+        return None if row is None else int(row["id"])
+
     def _fill_refs(self, value: Any) -> Any:
         if isinstance(value, str):
             match = _REF.match(value)

@@ -86,6 +86,8 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
     Migration("core", 3, "ALTER TABLE outbox ADD COLUMN ordered INTEGER NOT NULL DEFAULT 1"),
     # One send per room at a time made the flag meaningless.
     Migration("core", 4, "ALTER TABLE outbox DROP COLUMN ordered"),
+    # Reactions name the event they react to; features find their message by it.
+    Migration("core", 5, "CREATE INDEX outbox_event ON outbox(event_id)"),
 )
 
 

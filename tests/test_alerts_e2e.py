@@ -597,3 +597,50 @@ async def test_reminders_can_be_switched_off(
         if e.sender == bot.user_id and e.source["type"] == "m.room.message"
     ]
     assert len(posts) == 1, [e.body for e in posts]
+
+
+async def test_a_bell_reaction_on_the_message_silences_its_group(
+    alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
+) -> None:
+    bot, am = alerting
+    alice, bob, mallory = people["alice"], people["bob"], people["mallory"]
+    mark = alice.mark()
+    am.fire(
+        {"alertname": "DiskFull", "instance": "haumea:9100", "severity": "warning"},
+        {"summary": "/ is 97% full"},
+    )
+    message = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "DiskFull" in e.body and not _edit(e),
+        timeout=20,
+        after=mark,
+    )
+
+    async def react(user: RoomUser) -> None:
+        relation = {"rel_type": "m.annotation", "event_id": message.event_id, "key": "🔕"}
+        await user.client.room_send(room, "m.reaction", {"m.relates_to": relation})
+
+    await react(mallory)
+    refused = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "needs the operator role" in e.body,
+        timeout=10,
+        after=mark,
+    )
+    assert refused.content["m.relates_to"]["event_id"] == message.event_id
+    assert am.api("GET", "/silences") == []
+
+    await react(bob)
+    done = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and e.body.startswith("🔕 silenced by"),
+        timeout=10,
+        after=mark,
+    )
+    assert done.content["m.relates_to"]["event_id"] == message.event_id
+    found = re.search(r"\(id ([0-9a-f-]+)\)", done.body)
+    assert found is not None, done.body
+    made = {s["id"]: s for s in am.api("GET", "/silences")}[found.group(1)]
+    assert made["createdBy"] == bob.client.user_id and made["status"]["state"] == "active"
+    assert [(m["name"], m["value"], m["isRegex"]) for m in made["matchers"]] == [
+        ("alertname", "DiskFull", False)
+    ]
+    ends = datetime.fromisoformat(made["endsAt"].replace("Z", "+00:00"))
+    assert timedelta(hours=1, minutes=58) < ends - datetime.now(UTC) <= timedelta(hours=2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import logging
 import re
 from datetime import UTC, datetime
@@ -17,14 +18,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter
 
+from bot import messages
 from bot.context import Context, Runtime
 from bot.errors import RemoteError, UserError
+from bot.matrix import IncomingReaction
 from bot.messages import escape, human_duration, table
 from bot.registry import Param, Router
 from commands.alerts.api import AlertmanagerAPI
 from commands.alerts.config import AlertRoute, AlertsConfig, alerts_config
 from commands.alerts.intake import Intake
-from commands.alerts.matchers import looks_like_matcher, parse_duration, parse_matchers
+from commands.alerts.matchers import Matcher, looks_like_matcher, parse_duration, parse_matchers
 from commands.alerts.payload import Notification, WebhookError, parse_notification
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,13 @@ router.migration(
     """
     CREATE INDEX alert_groups_newest ON alert_groups(room_id, group_key, id);
     CREATE INDEX alert_groups_message ON alert_groups(outbox_id)
+    """,
+)
+# What silences a group from chat (🔕): its group labels, or its common ones.
+router.migration(
+    4,
+    """
+    ALTER TABLE alert_groups ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'
     """,
 )
 
@@ -318,3 +328,69 @@ async def unsilence_cmd(ctx: Context) -> None:
     except RemoteError as exc:
         raise RemoteError(f"could not expire silence {silence_id}: {exc}") from None
     await ctx.reply(f"🔔 silence {silence_id} expired; its alerts notify again.")
+
+
+@router.reaction
+async def silence_by_reaction(rt: Runtime, reaction: IncomingReaction) -> None:
+    """A 🔕 on a group's message silences the group(s) it shows (operators only)."""
+    cfg = alerts_config(rt)
+    if not reaction.key.startswith("🔕") or cfg.silence_on_reaction is None:
+        return
+    outbox_id = rt.outbox.row_of(reaction.reacts_to)
+    if outbox_id is None:
+        return  # not the bot's message
+    rows = rt.store.execute(
+        "SELECT labels FROM alert_groups WHERE outbox_id = ? AND room_id = ? AND open = 1",
+        (outbox_id, reaction.room_id),
+    ).fetchall()
+    if not rows:
+        return  # not the message of an open alert group: an ordinary reaction
+
+    def answer(text: str, html: str | None = None) -> None:
+        content = messages.in_thread(messages.notice(text, html), reaction.reacts_to)
+        rt.outbox.post(reaction.room_id, content)
+
+    if not rt.permissions.has_role(reaction.sender, reaction.room_id, "operator"):
+        answer(f"🔕 from {reaction.sender} ignored: silencing needs the operator role.")
+        return
+    if not cfg.url:
+        answer("🔕 cannot silence: Alertmanager's API is not configured (`alertmanager.url`).")
+        return
+    duration = parse_duration(cfg.silence_on_reaction)
+    starts = datetime.now(UTC)
+    ends = starts + duration
+    api = AlertmanagerAPI(cfg.url, cfg.api_timeout_s)
+    made: list[tuple[str, str]] = []
+    for row in rows:
+        labels: dict[str, str] = json.loads(row["labels"])
+        matchers = [Matcher(name, "=", value) for name, value in sorted(labels.items())]
+        if not matchers:
+            continue
+        shown = ", ".join(str(m) for m in matchers)
+        try:
+            silence_id = await api.create_silence(
+                matchers,
+                starts,
+                ends,
+                reaction.sender,
+                f"🔕 reaction in Matrix by {reaction.sender}",
+            )
+        except RemoteError as exc:
+            answer(f"🔕 could not silence {shown}: {exc}")
+            return
+        made.append((shown, silence_id))
+    if not made:
+        answer("🔕 cannot silence: the group has no labels to match on.")
+        return
+    until = f"{ends:%Y-%m-%d %H:%M} UTC ({human_duration(duration.total_seconds())})"
+    lines = [f"{shown} (id {silence_id})" for shown, silence_id in made]
+    answer(
+        f"🔕 silenced by {reaction.sender} until {until}: "
+        + "; ".join(lines)
+        + f" — `{rt.prefix}unsilence <id>` undoes it.",
+        f"🔕 silenced by {escape(reaction.sender)} until {until}: "
+        + "; ".join(
+            f"<code>{escape(shown)}</code> (id <code>{escape(sid)}</code>)" for shown, sid in made
+        )
+        + f" — <code>{escape(rt.prefix)}unsilence &lt;id&gt;</code> undoes it.",
+    )

@@ -6,6 +6,7 @@ from pydantic import Field, SecretStr
 
 from bot.config import Section
 from bot.context import Runtime
+from bot.durations import Duration
 from bot.mentions import MentionRule
 from commands.alerts.render import Renderer
 
@@ -44,6 +45,8 @@ class AlertsConfig(Section):
     dedupe_window_s: float = Field(default=600, ge=0)
     # Alertmanager's repeat of an unchanged group (repeat_interval) is posted again; off: dropped.
     reminders: bool = True
+    # A 🔕 reaction (by an operator) on a group's message silences the group this long; None: off.
+    silence_on_reaction: Duration | None = "2h"
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     templates: Templates = Templates()
     # New groups that join a message still waiting to be sent (a storm, or the homeserver

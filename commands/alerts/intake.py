@@ -13,6 +13,7 @@ that holds several groups shows each in full when that fits, else one line per g
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -180,7 +181,8 @@ class Intake:
                 db.execute("DELETE FROM alert_groups WHERE id = ?", (row["id"],))
             db.execute(
                 "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, "
-                "alerts, created_at, updated_at, in_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "alerts, created_at, updated_at, in_digest, labels) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     room_id,
                     n.groupKey,
@@ -192,6 +194,7 @@ class Intake:
                     now if row is None else row["created_at"],
                     now,
                     int(len(self.drafts[room_id].groups) > 1),
+                    json.dumps(n.groupLabels or n.commonLabels),
                 ),
             )
             if repeat:
