@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 from typing import Any
 
 Content = dict[str, Any]
@@ -23,6 +24,38 @@ def notice(text: str, html_body: str | None = None) -> Content:
         if html_body is not None
         else escape(text).replace("\n", "<br>"),
     }
+
+
+# Matrix refuses events over 65,536 bytes; the envelope (ids, hashes, signatures) needs the rest.
+MAX_CONTENT_BYTES = 60_000
+CUT_NOTE = "\n… (cut: too long for one Matrix message)"
+
+
+def _size(content: Content) -> int:
+    return len(json.dumps(content, ensure_ascii=False).encode())
+
+
+def fit(content: Content) -> Content:
+    """The content, or (when too large for one event) plain text cut to fit with a note."""
+    if _size(content) <= MAX_CONTENT_BYTES:
+        return content
+    # HTML cannot be cut safely and is the larger half: keep the text and cut that.
+    small = {k: v for k, v in content.items() if k not in ("format", "formatted_body")}
+    inner = small.get("m.new_content")
+    if isinstance(inner, dict):
+        inner = {k: v for k, v in inner.items() if k not in ("format", "formatted_body")}
+        small["m.new_content"] = inner
+    texts = [c for c in (small, inner) if isinstance(c, dict) and isinstance(c.get("body"), str)]
+    originals = [part["body"].encode() for part in texts]
+    cut = _size(small) - MAX_CONTENT_BYTES + len(CUT_NOTE.encode())
+    while cut > 0 and any(originals):
+        for part, raw in zip(texts, originals, strict=True):
+            part["body"] = raw[: max(0, len(raw) - cut)].decode(errors="ignore") + CUT_NOTE
+        over = _size(small) - MAX_CONTENT_BYTES
+        if over <= 0 or cut >= max(map(len, originals)):
+            break
+        cut += over + 64  # escaping in JSON makes some characters count more than once
+    return small
 
 
 def as_reply(content: Content, event_id: str) -> Content:

@@ -28,6 +28,7 @@ from typing import Any
 
 from bot.backoff import Backoff
 from bot.matrix import MatrixError, Transport, new_txn_id
+from bot.messages import MAX_CONTENT_BYTES, fit
 from bot.metrics import Metrics
 from bot.store import Store
 from bot.tasks import TaskOwner
@@ -45,6 +46,13 @@ KEEP_SENT_S = 7 * 86400  # sent rows keep their content a week, then only id →
 # this, the next send is simply tried and the server says again.
 PACE_MAX_S = 30.0
 _REF = re.compile(r"^outbox:(\d+)$")
+
+
+def _encode(content: dict[str, Any]) -> str:
+    """The content as stored, cut to fit one event if it must be."""
+    raw = json.dumps(content)
+    # ASCII-escaped JSON is never shorter than the UTF-8 the server measures: only then look.
+    return raw if len(raw) <= MAX_CONTENT_BYTES else json.dumps(fit(content))
 
 
 def ref(outbox_id: int) -> str:
@@ -93,7 +101,7 @@ class Outbox:
                 (
                     room_id,
                     event_type,
-                    json.dumps(content),
+                    _encode(content),
                     new_txn_id(),
                     time.time(),
                     coalesce_key,
@@ -113,7 +121,7 @@ class Outbox:
             return False
         cur = self.store.execute(
             "UPDATE outbox SET content = ? WHERE id = ? AND state = 'pending' AND attempts = 0",
-            (json.dumps(content), outbox_id),
+            (_encode(content), outbox_id),
         )
         return cur.rowcount == 1
 

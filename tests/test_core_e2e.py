@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bot import messages
 from bot.context import Context
 from bot.devstack.client import RoomUser
 from bot.devstack.synapse import LocalSynapse
@@ -368,3 +369,20 @@ async def test_an_encrypted_room_is_reported(
             break
         await asyncio.sleep(0.1)
     assert f"room {secret_room} is end-to-end encrypted" in caplog.text
+
+
+async def test_a_message_too_large_for_matrix_arrives_cut_not_dropped(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    bot = make_bot()
+    await bot.start()
+    mark = people["alice"].mark()
+    text = "".join(f"row {i}: pluto haumea eris ⚠️\n" for i in range(8000))  # ~220 KB
+    bot.rt.outbox.post(room, messages.notice(text))
+    seen = await people["alice"].wait_for(
+        lambda e: e.sender == bot.user_id and e.body.startswith("row 0: "), timeout=20, after=mark
+    )
+    assert seen.body.endswith(messages.CUT_NOTE)
+    assert bot.rt.outbox.pending() == 0
+    failed = bot.rt.store.execute("SELECT COUNT(*) AS n FROM outbox WHERE state = 'failed'")
+    assert failed.fetchone()["n"] == 0

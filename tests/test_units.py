@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from bot.config import PermissionsConfig, RoleConfig
 from bot.cron import CronError, CronSchedule
 from bot.dispatch import split_args
 from bot.errors import UserError
-from bot.messages import edit, human_duration, notice
+from bot.messages import CUT_NOTE, MAX_CONTENT_BYTES, edit, fit, human_duration, notice
 from bot.permissions import Permissions
 from bot.registry import Command, Param, Registry, Router
 
@@ -106,3 +107,22 @@ def test_edit_content_shape() -> None:
     assert content["m.new_content"]["body"] == "new <b>text</b>"
     assert "&lt;b&gt;" in content["m.new_content"]["formatted_body"]
     assert content["body"].startswith("* ")
+
+
+def _event_bytes(content: dict[str, Any]) -> int:
+    return len(json.dumps(content, ensure_ascii=False).encode())
+
+
+def test_content_too_large_for_one_event_is_cut_to_fit() -> None:
+    small = notice("hello", "<b>hello</b>")
+    assert fit(small) is small
+    text = "".join(f'line {i} "quoted" ⚠️ host{i}\n' for i in range(6000))  # ~170 KB
+    big = fit(notice(text, "<p>" + text + "</p>"))
+    assert _event_bytes(big) <= MAX_CONTENT_BYTES
+    assert "formatted_body" not in big and "format" not in big
+    assert big["body"].startswith("line 0 ") and big["body"].endswith(CUT_NOTE)
+    assert len(big["body"]) > MAX_CONTENT_BYTES // 4, "cut to fit, not to nothing"
+    changed = fit(edit(notice(text), "$original"))
+    assert _event_bytes(changed) <= MAX_CONTENT_BYTES
+    assert changed["m.new_content"]["body"].endswith(CUT_NOTE)
+    assert changed["m.relates_to"]["event_id"] == "$original"
