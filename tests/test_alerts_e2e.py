@@ -644,3 +644,31 @@ async def test_a_bell_reaction_on_the_message_silences_its_group(
     ]
     ends = datetime.fromisoformat(made["endsAt"].replace("Z", "+00:00"))
     assert timedelta(hours=1, minutes=58) < ends - datetime.now(UTC) <= timedelta(hours=2)
+
+
+async def test_alerts_in_a_storm_are_summarised_most_severe_first(
+    alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
+) -> None:
+    bot, am = alerting
+    now = datetime.now(UTC)
+    storm = [
+        {
+            "labels": {
+                "alertname": "NodeDown" if i % 3 else "ZfsPoolDegraded",
+                "instance": f"host{i}:9100",
+                "severity": "warning" if i % 3 else "critical",
+            },
+            "annotations": {"summary": f"host{i} trouble"},
+            "startsAt": (now - timedelta(minutes=i)).isoformat(),
+            "endsAt": (now + timedelta(hours=1)).isoformat(),
+        }
+        for i in range(90)
+    ]
+    am.api("POST", "/alerts", storm)
+    listed = await people["bob"].ask(room, "!alerts", bot.user_id, timeout=20)
+    head, *rows = listed.body.splitlines()
+    assert head.startswith("90 active alert(s); by name: NodeDown ×60, ZfsPoolDegraded ×30.")
+    assert "`!alerts alertname=NodeDown`" in head
+    assert len(rows) == 1 + 40, "a header row and the 40 listed"
+    assert all("ZfsPoolDegraded" in row and "critical" in row for row in rows[1:31])
+    assert all("NodeDown" in row for row in rows[31:])

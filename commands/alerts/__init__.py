@@ -12,11 +12,12 @@ import hmac
 import json
 import logging
 import re
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter as MetricCounter
 
 from bot import messages
 from bot.context import Context, Runtime
@@ -133,10 +134,10 @@ def _intake(rt: Runtime) -> Intake:
     return intake
 
 
-def _webhook_counter(rt: Runtime) -> Counter:
+def _webhook_counter(rt: Runtime) -> MetricCounter:
     counter = rt.extras.get("alerts.counter")
-    if not isinstance(counter, Counter):
-        counter = Counter(
+    if not isinstance(counter, MetricCounter):
+        counter = MetricCounter(
             "infrabot_alert_notifications_total",
             "Alertmanager notifications by what was done (posted, coalesced, updated, resolved,"
             " reminded, duplicate, rejected).",
@@ -217,6 +218,11 @@ def _until(iso: str) -> str:
     return f"{moment:%Y-%m-%d %H:%M} UTC (in {human_duration(max(0.0, left))})"
 
 
+# More than this many active alerts are summarised by name rather than listed in full.
+MAX_LISTED = 40
+_SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
+
+
 @router.command("alerts", params=[Param("matchers", required=False, rest=True)])
 async def alerts_cmd(ctx: Context) -> None:
     """List active alerts, optionally filtered by matchers (e.g. severity=warning)."""
@@ -225,24 +231,43 @@ async def alerts_cmd(ctx: Context) -> None:
     if not found:
         await ctx.reply("No active alerts" + (" match." if matchers else ". All quiet."))
         return
+
+    def labels(alert: dict[str, Any]) -> dict[str, str]:
+        return dict(alert.get("labels", {}))
+
+    # The most severe first, then the oldest: what to look at during a storm.
+    ordered = sorted(
+        found,
+        key=lambda a: (
+            _SEVERITY_ORDER.get(labels(a).get("severity", "").lower(), 4),
+            a.get("startsAt", ""),
+        ),
+    )
     rows = []
-    for alert in sorted(found, key=lambda a: a.get("startsAt", "")):
-        labels = alert.get("labels", {})
+    for alert in ordered[:MAX_LISTED]:
         state = alert.get("status", {}).get("state", "?")
         rows.append(
             [
-                labels.get("alertname", "?"),
-                labels.get("instance") or labels.get("host") or "",
-                labels.get("severity", ""),
+                labels(alert).get("alertname", "?"),
+                labels(alert).get("instance") or labels(alert).get("host") or "",
+                labels(alert).get("severity", ""),
                 state,
                 _ago(alert.get("startsAt", "")),
                 alert.get("annotations", {}).get("summary", "")[:80],
             ]
         )
+    head = f"{len(found)} active alert(s)"
+    if len(found) > MAX_LISTED:
+        names = Counter(labels(a).get("alertname", "?") for a in found).most_common()
+        by_name = ", ".join(f"{name} ×{count}" for name, count in names[:10])
+        more = f" and {len(names) - 10} more names" if len(names) > 10 else ""
+        example = names[0][0]
+        head += (
+            f"; by name: {by_name}{more}. The {MAX_LISTED} most severe, oldest first — narrow"
+            f" it down with matchers, e.g. `{ctx.rt.prefix}alerts alertname={example}`"
+        )
     text, html = table(["alert", "instance", "severity", "state", "for", "summary"], rows)
-    await ctx.reply(
-        f"{len(found)} active alert(s):\n{text}", f"<p>{len(found)} active alert(s):</p>{html}"
-    )
+    await ctx.reply(f"{head}:\n{text}", f"<p>{escape(head)}:</p>{html}")
 
 
 @router.command(
