@@ -630,7 +630,7 @@ async def test_a_bell_reaction_on_the_message_silences_its_group(
 
     await react(bob)
     done = await alice.wait_for(
-        lambda e: e.sender == bot.user_id and e.body.startswith("🔕 silenced by"),
+        lambda e: e.sender == bot.user_id and e.body.startswith('🔕 silenced alertname="DiskFull"'),
         timeout=10,
         after=mark,
     )
@@ -644,6 +644,16 @@ async def test_a_bell_reaction_on_the_message_silences_its_group(
     ]
     ends = datetime.fromisoformat(made["endsAt"].replace("Z", "+00:00"))
     assert timedelta(hours=1, minutes=58) < ends - datetime.now(UTC) <= timedelta(hours=2)
+
+    # A second operator's 🔕 points at that silence instead of adding another.
+    await react(alice)
+    again = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "was already silenced" in e.body,
+        timeout=10,
+        after=mark,
+    )
+    assert f"(id {found.group(1)})" in again.body
+    assert len(am.api("GET", "/silences")) == 1
 
 
 async def test_alerts_in_a_storm_are_summarised_most_severe_first(

@@ -303,6 +303,14 @@ async def silence_cmd(ctx: Context) -> None:
     )
 
 
+def _plain(silence: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """A silence's matchers as sorted (name, value) pairs if all are plain equality, else None."""
+    matchers = silence.get("matchers", [])
+    if any(m.get("isRegex") or not m.get("isEqual", True) for m in matchers):
+        return None
+    return sorted((str(m.get("name")), str(m.get("value"))) for m in matchers)
+
+
 def _matcher_text(m: dict[str, Any]) -> str:
     equal = m.get("isEqual", True)
     op = ("=~" if equal else "!~") if m.get("isRegex") else ("=" if equal else "!=")
@@ -385,13 +393,24 @@ async def silence_by_reaction(rt: Runtime, reaction: IncomingReaction) -> None:
     starts = datetime.now(UTC)
     ends = starts + duration
     api = AlertmanagerAPI(cfg.url, cfg.api_timeout_s)
-    made: list[tuple[str, str]] = []
+    try:
+        live = [s for s in await api.silences() if s.get("status", {}).get("state") == "active"]
+    except RemoteError as exc:
+        answer(f"🔕 could not silence: {exc}")
+        return
+    done: list[tuple[str, str, str]] = []  # (text, html) of each group's outcome, its id
     for row in rows:
         labels: dict[str, str] = json.loads(row["labels"])
         matchers = [Matcher(name, "=", value) for name, value in sorted(labels.items())]
         if not matchers:
             continue
         shown = ", ".join(str(m) for m in matchers)
+        # A second 🔕 (or a second operator's) points at the silence already there.
+        same = next((s for s in live if _plain(s) == sorted(labels.items())), None)
+        if same is not None:
+            until = _until(str(same.get("endsAt", "")))
+            done.append((f"{shown} was already silenced until {until}", str(same["id"]), shown))
+            continue
         try:
             silence_id = await api.create_silence(
                 matchers,
@@ -403,19 +422,19 @@ async def silence_by_reaction(rt: Runtime, reaction: IncomingReaction) -> None:
         except RemoteError as exc:
             answer(f"🔕 could not silence {shown}: {exc}")
             return
-        made.append((shown, silence_id))
-    if not made:
+        until = f"{ends:%Y-%m-%d %H:%M} UTC ({human_duration(duration.total_seconds())})"
+        done.append((f"silenced {shown} until {until}", silence_id, shown))
+    if not done:
         answer("🔕 cannot silence: the group has no labels to match on.")
         return
-    until = f"{ends:%Y-%m-%d %H:%M} UTC ({human_duration(duration.total_seconds())})"
-    lines = [f"{shown} (id {silence_id})" for shown, silence_id in made]
+    text = "; ".join(f"{what} (id {sid})" for what, sid, _ in done)
+    html = "; ".join(
+        f"{escape(what).replace(escape(shown), f'<code>{escape(shown)}</code>', 1)}"
+        f" (id <code>{escape(sid)}</code>)"
+        for what, sid, shown in done
+    )
+    undo = f"{rt.prefix}unsilence <id>"
     answer(
-        f"🔕 silenced by {reaction.sender} until {until}: "
-        + "; ".join(lines)
-        + f" — `{rt.prefix}unsilence <id>` undoes it.",
-        f"🔕 silenced by {escape(reaction.sender)} until {until}: "
-        + "; ".join(
-            f"<code>{escape(shown)}</code> (id <code>{escape(sid)}</code>)" for shown, sid in made
-        )
-        + f" — <code>{escape(rt.prefix)}unsilence &lt;id&gt;</code> undoes it.",
+        f"🔕 {text} — `{undo}` undoes it.",
+        f"🔕 {html} — <code>{escape(undo)}</code> undoes it.",
     )
