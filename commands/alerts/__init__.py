@@ -398,7 +398,7 @@ async def silence_by_reaction(rt: Runtime, reaction: IncomingReaction) -> None:
     except RemoteError as exc:
         answer(f"🔕 could not silence: {exc}")
         return
-    done: list[tuple[str, str, str]] = []  # (text, html) of each group's outcome, its id
+    done: list[tuple[str, str, str, bool]] = []  # matchers shown, silence id, until, already
     for row in rows:
         labels: dict[str, str] = json.loads(row["labels"])
         matchers = [Matcher(name, "=", value) for name, value in sorted(labels.items())]
@@ -408,8 +408,7 @@ async def silence_by_reaction(rt: Runtime, reaction: IncomingReaction) -> None:
         # A second 🔕 (or a second operator's) points at the silence already there.
         same = next((s for s in live if _plain(s) == sorted(labels.items())), None)
         if same is not None:
-            until = _until(str(same.get("endsAt", "")))
-            done.append((f"{shown} was already silenced until {until}", str(same["id"]), shown))
+            done.append((shown, str(same["id"]), _until(str(same.get("endsAt", ""))), True))
             continue
         try:
             silence_id = await api.create_silence(
@@ -423,18 +422,23 @@ async def silence_by_reaction(rt: Runtime, reaction: IncomingReaction) -> None:
             answer(f"🔕 could not silence {shown}: {exc}")
             return
         until = f"{ends:%Y-%m-%d %H:%M} UTC ({human_duration(duration.total_seconds())})"
-        done.append((f"silenced {shown} until {until}", silence_id, shown))
+        done.append((shown, silence_id, until, False))
     if not done:
         answer("🔕 cannot silence: the group has no labels to match on.")
         return
-    text = "; ".join(f"{what} (id {sid})" for what, sid, _ in done)
-    html = "; ".join(
-        f"{escape(what).replace(escape(shown), f'<code>{escape(shown)}</code>', 1)}"
-        f" (id <code>{escape(sid)}</code>)"
-        for what, sid, shown in done
-    )
+
+    def outcome(what: str, sid: str, until: str, already: bool) -> str:
+        if already:
+            return f"{what} was already silenced until {until} (id {sid})"
+        return f"silenced {what} until {until} (id {sid})"
+
     undo = f"{rt.prefix}unsilence <id>"
     answer(
-        f"🔕 {text} — `{undo}` undoes it.",
-        f"🔕 {html} — <code>{escape(undo)}</code> undoes it.",
+        "🔕 " + "; ".join(outcome(*d) for d in done) + f" — `{undo}` undoes it.",
+        "🔕 "
+        + "; ".join(
+            outcome(f"<code>{escape(w)}</code>", f"<code>{escape(i)}</code>", escape(u), a)
+            for w, i, u, a in done
+        )
+        + f" — <code>{escape(undo)}</code> undoes it.",
     )
