@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -194,8 +194,8 @@ async def webhook_routed(rt: Runtime, request: web.Request) -> web.StreamRespons
 # --- chat commands (Alertmanager API v2) ---------------------------------------------------
 
 
-def _api(ctx: Context) -> AlertmanagerAPI:
-    cfg = alerts_config(ctx.rt)
+def _api(rt: Runtime) -> AlertmanagerAPI:
+    cfg = alerts_config(rt)
     if not cfg.url:
         raise UserError("Alertmanager's API is not configured (`alertmanager.url`).")
     return AlertmanagerAPI(cfg.url, cfg.api_timeout_s)
@@ -218,6 +218,11 @@ def _until(iso: str) -> str:
     return f"{moment:%Y-%m-%d %H:%M} UTC (in {human_duration(max(0.0, left))})"
 
 
+def _ending(ends: datetime, duration: timedelta) -> str:
+    """When a silence made now ends, and how long it lasts."""
+    return f"{ends:%Y-%m-%d %H:%M} UTC ({human_duration(duration.total_seconds())})"
+
+
 # More than this many active alerts are summarised by name rather than listed in full.
 MAX_LISTED = 40
 _SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
@@ -227,7 +232,7 @@ _SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 async def alerts_cmd(ctx: Context) -> None:
     """List active alerts, optionally filtered by matchers (e.g. severity=warning)."""
     matchers = parse_matchers(",".join(ctx.args)) if ctx.args else []
-    found = await _api(ctx).alerts(matchers)
+    found = await _api(ctx.rt).alerts(matchers)
     if not found:
         await ctx.reply("No active alerts" + (" match." if matchers else ". All quiet."))
         return
@@ -293,9 +298,9 @@ async def silence_cmd(ctx: Context) -> None:
     comment = " ".join(args) or f"silenced from Matrix by {ctx.sender}"
     starts = datetime.now(UTC)
     ends = starts + duration
-    silence_id = await _api(ctx).create_silence(matchers, starts, ends, ctx.sender, comment)
+    silence_id = await _api(ctx.rt).create_silence(matchers, starts, ends, ctx.sender, comment)
     shown = ", ".join(str(m) for m in matchers)
-    until = f"{ends:%Y-%m-%d %H:%M} UTC ({human_duration(duration.total_seconds())})"
+    until = _ending(ends, duration)
     await ctx.reply(
         f"🔕 silenced {shown} until {until}; id {silence_id}",
         f"🔕 silenced <code>{escape(shown)}</code> until {until}; "
@@ -321,7 +326,7 @@ def _matcher_text(m: dict[str, Any]) -> str:
 async def silences_cmd(ctx: Context) -> None:
     """List active and pending silences."""
     silences = [
-        s for s in await _api(ctx).silences() if s.get("status", {}).get("state") != "expired"
+        s for s in await _api(ctx.rt).silences() if s.get("status", {}).get("state") != "expired"
     ]
     if not silences:
         await ctx.reply("No active silences.")
@@ -346,7 +351,7 @@ async def silences_cmd(ctx: Context) -> None:
 async def unsilence_cmd(ctx: Context) -> None:
     """Expire a silence now (a unique prefix of its id is enough)."""
     wanted = ctx.args[0]
-    api = _api(ctx)
+    api = _api(ctx.rt)
     live = [s for s in await api.silences() if s.get("status", {}).get("state") != "expired"]
     matches = [s for s in live if str(s.get("id", "")).startswith(wanted)]
     if not matches:
@@ -386,13 +391,14 @@ async def silence_by_reaction(rt: Runtime, reaction: IncomingReaction) -> None:
     if not rt.permissions.has_role(reaction.sender, reaction.room_id, "operator"):
         answer(f"🔕 from {reaction.sender} ignored: silencing needs the operator role.")
         return
-    if not cfg.url:
-        answer("🔕 cannot silence: Alertmanager's API is not configured (`alertmanager.url`).")
+    try:
+        api = _api(rt)
+    except UserError as exc:
+        answer(f"🔕 cannot silence: {exc}")
         return
     duration = parse_duration(cfg.silence_on_reaction)
     starts = datetime.now(UTC)
     ends = starts + duration
-    api = AlertmanagerAPI(cfg.url, cfg.api_timeout_s)
     try:
         live = [s for s in await api.silences() if s.get("status", {}).get("state") == "active"]
     except RemoteError as exc:
@@ -421,7 +427,7 @@ async def silence_by_reaction(rt: Runtime, reaction: IncomingReaction) -> None:
         except RemoteError as exc:
             answer(f"🔕 could not silence {shown}: {exc}")
             return
-        until = f"{ends:%Y-%m-%d %H:%M} UTC ({human_duration(duration.total_seconds())})"
+        until = _ending(ends, duration)
         done.append((shown, silence_id, until, False))
     if not done:
         answer("🔕 cannot silence: the group has no labels to match on.")
