@@ -7,6 +7,7 @@ into `bin_dir`; a client connecting with the generated key runs them as it would
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -103,5 +104,9 @@ class LocalSshServer:
             # The client went away (e.g. a cancelled deploy): end the remote process too.
             if proc.returncode is None:
                 os.killpg(proc.pid, 15)
+                # Reaped here, so its pipes close on this loop rather than being collected
+                # after the loop is gone (an "Event loop is closed" error in a later test).
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError, OSError):
+                    await asyncio.wait_for(proc.communicate(), 5)
             raise
         process.exit(status)
