@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tempfile
 import time
@@ -15,12 +14,25 @@ from typing import Any
 import psycopg
 import pytest
 
-from bot.devstack.client import RoomUser
+from bot.devstack.client import RoomUser, SeenEvent
 from bot.devstack.postgres import LocalPostgres
 from bot.devstack.ssh import LocalSshServer
 from bot.devstack.synapse import free_port
 from bot.services.ssh import SshClient
+from commands import backups
+from commands.backups import checks
 from commands.backups.checks import BackupCheck, run_check
+from tests.backups_fixtures import (
+    attempt,
+    done_replication,
+    fs_report,
+    push_job,
+    replication,
+    sink_job,
+    snap_job,
+    zfs_lines,
+    zrepl_status,
+)
 from tests.conftest import BotFactory
 
 
@@ -43,55 +55,61 @@ async def ssh_host(tmp_path: Path) -> AsyncIterator[LocalSshServer]:
     await server.stop()
 
 
-def zfs_lines(dataset: str, ages: list[timedelta], used: int = 5 * 2**20) -> str:
-    """`zfs list -Hp -t snapshot -o name,creation,used` lines as zrepl names them."""
-    out = []
-    for age in sorted(ages, reverse=True):
-        moment = datetime.now(UTC) - age
-        out.append(
-            f"{dataset}@zrepl_snap_{moment:%Y%m%d_%H%M%S_000}\t{int(moment.timestamp())}\t{used}"
-        )
-    return "\n".join(out) + "\n"
-
-
-def zrepl_status(job: str, finished_ago: timedelta, error: str | None = None) -> str:
-    finish = datetime.now(UTC) - finished_ago
-    attempt: dict[str, Any] = {
-        "State": "done" if error is None else "fsrepl-failed",
-        "StartAt": (finish - timedelta(seconds=40)).isoformat().replace("+00:00", "Z"),
-        "FinishAt": finish.isoformat().replace("+00:00", "Z"),
-        "PlanError": None,
-        "Filesystems": [
-            {
-                "Info": {"Name": "zroot/pg"},
-                "State": "done" if error is None else "step-failed",
-                "PlanError": None,
-                "StepError": error,
-            }
-        ],
-    }
-    return json.dumps(
-        {
-            "Jobs": {
-                job: {
-                    "name": job,
-                    "type": "push",
-                    "JobSpecific": {"Replication": {"Attempts": [attempt]}},
-                }
-            }
-        }
-    )
+# A fake `zfs` that answers `zfs list … DATASET…` as OpenZFS 2.2 does (man/man8/zfs-list.8,
+# cmd/zfs/zfs_iter.c `zfs_for_each`): each named dataset's snapshot lines (written by the test to
+# data/datasets/<name with / as %>; with -r also its children's), and for a dataset that does
+# not exist `cannot open 'NAME': dataset does not exist` on stderr, the others still listed, and
+# exit status 1. data/zfs.broken, when present, is printed to stderr with exit status 127 (a
+# host without zfs on PATH).
+FAKE_ZFS = r"""data="$1"; shift
+if [ -f "$data/zfs.broken" ]; then cat "$data/zfs.broken" >&2; exit 127; fi
+[ "$1" = list ] || { echo "fake zfs: only 'list'" >&2; exit 2; }
+shift
+recursive=no
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -r) recursive=yes; shift;;
+    -t|-o|-s|-S|-d) shift 2;;
+    -*) shift;;
+    *) break;;
+  esac
+done
+rc=0
+for ds in "$@"; do
+  key=$(printf %s "$ds" | tr / %)
+  if [ ! -f "$data/datasets/$key" ]; then
+    echo "cannot open '$ds': dataset does not exist" >&2; rc=1; continue
+  fi
+  cat "$data/datasets/$key"
+  if [ $recursive = yes ]; then
+    for child in "$data/datasets/$key%"*; do [ -f "$child" ] && cat "$child"; done
+  fi
+done
+exit $rc
+"""
 
 
 def install_fakes(host: LocalSshServer, data: Path) -> None:
-    """`zfs` and `zrepl` print what the test wrote to data/ (and exit with data/*.rc)."""
-    data.mkdir(exist_ok=True)
-    for tool in ("zfs", "zrepl"):
-        host.script(
-            tool,
-            f'cat "{data}/{tool}.out" 2>/dev/null\n'
-            f'exit "$(cat "{data}/{tool}.rc" 2>/dev/null || echo 0)"\n',
-        )
+    """`zfs` (above) and `zrepl` (prints data/zrepl.out, exits with data/zrepl.rc) on the host."""
+    (data / "datasets").mkdir(parents=True, exist_ok=True)
+    host.script("zfs-fake", FAKE_ZFS)
+    host.script("zfs", f'exec zfs-fake "{data}" "$@"\n')
+    host.script(
+        "zrepl",
+        f'cat "{data}/zrepl.out" 2>/dev/null\n'
+        f'exit "$(cat "{data}/zrepl.rc" 2>/dev/null || echo 0)"\n',
+    )
+
+
+def snapshots(data: Path, dataset: str, ages: list[timedelta]) -> None:
+    """Give a dataset of the fake zfs these snapshots (an empty list: it has none)."""
+    path = data / "datasets" / dataset.replace("/", "%")
+    path.write_text(zfs_lines(dataset, ages, datetime.now(UTC)))
+
+
+def zrepl_out(data: Path, jobs: dict[str, Any]) -> None:
+    """What the fake `zrepl status --mode raw` prints next."""
+    (data / "zrepl.out").write_text(zrepl_status(jobs))
 
 
 def _backups(config: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
@@ -122,6 +140,17 @@ async def _until(pred: Callable[[], bool], timeout: float = 20) -> None:
         await asyncio.sleep(0.2)
 
 
+async def run_job(asker: RoomUser, watcher: RoomUser, room: str, bot: str) -> SeenEvent:
+    """`!jobs run backups`; returns once `watcher` has seen the answer too.
+
+    The answer is a barrier: the run's announcements were queued before it, and the outbox
+    delivers a room's messages in order.
+    """
+    reply = await asker.ask(room, "!jobs run backups", bot, timeout=30)
+    await watcher.wait_for(lambda e: e.source.get("event_id") == reply.source["event_id"])
+    return reply
+
+
 async def test_backups_table_state_changes_and_no_repeat_after_restart(
     make_bot: BotFactory,
     people: dict[str, RoomUser],
@@ -132,11 +161,10 @@ async def test_backups_table_state_changes_and_no_repeat_after_restart(
 ) -> None:
     data = tmp_path / "fake"
     install_fakes(ssh_host, data)
-    (data / "zfs.out").write_text(
-        zfs_lines("zroot/pg", [timedelta(minutes=10), timedelta(hours=1)])
-        + zfs_lines("zroot/root", [timedelta(days=3)])
-    )
-    (data / "zrepl.out").write_text(zrepl_status("rsyncnet", timedelta(minutes=12)))
+    snapshots(data, "zroot/pg", [timedelta(minutes=10), timedelta(hours=1)])
+    snapshots(data, "zroot/root", [timedelta(days=3)])
+    now = datetime.now(UTC)
+    zrepl_out(data, {"rsyncnet": push_job(done_replication(timedelta(minutes=12), now), now)})
     dumps = tmp_path / "dumps"
     dumps.mkdir()
     (dumps / "haumea.sql.gz").write_bytes(b"x" * 1000)
@@ -211,7 +239,10 @@ async def test_backups_table_state_changes_and_no_repeat_after_restart(
     assert "3 d" in lines["root-zfs"] and "10 min" in lines["pg-zfs"]
     assert "cannot reach root@127.0.0.1" in table.body
     stale = await alice.wait_for(
-        lambda e: mine(e) and e.body.startswith("@alice:localhost ⚠️ backup root-zfs is STALE"),
+        lambda e: (
+            mine(e)
+            and e.body.startswith("@alice:localhost ⚠️ backup root-zfs (zroot/root) is STALE")
+        ),
         after=mark,
     )
     assert "newest snapshot of zroot/root is 3 d" in stale.body
@@ -225,13 +256,13 @@ async def test_backups_table_state_changes_and_no_repeat_after_restart(
     _archive_now(postgres)
     await _until(lambda: _archiver(postgres)[1] > failed_before)
     mark = alice.mark()
-    ran = await bob.ask(room, "!jobs run backups", bot.user_id, timeout=30)
+    ran = await run_job(bob, alice, room, bot.user_id)
     assert "1 OK" not in ran.body and "ERROR" in ran.body
     broken = await alice.wait_for(
         lambda e: mine(e) and "backup pg-wal is ERROR" in e.body, after=mark
     )
     assert "archive_command failing since" in broken.body and "last failed WAL" in broken.body
-    await asyncio.sleep(0.5)
+    # The job's answer was queued after its announcements (the outbox keeps a room's order).
     assert not any(mine(e) and "root-zfs" in e.body for e in alice.seen[mark:]), "no hourly repeat"
 
     # Mended: the next run says so, once.
@@ -253,8 +284,7 @@ async def test_backups_table_state_changes_and_no_repeat_after_restart(
     again = make_bot(edit=_backups(config))
     await again.start()
     mark = alice.mark()
-    await bob.ask(room, "!jobs run backups", again.user_id, timeout=30)
-    await asyncio.sleep(1)
+    await run_job(bob, alice, room, again.user_id)
     assert not any(mine(e) and "backup " in e.body and " is " in e.body for e in alice.seen[mark:])
 
 
@@ -269,34 +299,42 @@ async def test_checks_handle_empty_garbage_failures_and_bad_keys(
     )
     zrepl = BackupCheck(name="r", kind="zrepl", host=ssh_host.target, max_age="1h")
 
-    (data / "zfs.out").write_text("")
-    result = await run_check(zfs, ssh, 10)
+    snapshots(data, "zroot/pg", [])
+    [result] = await run_check(zfs, ssh, 10)
     assert result.state == "STALE" and "no snapshots of zroot/pg" in result.detail
 
-    (data / "zfs.out").write_text("cannot open 'zroot/pg': dataset does not exist\n")
-    (data / "zfs.rc").write_text("1")
-    result = await run_check(zfs, ssh, 10)
-    assert result.state == "ERROR" and "dataset does not exist" in result.detail
+    (data / "datasets" / "zroot%pg").unlink()
+    [result] = await run_check(zfs, ssh, 10)
+    assert result.state == "ERROR" and result.item == "zroot/pg"
+    assert result.detail == "cannot list snapshots of zroot/pg: dataset does not exist"
 
-    (data / "zfs.rc").write_text("0")
-    (data / "zfs.out").write_text("total garbage here\n")
-    result = await run_check(zfs, ssh, 10)
+    (data / "datasets" / "zroot%pg").write_text("total garbage here\n")
+    [result] = await run_check(zfs, ssh, 10)
     assert result.state == "ERROR" and "unexpected `zfs list` output" in result.detail
 
-    (data / "zrepl.out").write_text(
-        zrepl_status("rsyncnet", timedelta(minutes=3), error="ssh: connection refused")
-    )
-    result = await run_check(zrepl, ssh, 10)
-    assert (
-        result.state == "ERROR"
-        and "last replication failed: ssh: connection refused" in result.detail
-    )
-    (data / "zrepl.out").write_text(zrepl_status("rsyncnet", timedelta(days=20)))
-    result = await run_check(zrepl, ssh, 10)
+    (data / "zfs.broken").write_text("sh: 1: zfs: not found\n")
+    [result] = await run_check(zfs, ssh, 10)
+    assert result.state == "ERROR" and result.item is None
+    assert result.detail == "`zfs` exited 127: sh: 1: zfs: not found"
+
+    now = datetime.now(UTC)
+    start, end = now - timedelta(minutes=5), now - timedelta(minutes=3)
+    failed = fs_report("zroot/pg", end, "step-error", step_error="ssh: connection refused")
+    rep = replication([attempt("filesystem-error", start, end, [failed])], start)
+    zrepl_out(data, {"rsyncnet": push_job(rep, now)})
+    [result] = await run_check(zrepl, ssh, 10)
+    assert result.state == "ERROR"
+    assert "last replication failed: zroot/pg: ssh: connection refused" in result.detail
+    zrepl_out(data, {"rsyncnet": push_job(done_replication(timedelta(days=20), now), now)})
+    [result] = await run_check(zrepl, ssh, 10)
     assert result.state == "STALE" and "20 d" in result.detail
     (data / "zrepl.out").write_text("zrepl: not a tty")
-    result = await run_check(zrepl, ssh, 10)
-    assert result.state == "ERROR" and "expected JSON" in result.detail
+    [result] = await run_check(zrepl, ssh, 10)
+    assert result.state == "ERROR" and "did not print JSON" in result.detail
+    (data / "zrepl.out").write_text("error: connect to daemon socket: no such file\n")
+    (data / "zrepl.rc").write_text("1")
+    [result] = await run_check(zrepl, ssh, 10)
+    assert result.state == "ERROR" and "`zrepl` exited 1: error: connect" in result.detail
 
     wrong = tmp_path / "known_hosts_wrong"
     other = LocalSshServer(tmp_path / "other")
@@ -307,11 +345,11 @@ async def test_checks_handle_empty_garbage_failures_and_bad_keys(
         + other.known_hosts.read_text().split(" ", 1)[1]
     )
     await other.stop()
-    result = await run_check(zfs, SshClient(wrong, [ssh_host.client_key]), 10)
+    [result] = await run_check(zfs, SshClient(wrong, [ssh_host.client_key]), 10)
     assert result.state == "ERROR" and "host key" in result.detail
 
     ssh_host.script("zfs", "sleep 30\n")
-    result = await run_check(zfs, ssh, 1)
+    [result] = await run_check(zfs, ssh, 1)
     assert result.state == "ERROR" and "timed out" in result.detail
 
 
@@ -321,12 +359,15 @@ async def test_a_stale_backup_is_reminded_not_repeated(
     room: str,
     ssh_host: LocalSshServer,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = tmp_path / "fake"
     install_fakes(ssh_host, data)
-    (data / "zfs.out").write_text(zfs_lines("zroot/pg", [timedelta(days=2)]))
+    snapshots(data, "zroot/pg", [timedelta(days=2)])
+    clock = [time.time()]
+    monkeypatch.setattr(backups, "clock", lambda: clock[0])
     config = {
-        "remind_every": "3s",
+        "remind_every": "1h",
         "ssh": {
             "known_hosts": str(ssh_host.known_hosts),
             "client_keys": [str(ssh_host.client_key)],
@@ -344,17 +385,229 @@ async def test_a_stale_backup_is_reminded_not_repeated(
     bot = make_bot(edit=_backups(config))
     await bot.start()
     alice, bob = people["alice"], people["bob"]
+    mine = lambda e: e.sender == bot.user_id  # noqa: E731
     mark = alice.mark()
-    await bob.ask(room, "!jobs run backups", bot.user_id, timeout=30)
+    await run_job(bob, alice, room, bot.user_id)
     await alice.wait_for(
-        lambda e: e.sender == bot.user_id and "backup pg is STALE" in e.body, after=mark
+        lambda e: mine(e) and "backup pg (zroot/pg) is STALE" in e.body, after=mark
     )
     mark = alice.mark()
-    await bob.ask(room, "!jobs run backups", bot.user_id, timeout=30)  # within remind_every
-    await asyncio.sleep(3)
-    assert not any("backup pg is" in e.body for e in alice.seen[mark:] if e.sender == bot.user_id)
-    await bob.ask(room, "!jobs run backups", bot.user_id, timeout=30)  # past remind_every
+    clock[0] += 50 * 60  # within remind_every
+    await run_job(bob, alice, room, bot.user_id)
+    assert not any("backup pg" in e.body for e in alice.seen[mark:] if mine(e))
+    clock[0] += 20 * 60  # past remind_every
+    await run_job(bob, alice, room, bot.user_id)
     reminder = await alice.wait_for(
-        lambda e: e.sender == bot.user_id and "backup pg is still STALE" in e.body, after=mark
+        lambda e: mine(e) and "backup pg (zroot/pg) is still STALE (1 h 10 min)" in e.body,
+        after=mark,
     )
     assert "newest snapshot of zroot/pg is 2 d" in reminder.body
+
+
+def _ssh_config(*hosts: LocalSshServer, base: Path) -> dict[str, Any]:
+    """One `ssh:` block that trusts every given host and holds each one's client key."""
+    known = base / "known_hosts_all"
+    known.write_text("".join(h.known_hosts.read_text() for h in hosts))
+    return {"known_hosts": str(known), "client_keys": [str(h.client_key) for h in hosts]}
+
+
+MODIFIED = "cannot receive incremental stream: destination has been modified"
+
+
+async def test_one_fault_never_hides_another(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    ssh_host: LocalSshServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = tmp_path / "fake"
+    install_fakes(ssh_host, data)
+    # tank is 9 days stale and tank/media has no snapshots: two results, neither hides the other.
+    snapshots(data, "tank", [timedelta(days=9), timedelta(days=10)])
+    snapshots(data, "tank/media", [])
+    now = datetime.now(UTC)
+    first = now - timedelta(minutes=25)
+    retried = replication(
+        [
+            attempt(
+                "filesystem-error",
+                first,
+                first + timedelta(minutes=1),
+                [fs_report("zroot/pg", first, "step-error", step_error="connection reset by peer")],
+            ),
+            attempt(
+                "done",
+                first + timedelta(minutes=2),
+                now - timedelta(minutes=10),
+                [fs_report("zroot/pg", now - timedelta(minutes=10))],
+            ),
+        ],
+        first,
+    )
+    broken_at = now - timedelta(minutes=40)
+    broken = replication(
+        [
+            attempt(
+                "filesystem-error",
+                broken_at,
+                broken_at + timedelta(minutes=2),
+                [
+                    fs_report("zroot/pg", broken_at),
+                    fs_report(
+                        "zroot/home",
+                        broken_at,
+                        "step-error",
+                        step_error=MODIFIED,
+                    ),
+                ],
+            )
+        ],
+        broken_at,
+    )
+    zrepl_out(
+        data,
+        {
+            "rsyncnet": push_job(retried, now),
+            "offsite": push_job(broken, now),
+            "nas": push_job(None, now),
+            "backup-sink": sink_job(),
+            "tmp-snap": snap_job(now),
+        },
+    )
+    # A second host whose zrepl daemon has no jobs at all.
+    empty = LocalSshServer(tmp_path / "empty")
+    await empty.start()
+    empty.script("zrepl", "echo '{\"Jobs\": {}}'\n")
+
+    async def boom(*args: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    # Any exception at all in one check costs only that check its result.
+    monkeypatch.setattr(checks, "check_file_age", boom)
+    config = {
+        "ssh": _ssh_config(ssh_host, empty, base=tmp_path),
+        "checks": [
+            {
+                "name": "tank-zfs",
+                "kind": "zfs_snapshots",
+                "host": ssh_host.target,
+                "datasets": ["tank", "tank/media"],
+                "max_age": "1d",
+            },
+            {"name": "pluto-zrepl", "kind": "zrepl", "host": ssh_host.target, "max_age": "1h"},
+            {"name": "empty-zrepl", "kind": "zrepl", "host": empty.target, "max_age": "1h"},
+            {
+                "name": "dumps",
+                "kind": "file_age",
+                "host": ssh_host.target,
+                "glob": f"{tmp_path}/*.sql.gz",
+                "max_age": "1d",
+            },
+        ],
+    }
+    try:
+        bot = make_bot(edit=_backups(config))
+        await bot.start()
+        alice, bob = people["alice"], people["bob"]
+        mine = lambda e: e.sender == bot.user_id  # noqa: E731
+        mark = alice.mark()
+        table = await alice.ask(room, "!backups", bot.user_id, timeout=30)
+        rows = [line.split() for line in table.body.splitlines()[1:8]]
+        assert [(r[0], r[1].rsplit(":", 1)[1], r[-1]) for r in rows] == [
+            ("tank-zfs", "tank", "STALE"),
+            ("tank-zfs", "tank/media", "STALE"),
+            ("pluto-zrepl", "nas", "STALE"),
+            ("pluto-zrepl", "offsite", "ERROR"),
+            ("pluto-zrepl", "rsyncnet", "OK"),
+            ("empty-zrepl", empty.target.rsplit(":", 1)[1], "ERROR"),
+            ("dumps", f"{tmp_path}/*.sql.gz", "ERROR"),
+        ]
+        notes = table.body.split("\n", 8)[8]
+        assert "tank-zfs (tank): newest snapshot of tank is 9 d old (limit 1d)" in notes
+        assert "tank-zfs (tank/media): no snapshots of tank/media" in notes
+        assert "pluto-zrepl (nas): job nas: no replication since the zrepl daemon started" in notes
+        assert (
+            "pluto-zrepl (offsite): job offsite: last replication failed: zroot/home: "
+            "cannot receive incremental stream: destination has been modified" in notes
+        )
+        assert "rsyncnet" not in notes and "backup-sink" not in table.body
+        assert "empty-zrepl: zrepl reports no jobs" in notes
+        assert "dumps: the check failed unexpectedly (ZeroDivisionError, ref " in notes
+
+        expected = [
+            "⚠️ backup tank-zfs (tank) is STALE: newest snapshot of tank is 9 d old",
+            "⚠️ backup tank-zfs (tank/media) is STALE: no snapshots of tank/media",
+            "⚠️ backup pluto-zrepl (nas) is STALE: job nas: no replication since",
+            "❌ backup pluto-zrepl (offsite) is ERROR: job offsite: last replication failed",
+            "❌ backup empty-zrepl is ERROR: zrepl reports no jobs",
+            "❌ backup dumps is ERROR: the check failed unexpectedly (ZeroDivisionError",
+        ]
+        for head in expected:
+            await alice.wait_for(lambda e, h=head: mine(e) and e.body.startswith(h), after=mark)
+
+        # The hourly job reports on every check too.
+        ran = await run_job(bob, alice, room, bot.user_id)
+        assert ran.body == "job backups: ok: 1 OK, 3 STALE, 3 ERROR", ran.body
+
+        # tank/media gets its snapshots: only it recovers; tank stays STALE and is not repeated.
+        snapshots(data, "tank/media", [timedelta(hours=2)])
+        mark = alice.mark()
+        await run_job(bob, alice, room, bot.user_id)
+        said = [e.body for e in alice.seen[mark:] if mine(e) and "backup " in e.body]
+        assert said == [
+            "✅ backup tank-zfs (tank/media) is OK again: newest snapshot of tank/media 2 h old "
+            f"[zfs_snapshots {ssh_host.target}:tank/media]"
+        ], said
+
+        details = await alice.ask(room, "!backups tank-zfs", bot.user_id)
+        assert details.body.count("no snapshots of tank/media") == 2
+        assert details.body.count("newest snapshot of tank is 9 d old") == 3
+    finally:
+        await empty.stop()
+
+
+async def test_a_check_that_failed_as_a_whole_says_when_it_answers_again(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    ssh_host: LocalSshServer,
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "fake"
+    install_fakes(ssh_host, data)
+    snapshots(data, "zroot/pg", [timedelta(minutes=30)])
+    snapshots(data, "zroot/root", [timedelta(days=2)])
+    (data / "zfs.broken").write_text("sh: 1: zfs: not found\n")
+    config = {
+        "ssh": _ssh_config(ssh_host, base=tmp_path),
+        "checks": [
+            {
+                "name": "offsite",
+                "kind": "zfs_snapshots",
+                "host": ssh_host.target,
+                "datasets": ["zroot/pg", "zroot/root"],
+                "max_age": "1h",
+            }
+        ],
+    }
+    bot = make_bot(edit=_backups(config))
+    await bot.start()
+    alice, bob = people["alice"], people["bob"]
+    mine = lambda e: e.sender == bot.user_id  # noqa: E731
+    mark = alice.mark()
+    await run_job(bob, alice, room, bot.user_id)
+    await alice.wait_for(
+        lambda e: mine(e) and "backup offsite is ERROR: `zfs` exited 127" in e.body, after=mark
+    )
+    (data / "zfs.broken").unlink()
+    mark = alice.mark()
+    await run_job(bob, alice, room, bot.user_id)
+    said = [e.body.split(" [")[0] for e in alice.seen[mark:] if mine(e) and "backup " in e.body]
+    assert said == [
+        "⚠️ backup offsite (zroot/root) is STALE: newest snapshot of zroot/root is 2 d old "
+        "(limit 1h)",
+        "✅ backup offsite answers again: it was ERROR as a whole; each of its items is judged "
+        "on its own: 1 OK, 1 STALE",
+    ], said
