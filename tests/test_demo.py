@@ -19,7 +19,7 @@ def test_demo_check(tmp_path: Path) -> None:
     assert "alert reached the room: ⚠️ FIRING (1) · WARNING · DemoCheck" in result.stdout
     table = result.stdout.split("!backups answered:", 1)[1]
     assert "pluto-zfs" in table and "✅ OK" in table and "⚠️ STALE" in table
-    assert "rsyncnet-zrepl: newest replication of job rsyncnet is 3 d old" in table
+    assert "rsyncnet-zrepl (rsyncnet): newest replication of job rsyncnet is 3 d old" in table
     assert "demo check: ✅ pluto (switch) deployed after" in result.stdout
     assert "demo check: AWS costs, last 7 days" in result.stdout
     assert "password   :" in result.stderr and "homeserver : http://127.0.0.1:" in result.stderr

@@ -86,18 +86,51 @@ def demo_config(
 
 
 # The demo host's fake tools: pluto's ZFS snapshots are fresh, its zrepl job is 3 days stale.
+# `zfs list -H -p -t snapshot -o name,creation,used … DATASET…` as OpenZFS 2.2 prints it
+# (man/man8/zfs-list.8: tab-separated fields, creation in epoch seconds, used in bytes;
+# cmd/zfs/zfs_iter.c: a dataset that does not exist is reported on stderr, the others are
+# still listed, exit status 1). Snapshot names as zrepl's snapper makes them.
 FAKE_ZFS = r"""now=$(date +%s)
-for ds in zroot/pg zroot/root; do
-  printf '%s@zrepl_snap_%s\t%s\t52428800\n' "$ds" \
-    "$(date -u -d @$((now-600)) +%Y%m%d_%H%M%S_000)" $((now-600))
+snap=$(date -u -d @$((now-600)) +%Y%m%d_%H%M%S_000)
+[ "$1" = list ] && shift
+while [ $# -gt 0 ]; do
+  case "$1" in -t|-o|-s|-S|-d) shift 2;; -*) shift;; *) break;; esac
 done
+rc=0
+for ds in "$@"; do
+  case "$ds" in
+    zroot/pg|zroot/root) printf '%s@zrepl_%s\t%s\t52428800\n' "$ds" "$snap" $((now-600));;
+    *) echo "cannot open '$ds': dataset does not exist" >&2; rc=1;;
+  esac
+done
+exit $rc
 """
-FAKE_ZREPL = r"""finished=$(date -u -d '3 days ago' +%Y-%m-%dT%H:%M:%SZ)
-cat <<EOF
-{"Jobs": {"rsyncnet": {"name": "rsyncnet", "type": "push", "JobSpecific": {"Replication":
- {"Attempts": [{"State": "done", "StartAt": "$finished", "FinishAt": "$finished",
-   "PlanError": null, "Filesystems": []}]}}}}}
-EOF
+# `zrepl status --mode raw` as zrepl 0.6 prints it: daemon/daemon.go `Status` (Jobs, Global;
+# the internal _control job included), daemon/job/job.go `Status.MarshalJSON` (a job's status
+# under its type name), daemon/job/active.go `ActiveSideStatus` (Snapshotting null: manual
+# snapshotting), replication/report/replication_report.go (Report.FinishAt stays the zero
+# time; the attempt has its own). Go prints times as RFC 3339 with nanoseconds.
+FAKE_ZREPL = r"""start=$(date -u -d '3 days ago 7 minutes ago' +%Y-%m-%dT%H:%M:%S.%NZ)
+finish=$(date -u -d '3 days ago 5 minutes ago' +%Y-%m-%dT%H:%M:%S.%NZ)
+from=$(date -u -d '3 days ago 20 minutes ago' +zrepl_%Y%m%d_%H%M%S_000)
+to=$(date -u -d '3 days ago 10 minutes ago' +zrepl_%Y%m%d_%H%M%S_000)
+zero=0001-01-01T00:00:00Z
+fs() {
+  printf '{"Info":{"Name":"%s"},"State":"done","BlockedOn":"nothing","PlanError":null,' "$1"
+  printf '"StepError":null,"CurrentStep":1,"Steps":[{"Info":{"From":"%s@%s","To":"%s@%s",' \
+    "$1" "$from" "$1" "$to"
+  printf '"Resumed":false,"BytesExpected":1263616,"BytesReplicated":1263616}}]}'
+}
+printf '{"Jobs":{"_control":{"type":"internal","internal":null},'
+printf '"rsyncnet":{"type":"push","push":{"Replication":{"StartAt":"%s","FinishAt":"%s",' \
+  "$start" "$zero"
+printf '"WaitReconnectSince":"%s","WaitReconnectUntil":"%s","WaitReconnectError":null,' \
+  "$zero" "$zero"
+printf '"Attempts":[{"State":"done","StartAt":"%s","FinishAt":"%s","PlanError":null,' \
+  "$start" "$finish"
+printf '"Filesystems":[%s,%s]}]},' "$(fs zroot/pg)" "$(fs zroot/root)"
+printf '"PruningSender":null,"PruningReceiver":null,"Snapshotting":null}}},'
+printf '"Global":{"ZFSCmds":null,"Envconst":null}}\n'
 """
 
 
