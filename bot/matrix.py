@@ -468,6 +468,7 @@ class Transport:
                 start = resp.end
         except MatrixError as exc:
             log.warning("a gap in %s's timeline could not be read: %s", room_id, exc)
+        log.info("read %d event(s) missing from a limited timeline of %s", len(got), room_id)
         return list(reversed(got))
 
     def _to_incoming(self, room_id: str, event: Event, late: bool) -> Incoming | None:
