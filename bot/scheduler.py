@@ -100,8 +100,9 @@ class Scheduler:
     def _claim(self, name: str, holder: str) -> Claim | None:
         """Claim the job for a run; None if it was free, else who runs it now."""
         held = self.rt.claims.try_claim(_key(name), holder, f"job {name}")
-        if held is None:
-            self._last_start[name] = self.rt.claims.holder(_key(name))  # type: ignore[assignment]
+        mine = self.rt.claims.holder(_key(name))
+        if held is None and mine is not None:
+            self._last_start[name] = mine
         return held
 
     def _start(self, name: str, scheduled_for: datetime, trigger: str) -> None:
