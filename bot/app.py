@@ -79,7 +79,7 @@ class Bot:
             await transport.connect()
             dispatcher = Dispatcher(rt)
             loops: dict[str, Callable[[], Awaitable[None]]] = {
-                "sync": lambda: transport.sync_forever(dispatcher.on_message),
+                "sync": lambda: transport.sync_forever(dispatcher.on_events),
                 "outbox": rt.outbox.run,
                 "scheduler": rt.scheduler.run,
             }

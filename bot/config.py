@@ -87,7 +87,7 @@ class MatrixConfig(Section):
     rooms: list[str] = Field(min_length=1)
     sync_timeout_s: float = Field(default=30, gt=0, le=300)
     request_timeout_s: float = Field(default=20, gt=0, le=300)
-    max_backoff_s: float = Field(default=120, gt=0)
+    max_backoff_s: float = Field(default=60, gt=0, le=3600)
 
     @field_validator("rooms")
     @classmethod

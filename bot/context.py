@@ -6,10 +6,12 @@ import logging
 import secrets
 import time
 from collections.abc import Coroutine
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot import messages
+from bot.claims import Claims
 from bot.config import Config, ScheduleConfig
 from bot.errors import BotError
 from bot.health import Health
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
     from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+
+# The command message the current task is handling (set by the dispatcher in each command's
+# own task), so core services such as the scheduler can tell who asked and when.
+CURRENT_MESSAGE: ContextVar[IncomingMessage | None] = ContextVar("current_message", default=None)
 
 
 def error_ref() -> str:
@@ -46,6 +52,7 @@ class Runtime:
     health: Health
     permissions: Permissions
     scheduler: Scheduler | None = None
+    claims: Claims = field(default_factory=Claims)
     started_at: float = field(default_factory=time.time)
     http_port: int | None = None
     # Feature-owned objects (clients, caches), keyed by the feature's name.

@@ -6,13 +6,18 @@ import difflib
 import logging
 import shlex
 import time
+from datetime import UTC, datetime
 
-from bot.context import Context, Runtime, answer_to, error_ref
+from bot.context import CURRENT_MESSAGE, Context, Runtime, answer_to, error_ref
 from bot.errors import BotError, PermissionDenied, UserError
 from bot.matrix import Incoming, IncomingMessage, IncomingReaction
 from bot.messages import escape
 
 log = logging.getLogger(__name__)
+
+# A skipped command older than this is only logged: its sender knows by now it was not run.
+LATE_NOTICE_WINDOW_MS = 24 * 3600 * 1000
+LATE_NOTICE_MAX_LISTED = 8
 
 
 def split_args(text: str) -> list[str]:
@@ -53,8 +58,58 @@ class Dispatcher:
                 return text[len(name) + 1 :].strip() or None
         return None
 
+    def on_events(self, events: list[Incoming]) -> None:
+        """Called by the sync loop for each batch; never blocks it.
+
+        A late event (sent while the bot could not see the room) is never acted on; the
+        commands among them are named in one notice per room, so their senders know to send
+        them again.
+        """
+        skipped: dict[str, list[Incoming]] = {}
+        for event in events:
+            if not event.late:
+                self.on_message(event)
+            elif self._is_command(event):
+                skipped.setdefault(event.room_id, []).append(event)
+        now_ms = int(time.time() * 1000)
+        for room_id, late in skipped.items():
+            recent = [e for e in late if now_ms - e.server_ts <= LATE_NOTICE_WINDOW_MS]
+            if recent:
+                text, html = self._skipped_notice(recent)
+                self.rt.post(room_id, text, html)
+
+    def _is_command(self, event: Incoming) -> bool:
+        if isinstance(event, IncomingReaction):
+            return any(event.key.startswith(k) for k in self.rt.registry.command_reactions)
+        return self.addressed(event.body) is not None
+
+    def _skipped_notice(self, late: list[Incoming]) -> tuple[str, str]:
+        """'I skipped 2 commands sent while I could not see this room: …' as text and HTML."""
+        shown = late[:LATE_NOTICE_MAX_LISTED]
+        plain, rich = [], []
+        for event in shown:
+            when = datetime.fromtimestamp(event.server_ts / 1000, UTC).strftime("%H:%M UTC")
+            if isinstance(event, IncomingReaction):
+                what = f"a {event.key} reaction"
+                what_html = escape(what)
+            else:
+                body = " ".join(event.body.split())
+                body = body if len(body) <= 60 else body[:59] + "…"
+                what, what_html = f"`{body}`", f"<code>{escape(body)}</code>"
+            plain.append(f"{what} by {event.sender} ({when})")
+            rich.append(f"{what_html} by {escape(event.sender)} ({when})")
+        more = len(late) - len(shown)
+        if more:
+            plain.append(f"and {more} more")
+            rich.append(f"and {more} more")
+        count = f"{len(late)} command" + ("s" if len(late) != 1 else "")
+        them = "them" if len(late) != 1 else "it"
+        head = f"I skipped {count} sent while I could not see this room: "
+        tail = f" — send {them} again if still wanted."
+        return head + "; ".join(plain) + tail, escape(head) + "; ".join(rich) + escape(tail)
+
     def on_message(self, msg: Incoming) -> None:
-        """Called by the sync loop for each new message; never blocks it."""
+        """Act on one message or reaction that the bot saw in time; never blocks."""
         if isinstance(msg, IncomingReaction):
             for handler in self.rt.registry.reaction_handlers:
                 self.rt.tasks.spawn(handler(self.rt, msg), name=f"reaction:{msg.event_id}")
@@ -66,6 +121,7 @@ class Dispatcher:
 
     async def handle(self, msg: IncomingMessage, text: str) -> None:
         """Run one command end to end; every outcome is answered and audited."""
+        CURRENT_MESSAGE.set(msg)  # this task's own context: who asked, for `Claims`
         started = time.monotonic()
         name = text.split(maxsplit=1)[0].lower() if text.split() else ""
         audit_id: int | None = None

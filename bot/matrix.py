@@ -1,7 +1,18 @@
 """Matrix transport on matrix-nio: error responses become exceptions, the sync loop backs off.
 
 nio's own retry loops are switched off (max_timeouts/max_limit_exceeded = 0) so that every
-retry here is explicit, bounded, logged and reuses the same transaction id.
+retry here is explicit, bounded, logged and reuses the same transaction id. Every request runs
+under a client-side deadline: nio applies none to a sync with `timeout=0` or `full_state`, and a
+homeserver that accepts connections but never answers must not stall the bot.
+
+No command runs late. Each served room has a horizon (ms, the bot's clock): the moment from
+which the bot could see it continuously — this process's start, the bot's (re)join, or the end
+of a failed sync attempt. An event sent before its room's horizon is handed on marked `late`
+(never to be acted on) unless the bot had already seen that part of the room's timeline
+(`seen_until`, stored per room), so a re-join's replayed history is neither run nor reported
+twice. A gappy (`limited`) timeline is filled from /messages first, so no event is skipped
+unseen. Timestamps compare the server's `origin_server_ts` with the bot's clock: both machines
+are assumed to keep NTP time.
 """
 
 from __future__ import annotations
@@ -11,18 +22,21 @@ import io
 import logging
 import secrets
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from nio import (
     AsyncClient,
     AsyncClientConfig,
     ErrorResponse,
+    Event,
     JoinResponse,
     LoginResponse,
     ReactionEvent,
+    RoomMessagesResponse,
     RoomMessageText,
     RoomSendResponse,
     SyncResponse,
@@ -39,7 +53,12 @@ from bot.store import Store
 
 log = logging.getLogger(__name__)
 
-# Errors that retrying will not fix: the request itself or our credentials are wrong.
+T = TypeVar("T")
+
+# A gap in a `limited` timeline is filled from /messages up to this many events per room.
+GAP_FILL_MAX_EVENTS = 500
+
+# Errors that retrying will not fix, for an answer without an HTTP status to judge by.
 PERMANENT_ERRCODES = frozenset(
     {
         "M_FORBIDDEN",
@@ -57,7 +76,10 @@ PERMANENT_ERRCODES = frozenset(
 
 
 class MatrixError(RemoteError):
-    """A homeserver request failed; `transient` says whether the same request may succeed."""
+    """A homeserver request failed; `transient` says whether the same request may succeed.
+
+    `status` is the HTTP status when the server answered at all (None: timeout, network).
+    """
 
     def __init__(
         self,
@@ -66,11 +88,26 @@ class MatrixError(RemoteError):
         transient: bool,
         retry_after: float | None = None,
         errcode: str | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.transient = transient
         self.retry_after = retry_after
         self.errcode = errcode
+        self.status = status
+
+
+def is_transient(status: int | None, errcode: str | None) -> bool:
+    """Whether the same request may succeed later (Matrix spec: "Standard error response").
+
+    By HTTP status class first: 429 and 408 are waits, any other 4xx is a refusal of this
+    request for good, 5xx a server in trouble. Without a status, by errcode.
+    """
+    if errcode == "M_LIMIT_EXCEEDED" or status in (408, 429):
+        return True
+    if status is not None:
+        return not 400 <= status < 500
+    return errcode not in PERMANENT_ERRCODES
 
 
 @dataclass(frozen=True)
@@ -83,6 +120,7 @@ class IncomingMessage:
     body: str
     server_ts: int
     thread_root: str | None
+    late: bool = False  # sent while the bot could not see the room: never acted on
 
 
 @dataclass(frozen=True)
@@ -95,6 +133,7 @@ class IncomingReaction:
     reacts_to: str
     key: str
     server_ts: int
+    late: bool = False  # sent while the bot could not see the room: never acted on
 
 
 Incoming = IncomingMessage | IncomingReaction
@@ -109,23 +148,38 @@ def _raise_for(resp: Any, what: str) -> None:
     if isinstance(resp, ErrorResponse):
         errcode = resp.status_code if isinstance(resp.status_code, str) else None
         retry_after = (resp.retry_after_ms or 0) / 1000 or None
-        transient = errcode not in PERMANENT_ERRCODES
+        transport = getattr(resp, "transport_response", None)
+        status = getattr(transport, "status", None)
+        status = status if isinstance(status, int) else None
         raise MatrixError(
-            f"homeserver refused {what}: {errcode or 'error'} {resp.message or ''}".strip(),
-            transient=transient,
+            f"homeserver refused {what}: {errcode or status or 'error'} "
+            f"{resp.message or ''}".strip(),
+            transient=is_transient(status, errcode),
             retry_after=retry_after,
             errcode=errcode,
+            status=status,
         )
 
 
 class Transport:
-    """The bot's one Matrix connection."""
+    """The bot's one Matrix connection.
 
-    def __init__(self, cfg: MatrixConfig, store: Store, metrics: Metrics, health: Health) -> None:
+    `clock` gives the bot's time in seconds (tests may pass their own).
+    """
+
+    def __init__(
+        self,
+        cfg: MatrixConfig,
+        store: Store,
+        metrics: Metrics,
+        health: Health,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics
         self.health = health
+        self.clock = clock
         self.user_id = cfg.user_id
         self.served_rooms: set[str] = set()
         self.room_ids: dict[str, str] = {}  # configured id or alias -> room id
@@ -140,12 +194,34 @@ class Transport:
                 encryption_enabled=False,
             ),
         )
-        self.started_ms = int(time.time() * 1000)
+        self.started_ms = self._now_ms()
         self.display_name: str | None = None
+        # Per room: the moment (ms) from which the bot could see it, i.e. its (re)join.
+        self._joined_ms: dict[str, int] = {}
+        # The end of the last failed sync attempt: what was sent before it, the bot missed.
+        self._blind_until_ms = self.started_ms
+        self._seen_ms: dict[str, int] = {}
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     async def close(self) -> None:
         """Close the HTTP session."""
         await self.client.close()
+
+    async def _call(self, what: str, request: Awaitable[T], timeout: float | None = None) -> T:
+        """Await one nio request under a deadline (default `request_timeout_s`).
+
+        Raises a transient MatrixError when it times out or the network fails.
+        """
+        limit = self.cfg.request_timeout_s if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                return await request
+        except TimeoutError as exc:
+            raise MatrixError(f"{what}: no answer within {limit:g} s", transient=True) from exc
+        except aiohttp.ClientError as exc:
+            raise MatrixError(f"{what}: {_describe(exc)}", transient=True) from exc
 
     # --- connecting ------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -175,7 +251,7 @@ class Transport:
                 self.client.access_token = saved["access_token"]
                 self.client.device_id = saved["device_id"]
         if self.client.access_token:
-            resp = await self.client.whoami()
+            resp = await self._call("whoami", self.client.whoami())
             if isinstance(resp, WhoamiResponse):
                 if resp.user_id != self.cfg.user_id:
                     raise MatrixError(
@@ -188,8 +264,11 @@ class Transport:
             if self.cfg.password is None or getattr(resp, "status_code", "") != "M_UNKNOWN_TOKEN":
                 _raise_for(resp, "the access token")
         assert self.cfg.password is not None
-        login = await self.client.login(
-            password=self.cfg.password.get_secret_value(), device_name=self.cfg.device_name
+        login = await self._call(
+            "login",
+            self.client.login(
+                password=self.cfg.password.get_secret_value(), device_name=self.cfg.device_name
+            ),
         )
         if not isinstance(login, LoginResponse):
             _raise_for(login, "the password login")
@@ -200,12 +279,21 @@ class Transport:
 
     async def _join_rooms(self) -> None:
         for room in self.cfg.rooms:
-            resp = await self.client.join(room)
+            resp = await self._call(f"joining {room}", self.client.join(room))
             if isinstance(resp, JoinResponse):
-                self.served_rooms.add(resp.room_id)
+                self._serve(resp.room_id)
                 self.room_ids[room] = resp.room_id
             else:
                 _raise_for(resp, f"joining {room}")
+
+    def _serve(self, room_id: str) -> None:
+        """The bot has just joined `room_id`: anything sent there before now is late."""
+        self.served_rooms.add(room_id)
+        self._joined_ms[room_id] = self._now_ms()
+
+    def horizon(self, room_id: str) -> int:
+        """The moment (ms) from which the bot has seen `room_id` without a gap."""
+        return max(self.started_ms, self._joined_ms.get(room_id, 0), self._blind_until_ms)
 
     # --- syncing ---------------------------------------------------------------------------
     def _sync_filter(self) -> dict[str, Any]:
@@ -223,11 +311,12 @@ class Transport:
             },
         }
 
-    async def sync_forever(self, on_message: Callable[[Incoming], None]) -> None:
-        """Long-poll the homeserver and hand each new command-like message to `on_message`.
+    async def sync_forever(self, on_events: Callable[[list[Incoming]], None]) -> None:
+        """Long-poll the homeserver and hand each batch of messages and reactions on.
 
-        Events sent before this process started are never handed on, so a restart does not
-        replay commands; the sync token is stored after each batch.
+        Events the bot could not see when they were sent (before this start, before it
+        (re)joined the room, or during a failed sync) are handed on with `late=True`; the
+        sync token is stored after each batch.
         """
         since = self.store.get("matrix.sync_token")
         caught_up = False
@@ -235,18 +324,29 @@ class Transport:
         sync_filter = self._sync_filter()
         while True:
             started = time.monotonic()
+            long_poll = self.cfg.sync_timeout_s if caught_up else 0
             try:
-                resp = await self.client.sync(
-                    timeout=int(self.cfg.sync_timeout_s * 1000) if caught_up else 0,
-                    since=since,
-                    sync_filter=sync_filter,
-                    # The first sync after start needs the rooms' full state (power levels).
-                    full_state=not caught_up and since is not None,
+                resp = await self._call(
+                    "sync",
+                    self.client.sync(
+                        timeout=int(long_poll * 1000),
+                        since=since,
+                        sync_filter=sync_filter,
+                        # The first sync after start needs the rooms' full state (power levels).
+                        full_state=not caught_up and since is not None,
+                    ),
+                    # nio itself sets no deadline on a sync with timeout 0 or full_state; the
+                    # first one (all rooms' state) may take longer than a plain request.
+                    long_poll + self.cfg.request_timeout_s
+                    if caught_up
+                    else 3 * self.cfg.request_timeout_s,
                 )
                 if not isinstance(resp, SyncResponse):
                     _raise_for(resp, "sync")
                     raise MatrixError("unexpected sync response", transient=True)
+                events = await self._incoming(resp, since)
             except (MatrixError, aiohttp.ClientError, TimeoutError) as exc:
+                self._blind_until_ms = self._now_ms()
                 if isinstance(exc, MatrixError) and exc.errcode == "M_UNKNOWN_TOKEN":
                     await self._relogin_or_wait(exc)
                     continue
@@ -260,11 +360,19 @@ class Transport:
                 continue
             delay.reset()
             self.metrics.sync_seconds.observe(time.monotonic() - started)
-            for room_id in self._handle_sync(resp, on_message, caught_up):
+            if events:
+                on_events(events)
+            for room_id in resp.rooms.invite:
+                if room_id not in self.served_rooms and room_id not in self.cfg.rooms:
+                    continue
                 log.info("invited to served room %s; joining", room_id)
-                joined = await self.client.join(room_id)
+                try:
+                    joined = await self._call(f"joining {room_id}", self.client.join(room_id))
+                except MatrixError as exc:
+                    log.warning("could not join %s: %s", room_id, exc)
+                    continue
                 if isinstance(joined, JoinResponse):
-                    self.served_rooms.add(joined.room_id)
+                    self._serve(joined.room_id)
                     sync_filter = self._sync_filter()
             since = resp.next_batch
             self.store.put("matrix.sync_token", since)
@@ -286,49 +394,109 @@ class Transport:
         else:
             await asyncio.sleep(self.cfg.max_backoff_s)
 
-    def _handle_sync(
-        self, resp: SyncResponse, on_message: Callable[[Incoming], None], caught_up: bool
-    ) -> list[str]:
-        """Hand on new messages; returns the served rooms we were invited back into."""
-        invites = [r for r in resp.rooms.invite if r in self.served_rooms or r in self.cfg.rooms]
-        now_ms = int(time.time() * 1000)
+    def _seen_until(self, room_id: str) -> int:
+        if room_id not in self._seen_ms:
+            self._seen_ms[room_id] = int(self.store.get(f"matrix.seen_until:{room_id}") or 0)
+        return self._seen_ms[room_id]
+
+    def _mark_seen(self, room_id: str, events: list[Event]) -> None:
+        newest = max((e.server_timestamp for e in events), default=0)
+        if newest > self._seen_until(room_id):
+            self._seen_ms[room_id] = newest
+            self.store.put(f"matrix.seen_until:{room_id}", str(newest))
+
+    async def _incoming(self, resp: SyncResponse, since: str | None) -> list[Incoming]:
+        """The batch's messages and reactions in served rooms, each marked late or not."""
+        out: list[Incoming] = []
+        now_ms = self._now_ms()
         for room_id, info in resp.rooms.join.items():
             if room_id not in self.served_rooms:
                 continue
-            for event in info.timeline.events:
-                if not isinstance(event, RoomMessageText | ReactionEvent):  # e.g. notices
+            events = list(info.timeline.events)
+            if info.timeline.limited and since is not None and info.timeline.prev_batch:
+                events = await self._fill_gap(room_id, info.timeline.prev_batch, since) + events
+            horizon, seen = self.horizon(room_id), self._seen_until(room_id)
+            for event in events:
+                late = event.server_timestamp < horizon
+                if late and event.server_timestamp <= seen:
+                    continue  # acted on or reported when the bot saw it the first time
+                incoming = self._to_incoming(room_id, event, late)
+                if incoming is None:
                     continue
-                if event.sender == self.user_id:
-                    continue
-                if event.server_timestamp < self.started_ms and not caught_up:
-                    log.debug("skipping %s: sent before this start", event.event_id)
-                    continue
-                if isinstance(event, ReactionEvent):
-                    on_message(
-                        IncomingReaction(
-                            room_id=room_id,
-                            sender=event.sender,
-                            event_id=event.event_id,
-                            reacts_to=event.reacts_to,
-                            key=event.key,
-                            server_ts=event.server_timestamp,
-                        )
+                if isinstance(incoming, IncomingMessage) and not late:
+                    self.metrics.sync_lag.set(max(0, now_ms - event.server_timestamp) / 1000)
+                if late:
+                    log.info(
+                        "not acting on %s in %s: sent before the bot could see the room",
+                        event.event_id,
+                        room_id,
                     )
-                    continue
-                if _is_edit(event.source):
-                    continue
-                self.metrics.sync_lag.set(max(0, now_ms - event.server_timestamp) / 1000)
-                on_message(
-                    IncomingMessage(
-                        room_id=room_id,
-                        sender=event.sender,
-                        event_id=event.event_id,
-                        body=event.body,
-                        server_ts=event.server_timestamp,
-                        thread_root=_thread_root(event.source),
-                    )
+                out.append(incoming)
+            self._mark_seen(room_id, events)
+        for room_id, left in resp.rooms.leave.items():
+            if room_id in self.served_rooms:
+                # What the bot saw up to losing the room (a kick) is not news on its return.
+                self._mark_seen(room_id, list(left.timeline.events))
+        return out
+
+    async def _fill_gap(self, room_id: str, prev_batch: str, since: str) -> list[Event]:
+        """The events a `limited` timeline left out, oldest first (at most GAP_FILL_MAX_EVENTS).
+
+        Read from /messages backwards from the timeline's `prev_batch` to the previous sync
+        token; if it cannot be read, the gap is logged and skipped.
+        """
+        got: list[Event] = []
+        start = prev_batch
+        try:
+            while len(got) < GAP_FILL_MAX_EVENTS:
+                resp = await self._call(
+                    f"reading the history of {room_id}",
+                    self.client.room_messages(
+                        room_id,
+                        start=start,
+                        end=since,
+                        limit=100,
+                        message_filter={"not_senders": [self.user_id]},
+                    ),
                 )
-        return invites
+                if not isinstance(resp, RoomMessagesResponse):
+                    _raise_for(resp, f"reading the history of {room_id}")
+                    break
+                got.extend(e for e in resp.chunk if isinstance(e, Event))
+                if not resp.chunk or not resp.end or resp.end == start:
+                    break
+                start = resp.end
+        except MatrixError as exc:
+            log.warning("a gap in %s's timeline could not be read: %s", room_id, exc)
+        log.info("read %d event(s) missing from a limited timeline of %s", len(got), room_id)
+        return list(reversed(got))
+
+    def _to_incoming(self, room_id: str, event: Event, late: bool) -> Incoming | None:
+        if not isinstance(event, RoomMessageText | ReactionEvent):  # e.g. notices
+            return None
+        if event.sender == self.user_id:
+            return None
+        if isinstance(event, ReactionEvent):
+            return IncomingReaction(
+                room_id=room_id,
+                sender=event.sender,
+                event_id=event.event_id,
+                reacts_to=event.reacts_to,
+                key=event.key,
+                server_ts=event.server_timestamp,
+                late=late,
+            )
+        if _is_edit(event.source):
+            return None
+        return IncomingMessage(
+            room_id=room_id,
+            sender=event.sender,
+            event_id=event.event_id,
+            body=event.body,
+            server_ts=event.server_timestamp,
+            thread_root=_thread_root(event.source),
+            late=late,
+        )
 
     def _warn_encrypted(self) -> None:
         for room_id in sorted(self.served_rooms):
@@ -358,17 +526,51 @@ class Transport:
         self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str
     ) -> str:
         """One attempt to send an event; returns its event id or raises MatrixError."""
-        try:
-            resp = await self.client.room_send(room_id, event_type, content, tx_id=txn_id)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise MatrixError(
-                f"cannot reach the homeserver: {_describe(exc)}", transient=True
-            ) from exc
+        resp = await self._call(
+            "sending to the homeserver",
+            self.client.room_send(room_id, event_type, content, tx_id=txn_id),
+        )
         if not isinstance(resp, RoomSendResponse):
             _raise_for(resp, "the message")
             raise MatrixError("unexpected send response", transient=True)
         self.metrics.messages_sent.inc()
         return str(resp.event_id)
+
+    async def own_reaction(self, room_id: str, event_id: str, key: str) -> str | None:
+        """The event id of the bot's `key` reaction to `event_id`, or None if there is none.
+
+        From GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/m.annotation/m.reaction
+        (Matrix client-server API v1.3+, "Relationships"); at most a few pages are read.
+        """
+        base = (
+            f"/_matrix/client/v1/rooms/{urllib.parse.quote(room_id, safe='')}/relations/"
+            f"{urllib.parse.quote(event_id, safe='')}/m.annotation/m.reaction?limit=100"
+        )
+        headers = {"Authorization": f"Bearer {self.client.access_token}"}
+        token: str | None = None
+        for _ in range(5):
+            path = base + (f"&from={urllib.parse.quote(token)}" if token else "")
+            body = await self._call("reading reactions", self._get_json(path, headers))
+            for event in body.get("chunk", []):
+                rel = event.get("content", {}).get("m.relates_to", {})
+                if event.get("sender") == self.user_id and rel.get("key") == key:
+                    return str(event["event_id"])
+            token = body.get("next_batch")
+            if not token:
+                break
+        return None
+
+    async def _get_json(self, path: str, headers: dict[str, str]) -> dict[str, Any]:
+        resp = await self.client.send("GET", path, headers=headers)
+        async with resp:
+            if resp.status != 200:
+                raise MatrixError(
+                    f"homeserver answered {resp.status} to {path.split('?')[0]}",
+                    transient=is_transient(resp.status, None),
+                    status=resp.status,
+                )
+            body: dict[str, Any] = await resp.json()
+            return body
 
     async def send(
         self,
@@ -397,16 +599,13 @@ class Transport:
 
     async def upload(self, data: bytes, content_type: str, filename: str) -> str:
         """Upload media; returns its mxc:// URI."""
-        try:
-            async with asyncio.timeout(self.cfg.request_timeout_s * 3):
-                resp, _keys = await self.client.upload(
-                    io.BytesIO(data),
-                    content_type=content_type,
-                    filename=filename,
-                    filesize=len(data),
-                )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise MatrixError(f"upload failed: {_describe(exc)}", transient=True) from exc
+        resp, _keys = await self._call(
+            "the upload",
+            self.client.upload(
+                io.BytesIO(data), content_type=content_type, filename=filename, filesize=len(data)
+            ),
+            self.cfg.request_timeout_s * 3,
+        )
         if not isinstance(resp, UploadResponse):
             _raise_for(resp, "the upload")
             raise MatrixError("unexpected upload response", transient=True)

@@ -45,6 +45,13 @@ class Metrics:
         self.outbox_pending = Gauge(
             "infrabot_outbox_pending", "Messages waiting in the outbox.", registry=self.registry
         )
+        self.outbox_refused = Counter(
+            "infrabot_outbox_refused_total",
+            "Messages the homeserver refused for good, by errcode and what became of them "
+            "(given_up, already_delivered).",
+            ["errcode", "outcome"],
+            registry=self.registry,
+        )
         self.job_runs = Counter(
             "infrabot_job_runs_total",
             "Scheduled job runs by job and outcome.",

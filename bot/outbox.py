@@ -12,6 +12,13 @@ One send per room is in flight at a time. Synapse persists a room's events one a
 so parallel sends to one room only queue inside it (bench/alert_storm.py measured 2 in flight
 slower than 1); a burst is better folded into fewer messages by the feature (see `amend`).
 
+A refusal for good never blocks a room: a 4xx other than 429/408 (see `matrix.is_transient`)
+gives the row up at once, logged and counted in `infrabot_outbox_refused_total`, and the
+room's next rows go on. Only refusals an operator or a new login can fix (M_FORBIDDEN while the
+bot is not in the room, a lost token) are tried a few more times first. A reaction the server
+already holds (400 M_DUPLICATE_ANNOTATION, e.g. a 👀 sent again after a re-invite) counts as
+delivered, with the event id of the reaction that is there.
+
 After a rate-limit refusal, the room's backlog is sent at the pace the server asked for instead
 of as fast as answers come: Synapse holds every refusal for half a second, a refused row can no
 longer be amended, and a row that waits untried can still take in more of a burst.
@@ -35,12 +42,13 @@ from bot.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
-# A permanent refusal (e.g. M_FORBIDDEN) may be fixed by an operator inviting the bot back,
-# so it is retried a few times before the row is given up and logged as failed.
+# Refusals for good that an operator inviting the bot back, or a new login, may fix: tried
+# this many times (with backoff) before the row is given up; any other is given up at once.
 MAX_PERMANENT_ATTEMPTS = 5
-# Refusals of the event itself: sending it again can never succeed.
+WAIT_ON = frozenset({"M_FORBIDDEN", "M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"})
+# A reference to a row that will never have an event id.
 REF_GONE = "IB_REFERENCE_GONE"
-HOPELESS = frozenset({"M_TOO_LARGE", "M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM", REF_GONE})
+DUPLICATE = "M_DUPLICATE_ANNOTATION"
 KEEP_SENT_S = 7 * 86400  # sent rows keep their content a week, then only id → event id
 # A pace learnt from one long retry_after must not slow every later message as much: beyond
 # this, the next send is simply tried and the server says again.
@@ -155,7 +163,11 @@ class Outbox:
             target = self.store.execute(
                 "SELECT state, event_id FROM outbox WHERE id = ?", (int(match.group(1)),)
             ).fetchone()
-            if target is None or target["state"] == "failed":
+            if (
+                target is None
+                or target["state"] == "failed"
+                or (target["state"] == "sent" and target["event_id"] is None)
+            ):
                 # What it refers to will never exist (given up, or coalesced away).
                 raise MatrixError(
                     f"refers to {value}, which was not delivered",
@@ -177,7 +189,7 @@ class Outbox:
             "SELECT state, event_id, last_error FROM outbox WHERE id = ?", (outbox_id,)
         ).fetchone()
         if row is not None and row["state"] == "sent":
-            return str(row["event_id"])
+            return str(row["event_id"] or "")
         if row is not None and row["state"] == "failed":
             raise MatrixError(f"message not delivered: {row['last_error']}", transient=False)
         fut = self._waiters.get(outbox_id)
@@ -311,9 +323,11 @@ class Outbox:
             log.info("outbox message %d waits for %s", row["id"], missing)
             return False
         except MatrixError as exc:
+            if exc.errcode == DUPLICATE and row["event_type"] == "m.reaction":
+                return await self._already_there(row, content)
             attempts = row["attempts"] + 1
             give_up = not exc.transient and (
-                attempts >= MAX_PERMANENT_ATTEMPTS or exc.errcode in HOPELESS
+                exc.errcode not in WAIT_ON or attempts >= MAX_PERMANENT_ATTEMPTS
             )
             self.store.execute(
                 "UPDATE outbox SET attempts = ?, last_error = ?, state = ? WHERE id = ?",
@@ -321,9 +335,18 @@ class Outbox:
             )
             self.metrics.errors.labels("outbox").inc()
             if give_up:
-                log.error("giving up outbox message %d to %s: %s", row["id"], room_id, exc)
+                log.error(
+                    "giving up outbox message %d to %s after %d attempt(s): %s",
+                    row["id"],
+                    room_id,
+                    attempts,
+                    exc,
+                )
+                self.metrics.outbox_refused.labels(exc.errcode or str(exc.status), "given_up").inc()
                 self._resolve(row["id"], error=exc)
-                return False
+                # The refusal was about this row alone: the room's next one goes now.
+                self._retry_at.pop(room_id, None)
+                return True
             wait = exc.retry_after or self._backoff_for(room_id).next()
             if exc.retry_after:
                 # From this try to the allowed one: the server may hold a refusal (Synapse
@@ -344,6 +367,33 @@ class Outbox:
         if room_id in self._backoff:
             self._backoff[room_id].reset()
         self._resolve(row["id"], event_id=event_id)
+        return True
+
+    async def _already_there(self, row: Any, content: dict[str, Any]) -> bool:
+        """A reaction the server already holds: delivered, as the reaction that is there."""
+        rel = content.get("m.relates_to") or {}
+        event_id: str | None = None
+        try:
+            event_id = await self.transport.own_reaction(
+                row["room_id"], str(rel.get("event_id", "")), str(rel.get("key", ""))
+            )
+        except MatrixError as exc:
+            log.warning("could not look up the reaction already sent: %s", exc)
+        log.warning(
+            "outbox message %d to %s: the same reaction %s is already there (%s); delivered",
+            row["id"],
+            row["room_id"],
+            rel.get("key"),
+            event_id or "event id unknown",
+        )
+        self.metrics.outbox_refused.labels(DUPLICATE, "already_delivered").inc()
+        self.store.execute(
+            "UPDATE outbox SET state = 'sent', event_id = ?, sent_at = ?, attempts = attempts + 1,"
+            " last_error = ? WHERE id = ?",
+            (event_id, time.time(), DUPLICATE, row["id"]),
+        )
+        self._retry_at.pop(row["room_id"], None)
+        self._resolve(row["id"], event_id=event_id or "")
         return True
 
     def _resolve(

@@ -105,6 +105,7 @@ class Router:
     services: list[Service] = field(default_factory=list)
     schedule_providers: list[ScheduleProvider] = field(default_factory=list)
     reaction_handlers: list[ReactionHandler] = field(default_factory=list)
+    command_reactions: list[str] = field(default_factory=list)
 
     def command(
         self,
@@ -169,6 +170,11 @@ class Router:
         self.reaction_handlers.append(func)
         return func
 
+    def reaction_commands(self, *keys: str) -> None:
+        """Declare reaction keys that act as commands (e.g. "🔕"), so a late one is named when
+        the bot says which commands it skipped (see `Dispatcher.on_events`)."""
+        self.command_reactions.extend(keys)
+
     def service(self, func: Service) -> Service:
         """A long-running coroutine started with the bot and cancelled at shutdown."""
         self.services.append(func)
@@ -223,6 +229,11 @@ class Registry:
     def reaction_handlers(self) -> list[ReactionHandler]:
         """Every feature's reaction handlers."""
         return [h for r in self.routers for h in r.reaction_handlers]
+
+    @property
+    def command_reactions(self) -> frozenset[str]:
+        """Every reaction key a feature declared as a command."""
+        return frozenset(k for r in self.routers for k in r.command_reactions)
 
     @property
     def services(self) -> list[Service]:

@@ -2,6 +2,10 @@
 
 On start, a job whose next time after its last stored run has already passed was missed
 while the bot was down: it runs once (not once per missed slot) and the schedule resumes.
+
+A job runs once at a time: its run holds the claim `job:<name>` (see bot.claims), so of two
+`!jobs run` in one sync batch one runs and the other is told who started it; a request sent
+before a run of the job started is answered by that run rather than starting another.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bot.context import JobContext, Runtime, error_ref
+from bot.claims import Busy, Claim
+from bot.context import CURRENT_MESSAGE, JobContext, Runtime, error_ref
 from bot.cron import CronSchedule
 from bot.errors import BotError, UserError
 
@@ -44,8 +49,14 @@ class Scheduler:
         self.schedules = {s.name: s for s in [*features, *rt.config.core.schedules]}
         self.crons = {s.name: CronSchedule(s.cron) for s in self.schedules.values()}
         self.next_run: dict[str, datetime] = {}
-        self.running: set[str] = set()
+        self._last_start: dict[str, Claim] = {}  # each job's latest run: who, since when
+        self._last_outcome: dict[str, str] = {}
         self._wake = asyncio.Event()
+
+    @property
+    def running(self) -> set[str]:
+        """The jobs running now."""
+        return {n for n in self.schedules if self.rt.claims.holder(_key(n)) is not None}
 
     def _last_scheduled(self, name: str) -> datetime | None:
         row = self.rt.store.execute(
@@ -86,24 +97,54 @@ class Scheduler:
             except TimeoutError:
                 pass
 
+    def _claim(self, name: str, holder: str) -> Claim | None:
+        """Claim the job for a run; None if it was free, else who runs it now."""
+        held = self.rt.claims.try_claim(_key(name), holder, f"job {name}")
+        mine = self.rt.claims.holder(_key(name))
+        if held is None and mine is not None:
+            self._last_start[name] = mine
+        return held
+
     def _start(self, name: str, scheduled_for: datetime, trigger: str) -> None:
-        if name in self.running:
+        if self._claim(name, "the schedule") is not None:
             log.warning("job %s is still running; skipping its %s run", name, trigger)
             self.rt.metrics.job_runs.labels(name, "skipped").inc()
             return
-        self.running.add(name)
         self.rt.tasks.spawn(self._run_job(name, scheduled_for, trigger), name=f"job:{name}")
 
     async def run_now(self, name: str) -> str:
-        """Run a job at once (from `!jobs run`); returns its outcome line."""
+        """Run a job at once (from `!jobs run`); returns its outcome line.
+
+        Raises UserError for an unknown job, Busy while it runs, and UserError when a run
+        started after the request was sent (that run answered it).
+        """
         if name not in self.schedules:
             raise UserError(f"No job named {name!r}; `!jobs` lists them.")
-        if name in self.running:
-            raise UserError(f"Job {name} is running right now.")
-        self.running.add(name)
+        msg = CURRENT_MESSAGE.get()
+        last = self._last_start.get(name)
+        # No await from here to the claim: a second request cannot slip in between.
+        if msg is not None and last is not None and last.since * 1000 >= msg.server_ts:
+            held = self.rt.claims.holder(_key(name))
+            if held is not None:
+                raise Busy(held)
+            when = datetime.fromtimestamp(last.since, UTC)
+            raise UserError(
+                f"Job {name} already ran after you asked: started by {last.holder} at "
+                f"{when:%H:%M:%S} UTC ({self._last_outcome.get(name, 'done')})."
+            )
+        held = self._claim(name, msg.sender if msg is not None else "someone")
+        if held is not None:
+            raise Busy(held)
         return await self._run_job(name, datetime.now(UTC), "manual")
 
     async def _run_job(self, name: str, scheduled_for: datetime, trigger: str) -> str:
+        """Run a claimed job and release its claim, whatever happens."""
+        try:
+            return await self._run_claimed(name, scheduled_for, trigger)
+        finally:
+            self.rt.claims.release(_key(name))
+
+    async def _run_claimed(self, name: str, scheduled_for: datetime, trigger: str) -> str:
         sched = self.schedules[name]
         job_type = self.rt.registry.jobs[sched.job]
         room = self.rt.transport.resolve_room(sched.room) if sched.room else self.rt.default_room()
@@ -127,7 +168,7 @@ class Scheduler:
             log.exception("job %s failed (ref %s)", name, ref)
             self.rt.post(room, f"⚠️ scheduled job {name} failed unexpectedly (ref {ref})")
         finally:
-            self.running.discard(name)
+            self._last_outcome[name] = outcome
             self.rt.store.execute(
                 "UPDATE job_runs SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
                 (time.time(), outcome, detail[:500], run_id),
@@ -160,3 +201,7 @@ class Scheduler:
                 )
             )
         return out
+
+
+def _key(name: str) -> str:
+    return f"job:{name}"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from bot import messages
-from bot.context import Context
-from bot.devstack.client import RoomUser
+from bot.context import Context, JobContext
+from bot.devstack.client import RoomUser, SeenEvent
 from bot.devstack.synapse import LocalSynapse
 from bot.errors import RemoteError
 from bot.registry import Router
@@ -386,3 +387,126 @@ async def test_a_message_too_large_for_matrix_arrives_cut_not_dropped(
     assert bot.rt.outbox.pending() == 0
     failed = bot.rt.store.execute("SELECT COUNT(*) AS n FROM outbox WHERE state = 'failed'")
     assert failed.fetchone()["n"] == 0
+
+
+def _skip_notice(bot_user: str) -> Callable[[SeenEvent], bool]:
+    return lambda e: e.sender == bot_user and e.body.startswith("I skipped ")
+
+
+async def test_no_command_runs_late_after_restart_kick_and_reinvite(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    synapse: LocalSynapse,
+    accounts: Accounts,
+) -> None:
+    """Issue 12 item 3, as a user met it: restart, kick, re-invite; nothing old runs again."""
+    alice, bob = people["alice"], people["bob"]
+    bot = make_bot()
+    await bot.start()
+    old_ping = await alice.send(room, "!ping")
+    await alice.reply_to(old_ping, bot.user_id)
+    await bot.stop()
+
+    mark = alice.mark()
+    deploy = await alice.send(room, "!deploy pluto")
+    restarted = make_bot()
+    await restarted.start()
+    notice = await alice.wait_for(_skip_notice(bot.user_id), after=mark)
+    assert notice.body.startswith("I skipped 1 command sent while I could not see this room:")
+    assert f"`!deploy pluto` by {accounts.admin.user_id}" in notice.body
+    assert notice.body.endswith("send it again if still wanted.")
+    assert "<code>!deploy pluto</code>" in notice.content["formatted_body"]
+    assert not notice.content.get("m.relates_to"), "a notice to the room, not a reply"
+
+    synapse.kick(accounts.admin, room, bot.user_id, "testing")
+    silence = await bob.send(room, "!silence alertname=Watchdog 1d")
+    job = await bob.send(room, "!jobs run reminder")
+    hello = await bob.send(room, "hello, is anyone there?")  # not a command: never listed
+    mark = alice.mark()
+    synapse.invite(accounts.admin, room, bot.user_id)
+    notice = await alice.wait_for(_skip_notice(bot.user_id), after=mark, timeout=20)
+    assert notice.body.startswith("I skipped 2 commands sent while I could not see this room:")
+    assert f"`!silence alertname=Watchdog 1d` by {accounts.member.user_id}" in notice.body
+    assert f"`!jobs run reminder` by {accounts.member.user_id}" in notice.body
+    assert "send them again if still wanted" in notice.body
+    assert "ping" not in notice.body and "deploy" not in notice.body and "hello" not in notice.body
+
+    # Barrier: a fresh command is answered, so anything replayed would have shown up by now.
+    assert (await alice.ask(room, "!ping", bot.user_id)).body.startswith("pong")
+    mine = [e for e in alice.seen if e.sender == bot.user_id and e.room_id == room]
+    old = (old_ping, deploy, silence, job, hello)
+    assert [e for e in mine if any(e.replies_to(x) for x in old)] == [
+        e for e in mine if e.replies_to(old_ping)
+    ], "only the first !ping was ever answered"
+    assert len([e for e in mine if e.replies_to(old_ping)]) == 1
+    assert not any(e.source["type"] == "m.reaction" for e in mine)
+    assert not any("rotate the on-call pager" in e.body for e in mine), "the job never ran"
+    assert len([e for e in mine if _skip_notice(bot.user_id)(e)]) == 2
+    audited = {r["event_id"] for r in restarted.rt.store.audit_recent(50)}
+    assert audited.isdisjoint({deploy, silence, job})
+
+
+async def test_a_room_newly_served_does_not_run_its_history(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    synapse: LocalSynapse,
+    accounts: Accounts,
+) -> None:
+    """A room added to the config: the commands in its history are reported, never run."""
+    fresh = synapse.create_room(accounts.admin, name="new-infra", invite=[accounts.bot.user_id])
+    alice = people["alice"]
+    mark = alice.mark()
+    job = await alice.send(fresh, "!jobs run reminder")
+    await alice.send(fresh, "just chatting")
+
+    def serve_it(raw: dict[str, Any]) -> None:
+        raw["matrix"]["rooms"] = [fresh]
+
+    bot = make_bot(edit=serve_it)
+    await bot.start()
+    notice = await alice.wait_for(_skip_notice(bot.user_id), after=mark, timeout=20)
+    assert "`!jobs run reminder`" in notice.body and "chatting" not in notice.body
+    assert (await alice.ask(fresh, "!ping", bot.user_id)).body.startswith("pong")
+    mine = [e for e in alice.seen[mark:] if e.sender == bot.user_id]
+    assert not any(e.replies_to(job) or "rotate the on-call pager" in e.body for e in mine)
+
+
+async def test_two_manual_runs_of_one_job_at_once_run_it_once(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
+) -> None:
+    """Issue 12 item 4: a second `!jobs run` while one runs is told who runs it."""
+    gate = asyncio.Event()
+    runs: list[float] = []
+    router = Router("gated")
+
+    @router.job("gated")
+    async def gated(ctx: JobContext) -> str:
+        runs.append(time.time())
+        await gate.wait()
+        return "done"
+
+    def with_gated_job(raw: dict[str, Any]) -> None:
+        raw["schedules"].append({"name": "slow", "cron": "0 0 1 1 *", "job": "gated"})
+
+    bot = make_bot(extra_routers=(router,), edit=with_gated_job)
+    await bot.start()
+    alice, bob = people["alice"], people["bob"]
+    first = await alice.send(room, "!jobs run slow")
+    second = await bob.send(room, "!jobs run slow")
+    loser = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and (e.replies_to(first) or e.replies_to(second))
+    )
+    assert "Job slow is already running: started by @" in loser.body, loser.body
+    winner, winner_id = (
+        (accounts.member.user_id, second)
+        if loser.replies_to(first)
+        else (accounts.admin.user_id, first)
+    )
+    assert f"started by {winner}" in loser.body
+    gate.set()
+    done = await alice.reply_to(winner_id, bot.user_id)
+    assert done.body == "job slow: ok: done"
+    assert len(runs) == 1
+    rows = bot.rt.store.execute("SELECT COUNT(*) AS n FROM job_runs WHERE job = 'slow'")
+    assert rows.fetchone()["n"] == 1

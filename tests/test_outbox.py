@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 
-from bot.matrix import MatrixError, Transport
+from bot.matrix import MatrixError, Transport, is_transient
 from bot.metrics import Metrics
 from bot.outbox import KEEP_SENT_S, PACE_MAX_S, Outbox, ref
 from bot.store import Store
@@ -93,3 +93,63 @@ async def test_a_long_retry_after_paces_the_backlog_at_most_pace_max(tmp_path: P
     await box._deliver(box._next_in_room("!r"))
     assert transport.bodies == ["a", "a", "b", "c"] and box.pending() == 0
     assert "!r" not in box._pace, "with the backlog gone, so is the pace"
+
+
+@pytest.mark.parametrize(
+    ("status", "errcode", "transient"),
+    [
+        (400, "M_DUPLICATE_ANNOTATION", False),
+        (400, "M_UNKNOWN", False),
+        (403, "M_FORBIDDEN", False),
+        (413, "M_TOO_LARGE", False),
+        (429, "M_LIMIT_EXCEEDED", True),
+        (408, None, True),
+        (500, "M_UNKNOWN", True),
+        (502, None, True),
+        (None, None, True),  # timeout or network: no answer at all
+        (None, "M_FORBIDDEN", False),
+    ],
+)
+def test_permanent_and_transient_refusals(
+    status: int | None, errcode: str | None, transient: bool
+) -> None:
+    assert is_transient(status, errcode) is transient
+
+
+class _Refuses:
+    """A transport that refuses bodies listed in `refuse` with the given (status, errcode)."""
+
+    def __init__(self, refuse: dict[str, tuple[int, str]]) -> None:
+        self.refuse = refuse
+        self.bodies: list[str] = []
+
+    async def send_event(
+        self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str
+    ) -> str:
+        self.bodies.append(content["body"])
+        if content["body"] in self.refuse:
+            status, errcode = self.refuse[content["body"]]
+            raise MatrixError(
+                f"homeserver refused the message: {errcode}",
+                transient=is_transient(status, errcode),
+                errcode=errcode,
+                status=status,
+            )
+        return f"$event{len(self.bodies)}"
+
+
+async def test_a_permanent_refusal_is_given_up_at_once_and_the_room_goes_on(
+    tmp_path: Path,
+) -> None:
+    transport = _Refuses({"bad": (400, "M_UNKNOWN")})
+    metrics = Metrics()
+    box = Outbox(Store(tmp_path / "state.sqlite3"), cast(Transport, transport), metrics)
+    bad = box.post("!r", {"body": "bad"})
+    box.post("!r", {"body": "good"})
+    await box._deliver(box._next_in_room("!r"))
+    assert transport.bodies == ["bad", "good"], "tried once, and the next one went straight on"
+    assert box.pending() == 0
+    with pytest.raises(MatrixError, match="M_UNKNOWN"):
+        await box.wait_sent(bad)
+    text = metrics.render().decode()
+    assert 'infrabot_outbox_refused_total{errcode="M_UNKNOWN",outcome="given_up"} 1.0' in text

@@ -1,12 +1,15 @@
-"""Lost responses and rate limits between the bot and a real Synapse (a fault proxy, or
-Synapse's own rate limiter)."""
+"""Lost responses, rate limits, refusals and a homeserver that hangs, between the bot and a real
+Synapse (a fault proxy, Synapse's own rate limiter, or a TCP server that never answers)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,20 +18,38 @@ from aiohttp import web
 from bot import messages
 from bot.devstack.client import RoomUser
 from bot.devstack.synapse import LocalSynapse
-from tests.conftest import BotFactory
+from tests.conftest import BotFactory, BotHandle
 
 
 @dataclass
 class FaultProxy:
-    """Forwards everything to Synapse; the next `faults` message sends get the given fault."""
+    """Forwards everything to Synapse; the next `faults` message sends get the given fault.
+
+    Requests whose path contains one of `hanging` are accepted and held unanswered until
+    `release()`, like a homeserver that accepts connections but never answers.
+    """
 
     upstream: str
     faults: list[str] = field(default_factory=list)
     sends: list[tuple[float, str]] = field(default_factory=list)
     url: str = ""
+    hanging: set[str] = field(default_factory=set)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    held: int = 0
+
+    def hang(self, path_part: str) -> None:
+        self.released.clear()
+        self.hanging.add(path_part)
+
+    def release(self) -> None:
+        self.hanging.clear()
+        self.released.set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if any(part in request.path for part in self.hanging):
+            self.held += 1
+            await self.released.wait()
         is_send = request.method == "PUT" and "/send/m.room.message/" in request.path
         fault = self.faults.pop(0) if is_send and self.faults else None
         if is_send:
@@ -131,3 +152,132 @@ async def test_a_rate_limited_backlog_goes_at_the_servers_pace(
         assert 2.5 <= took < 6, took
     finally:
         synapse.limit_messages(admin, bot.user_id, per_second=0, burst=None)
+
+
+async def _health_until(bot: BotHandle, want: int, timeout: float = 60) -> str:
+    """Poll /healthz until it answers `want`; returns the body."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if bot.bot is not None and bot.bot.runtime is not None and bot.rt.http_port:
+                status, body = await bot.http("/healthz")
+                if status == want:
+                    return body
+            await asyncio.sleep(0.1)
+
+
+def _short_timeouts(raw: dict[str, Any]) -> None:
+    raw["matrix"].update({"request_timeout_s": 2, "sync_timeout_s": 1, "max_backoff_s": 1})
+
+
+async def test_a_homeserver_that_accepts_but_never_answers_is_reported(
+    make_bot: BotFactory,
+) -> None:
+    """Issue 12 item 9: every request has a deadline, so /healthz says why instead of 'ok'."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        held.append(writer)
+        await reader.read()  # until the bot gives up and closes
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        bot = make_bot(homeserver=f"http://127.0.0.1:{port}", edit=_short_timeouts)
+        await bot.start(wait=False)
+        body = await _health_until(bot, 503)
+        while "no answer within 2 s" not in body:
+            body = await _health_until(bot, 503)
+        assert "cannot connect to http://127.0.0.1:" in body and "whoami" in body
+        assert held, "the bot did reach the server"
+        await bot.stop()
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_first_sync_that_hangs_is_failed_and_syncing_resumes(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, proxy: FaultProxy
+) -> None:
+    """The first sync after start (nio: no timeout with full_state) hangs, then Synapse answers."""
+    proxy.hang("/sync")
+    bot = make_bot(homeserver=proxy.url, edit=_short_timeouts)
+    await bot.start()  # login and join go through; the sync hangs
+    body = await _health_until(bot, 503)
+    while "no answer within" not in body:
+        body = await _health_until(bot, 503)
+    assert "sync with http://127.0.0.1:" in body and "failing" in body
+    proxy.release()
+    await _health_until(bot, 200)
+    pong = await people["alice"].ask(room, "!ping", bot.user_id, timeout=20)
+    assert pong.body.startswith("pong")
+
+
+async def test_a_refused_reaction_never_blocks_the_room(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    """Issue 12 item 12: Synapse refuses a second identical reaction for good (400
+    M_DUPLICATE_ANNOTATION); it counts as delivered and the room's next message follows."""
+    bot = make_bot()
+    await bot.start()
+    alice = people["alice"]
+    target = await alice.send(room, "!something to react to")
+    box = bot.rt.outbox
+    first = await box.send(room, messages.reaction(target, "👀"), "m.reaction")
+    again = box.post(room, messages.reaction(target, "👀"), "m.reaction")
+    box.post(room, messages.notice("after the duplicate"))
+    await alice.wait_for(
+        lambda e: e.sender == bot.user_id and e.body == "after the duplicate", timeout=20
+    )
+    assert await box.wait_sent(again) == first, "the reaction that is there"
+    assert box.pending() == 0
+    reactions = [
+        e for e in alice.seen if e.sender == bot.user_id and e.source["type"] == "m.reaction"
+    ]
+    assert len(reactions) == 1
+    _, metrics = await bot.http("/metrics")
+    assert (
+        'infrabot_outbox_refused_total{errcode="M_DUPLICATE_ANNOTATION",'
+        'outcome="already_delivered"} 1.0'
+    ) in metrics
+
+
+async def test_a_gappy_sync_loses_no_command(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    proxy: FaultProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More events than the sync's timeline limit (50) arrive at once: the timeline comes back
+    `limited`, and the command in the gap is read from /messages and answered (not skipped)."""
+
+    def patient(raw: dict[str, Any]) -> None:
+        # The held sync must outlast the sends below even on a busy machine: a sync that
+        # times out is a gap the bot knows of, and then the command would rightly be late.
+        raw["matrix"]["request_timeout_s"] = 120
+
+    caplog.set_level(logging.INFO, logger="bot.matrix")
+    bot = make_bot(homeserver=proxy.url, edit=patient)
+    await bot.start()
+    alice = people["alice"]
+    assert (await alice.ask(room, "!ping", bot.user_id)).body.startswith("pong")
+    proxy.hang("/sync")
+    await alice.send(room, "wakes the long-poll in flight")
+    while True:  # the bot's next sync is held: what follows arrives in one batch
+        if proxy.held:
+            break
+        await asyncio.sleep(0.05)
+    in_gap = await alice.send(room, "!ping")
+    await asyncio.gather(*(alice.send(room, f"chatter {i}") for i in range(55)))
+    proxy.release()
+    pong = await alice.reply_to(in_gap, bot.user_id, timeout=30)
+    assert pong.body.startswith("pong")
+    gap = re.search(r"read (\d+) event\(s\) missing from a limited timeline", caplog.text)
+    assert gap is not None and int(gap.group(1)) >= 1, "the ping came from the gap"
+    assert not any(
+        e.sender == bot.user_id and e.body.startswith("I skipped") for e in alice.seen
+    ), "the bot was syncing all along: nothing was late"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bot.claims import Busy, Claims
 from bot.config import PermissionsConfig, RoleConfig
 from bot.cron import CronError, CronSchedule
 from bot.dispatch import split_args
@@ -126,3 +127,21 @@ def test_content_too_large_for_one_event_is_cut_to_fit() -> None:
     assert _event_bytes(changed) <= MAX_CONTENT_BYTES
     assert changed["m.new_content"]["body"].endswith(CUT_NOTE)
     assert changed["m.relates_to"]["event_id"] == "$original"
+
+
+def test_claims_one_winner_and_the_loser_learns_who() -> None:
+    now = [1000.0]
+    claims = Claims(clock=lambda: now[0])
+    assert claims.try_claim("deploy:pluto", "@alice:x", "the deploy of pluto") is None
+    held = claims.try_claim("deploy:pluto", "@bob:x", "the deploy of pluto")
+    assert held is not None and held.holder == "@alice:x" and held.since == 1000.0
+    now[0] = 1075.0
+    with pytest.raises(
+        Busy, match="The deploy of pluto is already running: started by @alice:x 1 min 15 s ago"
+    ):
+        with claims.hold("deploy:pluto", "@bob:x", "the deploy of pluto"):
+            pass
+    claims.release("deploy:pluto")
+    with claims.hold("deploy:pluto", "@bob:x", "the deploy of pluto") as mine:
+        assert mine.holder == "@bob:x" and claims.holder("deploy:pluto") == mine
+    assert claims.holder("deploy:pluto") is None, "released when the block ends"

@@ -322,6 +322,20 @@ class LocalSynapse:
             ]
         )
 
+    def kick(self, account: Account, room: str, user_id: str, reason: str = "") -> None:
+        """Kick `user_id` from `room` as `account` (who needs the power to)."""
+        quoted = urllib.parse.quote(room)
+        body = {"user_id": user_id, "reason": reason}
+        self.request("POST", f"/_matrix/client/v3/rooms/{quoted}/kick", body, account.access_token)
+
+    def invite(self, account: Account, room: str, user_id: str) -> None:
+        """Invite `user_id` into `room` as `account`."""
+        quoted = urllib.parse.quote(room)
+        body = {"user_id": user_id}
+        self.request(
+            "POST", f"/_matrix/client/v3/rooms/{quoted}/invite", body, account.access_token
+        )
+
     def resolve_alias(self, alias: str) -> str | None:
         """The room id behind an alias, or None."""
         try:
