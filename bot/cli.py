@@ -98,6 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "check-config":
         print(f"{args.config}: OK")
         return 0
-    setup_logging(config.core.logging.level, secret_values(config))
+    setup_logging(config.core.logging.level, secret_values(config), config.core.logging.loggers)
     asyncio.run(serve(Bot(config, registry)))
     return 0
