@@ -17,10 +17,10 @@ from bot.app import Bot
 from bot.clock import Clock
 from bot.config import parse_config
 from bot.context import Runtime
-from bot.devstack.client import RoomUser
-from bot.devstack.synapse import Account, LocalSynapse
 from bot.registry import Registry, Router
 from commands import ROUTERS
+from devstack.client import RoomUser
+from devstack.synapse import Account, LocalSynapse
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from bot.devstack.client import RoomUser
-from bot.devstack.postgres import LocalPostgres
-from bot.devstack.ssh import LocalSshServer
-from bot.devstack.synapse import free_port
 from bot.services.ssh import SshClient
 from commands.backups.checks import BackupCheck, run_check
+from devstack.client import RoomUser
+from devstack.postgres import LocalPostgres
+from devstack.ssh import LocalSshServer
+from devstack.synapse import free_port
 from tests.conftest import BotFactory
 
 

@@ -11,11 +11,11 @@ import pytest
 
 from bot import messages
 from bot.context import Context
-from bot.devstack.client import RoomUser
-from bot.devstack.synapse import LocalSynapse
 from bot.errors import RemoteError
 from bot.registry import Router
 from bot.store import Store
+from devstack.client import RoomUser
+from devstack.synapse import LocalSynapse
 from tests.conftest import Accounts, BotFactory
 
 

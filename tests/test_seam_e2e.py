@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.clock import ManualClock
-from bot.devstack.client import RoomUser
+from devstack.client import RoomUser
 from tests import example_feature
 from tests.conftest import BotFactory
 
