@@ -30,10 +30,10 @@ import aiohttp
 
 from bench.common import bench_room, bot_config, cpu_seconds, free_port, pct, start_bot, stop_bot
 from bench.webhook_load import payload
-from bot.devstack.client import RoomUser, SeenEvent
 from bot.mentions import NOBODY
 from commands.alerts.payload import parse_notification
 from commands.alerts.render import digest_line, render_batch
+from devstack.client import RoomUser, SeenEvent
 
 
 def titles(body: str) -> list[str]:

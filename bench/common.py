@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from bot.devstack.synapse import Account, LocalSynapse, free_port
+from devstack.synapse import Account, LocalSynapse, free_port
 
 
 @dataclass

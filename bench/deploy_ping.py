@@ -18,8 +18,8 @@ import time
 
 from bench.common import bench_room, bot_config, free_port, pct, start_bot, stop_bot
 from bench.ping import measure
-from bot.devstack.client import RoomUser
-from bot.devstack.ssh import LocalSshServer
+from devstack.client import RoomUser
+from devstack.ssh import LocalSshServer
 
 FLOOD = r"""for i in $(seq 1 100); do
   seq 1 1000 | sed "s|^|copying path '/nix/store/$i-hash-package-|; s|$|' to 'ssh://root@pluto'...|"

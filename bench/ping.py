@@ -23,7 +23,7 @@ from pathlib import Path
 from nio import AsyncClient, AsyncClientConfig, RoomMessageText, SyncResponse
 
 from bench.common import bench_room, bot_config, free_port, pct, start_bot, stop_bot
-from bot.devstack.client import RoomUser
+from devstack.client import RoomUser
 
 
 async def raw_echo(homeserver: str, user_id: str, token: str, room: str) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from bot.backoff import Backoff
+from bot.clock import Clock, SystemClock
 from bot.config import Config
 from bot.context import Runtime
 from bot.dispatch import Dispatcher
@@ -18,17 +20,31 @@ from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.permissions import Permissions
 from bot.registry import Registry
-from bot.scheduler import Scheduler
 from bot.store import Store
 from bot.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
 
-async def supervise(name: str, loop: Callable[[], Awaitable[None]], metrics: Metrics) -> None:
-    """Run a long-lived loop forever: an unexpected crash is logged and the loop restarted."""
+# A loop that ran this long before failing was healthy: its next failure starts the backoff anew.
+HEALTHY_RUN_S = 60.0
+
+
+async def supervise(
+    name: str,
+    loop: Callable[[], Awaitable[None]],
+    metrics: Metrics,
+    *,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Run a long-lived loop forever: an unexpected crash is logged and the loop restarted.
+
+    Restarts back off from 1 s to 60 s; a run that lasted `HEALTHY_RUN_S` resets the backoff.
+    """
     backoff = Backoff(1.0, 60.0)
     while True:
+        started = monotonic()
         try:
             await loop()
             log.warning("%s returned; restarting it", name)
@@ -37,15 +53,18 @@ async def supervise(name: str, loop: Callable[[], Awaitable[None]], metrics: Met
         except Exception:
             log.exception("%s crashed; restarting it", name)
             metrics.errors.labels(name).inc()
-        await asyncio.sleep(backoff.next())
+        if monotonic() - started >= HEALTHY_RUN_S:
+            backoff.reset()
+        await sleep(backoff.next())
 
 
 class Bot:
     """One bot instance; `run()` serves until the task running it is cancelled."""
 
-    def __init__(self, config: Config, registry: Registry) -> None:
+    def __init__(self, config: Config, registry: Registry, clock: Clock | None = None) -> None:
         self.config = config
         self.registry = registry
+        self.clock = clock or SystemClock()
         self.ready = asyncio.Event()
         self.runtime: Runtime | None = None
 
@@ -70,9 +89,14 @@ class Bot:
                 metrics=metrics,
                 health=health,
                 permissions=Permissions(core.permissions, transport.power_level),
+                clock=self.clock,
             )
-            rt.scheduler = Scheduler(rt)
             self.runtime = rt
+            for spec in self.registry.states:
+                rt.states[spec.key] = await stack.enter_async_context(spec.lifespan(rt))
+                stack.callback(rt.states.pop, spec.key, None)
+            # Handlers still running use the features' state: they end before it is closed.
+            stack.push_async_callback(tasks.shutdown)
             if core.http.enabled:
                 runner = await start_http(rt)
                 stack.push_async_callback(runner.cleanup)

@@ -1,4 +1,4 @@
-"""`infrabot run | check-config | demo` (also `python -m bot`)."""
+"""`infrabot run | check-config` (also `python -m bot`)."""
 
 from __future__ import annotations
 
@@ -75,17 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.add_argument("--config", "-c", required=True)
     check_p = sub.add_parser("check-config", help="validate a config file and exit")
     check_p.add_argument("--config", "-c", required=True)
-    demo_p = sub.add_parser("demo", help="start a local Synapse and the bot against it")
-    demo_p.add_argument("--dir", default=".infrabot-demo", help="where the demo keeps its data")
-    demo_p.add_argument(
-        "--check", action="store_true", help="send !ping as the demo admin, print the answer, exit"
-    )
     args = parser.parse_args(argv)
-
-    if args.cmd == "demo":
-        from bot.devstack.demo import run_demo
-
-        return run_demo(args.dir, check=args.check)
 
     registry = load_registry()
     try:
@@ -98,6 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "check-config":
         print(f"{args.config}: OK")
         return 0
-    setup_logging(config.core.logging.level, secret_values(config))
+    setup_logging(config.core.logging.level, secret_values(config), config.core.logging.loggers)
     asyncio.run(serve(Bot(config, registry)))
     return 0

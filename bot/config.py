@@ -158,6 +158,16 @@ class ScheduleConfig(Section):
 
 class LoggingConfig(Section):
     level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # Per-logger levels, e.g. {asyncssh: INFO}; third-party loggers otherwise stay at WARNING.
+    loggers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("loggers")
+    @classmethod
+    def _levels(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, level in value.items():
+            if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise ValueError(f"{name}: {level!r} is not DEBUG, INFO, WARNING or ERROR")
+        return {name: level.upper() for name, level in value.items()}
 
 
 class CoreConfig(Section):

@@ -8,23 +8,27 @@ import time
 from collections.abc import Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot import messages
+from bot.args import Bound, Param
 from bot.claims import Claims
+from bot.clock import Clock, SystemClock
 from bot.config import Config, ScheduleConfig
 from bot.errors import BotError
 from bot.health import Health
-from bot.matrix import IncomingMessage, Transport
+from bot.matrix import IncomingMessage, IncomingReaction, Transport
 from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.permissions import Permissions
-from bot.registry import Command, Registry
+from bot.registry import Command, Registry, StateKey
 from bot.store import Store
 from bot.tasks import TaskOwner
 
 if TYPE_CHECKING:
     from bot.scheduler import Scheduler
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +55,30 @@ class Runtime:
     metrics: Metrics
     health: Health
     permissions: Permissions
-    scheduler: Scheduler | None = None
     claims: Claims = field(default_factory=Claims)
+    clock: Clock = field(default_factory=SystemClock)
     started_at: float = field(default_factory=time.time)
     http_port: int | None = None
+    scheduler: Scheduler = field(init=False)
+    # Each feature's state, created by its lifespan; read through typed keys (`rt[KEY]`).
+    states: dict[StateKey[Any], Any] = field(default_factory=dict, init=False)
     # Feature-owned objects (clients, caches), keyed by the feature's name.
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from bot.scheduler import Scheduler  # the scheduler runs jobs with this runtime
+
+        self.scheduler = Scheduler(self)
+
+    def __getitem__(self, key: StateKey[T]) -> T:
+        """A feature's state; KeyError if its lifespan has not run (or has ended)."""
+        try:
+            value: T = self.states[key]
+        except KeyError:
+            raise KeyError(
+                f"no state {key.name!r}: its feature's lifespan is not running"
+            ) from None
+        return value
 
     @property
     def prefix(self) -> str:
@@ -88,6 +110,16 @@ class Context:
     msg: IncomingMessage
     command: Command
     args: list[str]
+    bound: Bound = field(default_factory=Bound)
+
+    def __getitem__(self, param: Param[T]) -> T:
+        """The converted value of a declared parameter (its default when not given)."""
+        value: T = self.bound.values[param.name]
+        return value
+
+    def given(self, param: Param[Any]) -> bool:
+        """Whether the user gave the parameter (rather than its default applying)."""
+        return param.name in self.bound.given
 
     @property
     def sender(self) -> str:
@@ -151,6 +183,29 @@ class Context:
         else:
             if result:
                 await self.thread(result)
+
+
+@dataclass
+class ReactionContext:
+    """One reaction that acts like a command; answers go into the reacted-to event's thread."""
+
+    rt: Runtime
+    reaction: IncomingReaction
+
+    @property
+    def sender(self) -> str:
+        """The Matrix user id that reacted."""
+        return self.reaction.sender
+
+    @property
+    def room_id(self) -> str:
+        """The room of the reaction."""
+        return self.reaction.room_id
+
+    def answer(self, text: str, html: str | None = None) -> int:
+        """Queue an answer in the thread of the message reacted to; returns the outbox id."""
+        content = messages.in_thread(messages.notice(text, html), self.reaction.reacts_to)
+        return self.rt.outbox.post(self.room_id, content)
 
 
 @dataclass

@@ -7,11 +7,13 @@ import logging
 import shlex
 import time
 from datetime import UTC, datetime
+from typing import Any
 
-from bot.context import CURRENT_MESSAGE, Context, Runtime, answer_to, error_ref
+from bot.context import CURRENT_MESSAGE, Context, ReactionContext, Runtime, answer_to, error_ref
 from bot.errors import BotError, PermissionDenied, UserError
 from bot.matrix import Incoming, IncomingMessage, IncomingReaction
 from bot.messages import escape
+from bot.registry import Reaction
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class Dispatcher:
 
     def _is_command(self, event: Incoming) -> bool:
         if isinstance(event, IncomingReaction):
-            return any(event.key.startswith(k) for k in self.rt.registry.command_reactions)
+            return bool(self.rt.registry.reactions_for(event.key))
         return self.addressed(event.body) is not None
 
     def _skipped_notice(self, late: list[Incoming]) -> tuple[str, str]:
@@ -111,8 +113,10 @@ class Dispatcher:
     def on_message(self, msg: Incoming) -> None:
         """Act on one message or reaction that the bot saw in time; never blocks."""
         if isinstance(msg, IncomingReaction):
-            for handler in self.rt.registry.reaction_handlers:
-                self.rt.tasks.spawn(handler(self.rt, msg), name=f"reaction:{msg.event_id}")
+            for reaction in self.rt.registry.reactions_for(msg.key):
+                self.rt.tasks.spawn(
+                    self.handle_reaction(reaction, msg), name=f"reaction:{msg.event_id}"
+                )
             return
         text = self.addressed(msg.body)
         if text is None:
@@ -146,7 +150,7 @@ class Dispatcher:
                     f"Sorry, `{self.prefix}{name}` needs the {role} role, which you do not have. "
                     "This refusal is recorded."
                 )
-            ctx = Context(self.rt, msg, cmd, cmd.bind(args, self.prefix))
+            ctx = Context(self.rt, msg, cmd, args, cmd.bind(args, self.rt))
             await cmd.handler(ctx)
         except PermissionDenied as exc:
             outcome, detail = "denied", str(exc)
@@ -170,6 +174,55 @@ class Dispatcher:
             known = name if name in self.rt.registry.commands else "(unknown)"
             self.rt.metrics.commands.labels(known, outcome).inc()
             self.rt.metrics.command_seconds.labels(known).observe(time.monotonic() - started)
+
+    async def handle_reaction(self, reaction: Reaction[Any], event: IncomingReaction) -> None:
+        """A reaction that acts like a command: same guard, audit and metrics as a command.
+
+        Reactions on anything the feature does not recognise (its `target` is None) are
+        ordinary reactions and pass without a word.
+        """
+        started = time.monotonic()
+        ctx = ReactionContext(self.rt, event)
+        try:
+            target = await reaction.target(self.rt, event)
+        except Exception:
+            log.exception("reaction %s: looking up %s failed", reaction.name, event.reacts_to)
+            self.rt.metrics.errors.labels("reaction").inc()
+            return
+        if target is None:
+            return
+        name = reaction.name
+        audit_id = self.rt.store.audit_start(
+            event.sender, event.room_id, event.event_id, name, ["reaction", event.key]
+        )
+        outcome, detail = "ok", None
+        try:
+            role = self.rt.permissions.role_for(name, reaction.role)
+            if not self.rt.permissions.has_role(event.sender, event.room_id, role):
+                log.warning("refused %s reaction to %s: needs role %s", name, event.sender, role)
+                raise PermissionDenied(
+                    f"{event.key} from {event.sender} ignored: it needs the {role} role, "
+                    "which you do not have. This refusal is recorded."
+                )
+            await reaction.handler(ctx, target)
+        except PermissionDenied as exc:
+            outcome, detail = "denied", str(exc)
+            ctx.answer(str(exc))
+        except UserError as exc:
+            outcome, detail = "bad_input", str(exc)
+            ctx.answer(str(exc), _inline_code(str(exc)))
+        except BotError as exc:
+            outcome, detail = "error", str(exc)
+            ctx.answer(f"❌ {exc}", _inline_code(f"❌ {exc}"))
+        except Exception as exc:
+            ref = error_ref()
+            outcome, detail = "error", f"ref {ref}: {type(exc).__name__}"
+            log.exception("reaction %s from %s failed (ref %s)", name, event.sender, ref)
+            ctx.answer(f"❌ {event.key} failed unexpectedly (ref {ref}; details in the bot's log).")
+        finally:
+            self.rt.store.audit_end(audit_id, outcome, detail)
+            self.rt.metrics.commands.labels(name, outcome).inc()
+            self.rt.metrics.command_seconds.labels(name).observe(time.monotonic() - started)
 
     def _unknown(self, word: str) -> str:
         names = sorted({c.name.split()[0] for c in self.rt.registry.unique_commands()})

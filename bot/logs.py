@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+
+# Libraries that log every connection or request at INFO: at the bot's INFO they bury its own
+# lines (asyncssh alone logged 94 lines for one demo check). `logging.loggers` lifts them.
+THIRD_PARTY = (
+    "nio",
+    "aiohttp.access",
+    "aiohttp.server",
+    "asyncssh",
+    "botocore",
+    "boto3",
+    "urllib3",
+    "matplotlib",
+    "psycopg",
+)
 
 
 class SecretMask(logging.Filter):
@@ -25,13 +39,17 @@ class SecretMask(logging.Filter):
         return True
 
 
-def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
-    """One stderr handler; nio and aiohttp access logs kept quiet."""
+def setup_logging(
+    level: str, secrets: Iterable[str] = (), loggers: Mapping[str, str] | None = None
+) -> None:
+    """One stderr handler; third-party loggers at WARNING unless `loggers` says otherwise."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretMask(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("nio", "aiohttp.access"):
+    for noisy in THIRD_PARTY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name, wanted in (loggers or {}).items():
+        logging.getLogger(name).setLevel(wanted)

@@ -17,7 +17,11 @@ class Permissions:
 
     def required_role(self, cmd: Command) -> str:
         """The role a command needs: the config's override, else what the command declares."""
-        return self.cfg.commands.get(cmd.name, cmd.role)
+        return self.role_for(cmd.name, cmd.role)
+
+    def role_for(self, name: str, declared: str) -> str:
+        """The role an action named `name` (a command, or a reaction acting as one) needs."""
+        return self.cfg.commands.get(name, declared)
 
     def has_role(self, user_id: str, room_id: str, role: str) -> bool:
         """Whether the user holds `role` (or the admin role) in the room."""

@@ -2,45 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
 
+from bot.args import ArgError, Bound, Param, bind, usage_line
 from bot.errors import UserError
 from bot.store import Migration
 
 if TYPE_CHECKING:
     from bot.config import Config, ScheduleConfig
-    from bot.context import Context, JobContext, Runtime
+    from bot.context import Context, JobContext, ReactionContext, Runtime
     from bot.matrix import IncomingReaction
+
+T = TypeVar("T")
 
 Handler = Callable[["Context"], Awaitable[None]]
 JobFunc = Callable[["JobContext"], Awaitable[str | None]]
 HttpHandler = Callable[["Runtime", web.Request], Awaitable[web.StreamResponse]]
 Service = Callable[["Runtime"], Awaitable[None]]
-ReactionHandler = Callable[["Runtime", "IncomingReaction"], Coroutine[Any, Any, None]]
 ScheduleProvider = Callable[["Config"], list["ScheduleConfig"]]
 
 ANYONE = "anyone"
-
-
-@dataclass(frozen=True)
-class Param:
-    """One positional argument of a command."""
-
-    name: str
-    required: bool = True
-    choices: tuple[str, ...] = ()
-    rest: bool = False  # takes every remaining argument
-
-    def usage(self) -> str:
-        """How the parameter appears in a usage line."""
-        label = "|".join(self.choices) if self.choices else self.name
-        label += "…" if self.rest else ""
-        return f"<{label}>" if self.required else f"[{label}]"
 
 
 @dataclass(frozen=True)
@@ -50,27 +37,69 @@ class Command:
     name: str
     handler: Handler
     help: str
-    params: tuple[Param, ...] = ()
+    params: tuple[Param[Any], ...] = ()
     role: str = ANYONE
     aliases: tuple[str, ...] = ()
     group: str = ""
 
     def usage(self, prefix: str) -> str:
         """The usage line, e.g. `!jobs run <name>`."""
-        return " ".join([f"{prefix}{self.name}", *(p.usage() for p in self.params)])
+        return usage_line(prefix, self.name, self.params)
 
-    def bind(self, args: Sequence[str], prefix: str) -> list[str]:
-        """Check the argument count and choices; raises UserError with the usage line."""
-        required = sum(1 for p in self.params if p.required)
-        takes_rest = any(p.rest for p in self.params)
-        if len(args) < required or (not takes_rest and len(args) > len(self.params)):
-            raise UserError(f"usage: `{self.usage(prefix)}` — {self.help}")
-        for param, value in zip(self.params, args, strict=False):
-            if param.choices and not param.rest and value not in param.choices:
-                raise UserError(
-                    f"{param.name} must be one of {', '.join(param.choices)}, not {value!r}"
-                )
-        return list(args)
+    def bind(self, words: Sequence[str], rt: Runtime) -> Bound:
+        """Convert the arguments; raises UserError with what is wrong and the usage line."""
+        try:
+            return bind(self.params, words, rt)
+        except ArgError as exc:
+            raise UserError(
+                f"{exc} — usage: `{self.usage(rt.prefix)}` ({self.help}). "
+                f"`{rt.prefix}help {self.name}` says more."
+            ) from None
+
+
+@dataclass(frozen=True)
+class Reaction(Generic[T]):
+    """A reaction that acts like a command: ✅ confirms, 🔕 silences.
+
+    `target` says what the reacted-to event is to this feature (a pending deploy, an alert
+    group) or None when the reaction is not for it; only then is the sender's role checked
+    (as for the command `name`, so `permissions.commands` overrides both), the run audited
+    and counted, and `handler` called.
+    """
+
+    name: str
+    keys: frozenset[str]
+    target: Callable[[Runtime, IncomingReaction], Awaitable[T | None]]
+    handler: Callable[[ReactionContext, T], Awaitable[None]]
+    role: str = ANYONE
+    help: str = ""
+
+
+class StateKey(Generic[T]):
+    """A typed key for a feature's state on the runtime, in the manner of aiohttp's AppKey.
+
+    `rt[KEY]` is typed `T` for mypy and raises KeyError if the feature's lifespan did not run.
+    """
+
+    __slots__ = ("name", "type")
+
+    def __init__(self, name: str, t: type[T]) -> None:
+        self.name = name
+        self.type = t
+
+    def __repr__(self) -> str:
+        return f"<StateKey {self.name}: {self.type.__name__}>"
+
+
+Lifespan = Callable[["Runtime"], AbstractAsyncContextManager[T]]
+
+
+@dataclass(frozen=True)
+class StateSpec(Generic[T]):
+    """A feature's state and the async context manager that creates and closes it."""
+
+    key: StateKey[T]
+    lifespan: Lifespan[T]
 
 
 @dataclass(frozen=True)
@@ -104,14 +133,14 @@ class Router:
     migrations: list[Migration] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     schedule_providers: list[ScheduleProvider] = field(default_factory=list)
-    reaction_handlers: list[ReactionHandler] = field(default_factory=list)
-    command_reactions: list[str] = field(default_factory=list)
+    reactions: list[Reaction[Any]] = field(default_factory=list)
+    states: list[StateSpec[Any]] = field(default_factory=list)
 
     def command(
         self,
         name: str,
         *,
-        params: Iterable[Param] = (),
+        params: Iterable[Param[Any]] = (),
         role: str = ANYONE,
         aliases: Iterable[str] = (),
         help: str | None = None,
@@ -165,15 +194,48 @@ class Router:
         self.schedule_providers.append(func)
         return func
 
-    def reaction(self, func: ReactionHandler) -> ReactionHandler:
-        """Called for every reaction in a served room (e.g. ✅ to confirm)."""
-        self.reaction_handlers.append(func)
-        return func
+    def reaction(
+        self,
+        name: str,
+        keys: Iterable[str],
+        *,
+        target: Callable[[Runtime, IncomingReaction], Awaitable[T | None]],
+        role: str = ANYONE,
+        help: str | None = None,
+    ) -> Callable[
+        [Callable[[ReactionContext, T], Awaitable[None]]],
+        Callable[[ReactionContext, T], Awaitable[None]],
+    ]:
+        """Register a reaction that acts like the command `name` (same role and override).
 
-    def reaction_commands(self, *keys: str) -> None:
-        """Declare reaction keys that act as commands (e.g. "🔕"), so a late one is named when
-        the bot says which commands it skipped (see `Dispatcher.on_events`)."""
-        self.command_reactions.extend(keys)
+        `keys` are emoji; they match with or without the variation selector U+FE0F.
+        """
+
+        def deco(
+            func: Callable[[ReactionContext, T], Awaitable[None]],
+        ) -> Callable[[ReactionContext, T], Awaitable[None]]:
+            text = help or first_line(func.__doc__)
+            normal = frozenset(normalize_key(k) for k in keys)
+            self.reactions.append(Reaction(name, normal, target, func, role, text))
+            return func
+
+        return deco
+
+    def lifespan(
+        self, key: StateKey[T]
+    ) -> Callable[[Lifespan[T]], Lifespan[T]]:
+        """Declare the async context manager that creates `rt[key]` at start and closes it.
+
+        Lifespans are entered in router order after the core is up (store, outbox, HTTP
+        server not yet listening) and left in reverse order at shutdown; one-shot start-up
+        work belongs here, before the `yield`.
+        """
+
+        def deco(func: Lifespan[T]) -> Lifespan[T]:
+            self.states.append(StateSpec(key, func))
+            return func
+
+        return deco
 
     def service(self, func: Service) -> Service:
         """A long-running coroutine started with the bot and cancelled at shutdown."""
@@ -225,15 +287,15 @@ class Registry:
         """Schedules that features derive from their config sections."""
         return [s for r in self.routers for p in r.schedule_providers for s in p(config)]
 
-    @property
-    def reaction_handlers(self) -> list[ReactionHandler]:
-        """Every feature's reaction handlers."""
-        return [h for r in self.routers for h in r.reaction_handlers]
+    def reactions_for(self, key: str) -> list[Reaction[Any]]:
+        """The reactions registered for an emoji (compared after normalisation)."""
+        normal = normalize_key(key)
+        return [x for r in self.routers for x in r.reactions if normal in x.keys]
 
     @property
-    def command_reactions(self) -> frozenset[str]:
-        """Every reaction key a feature declared as a command."""
-        return frozenset(k for r in self.routers for k in r.command_reactions)
+    def states(self) -> list[StateSpec[Any]]:
+        """Every feature's state lifespans, in router order."""
+        return [s for r in self.routers for s in r.states]
 
     @property
     def services(self) -> list[Service]:
@@ -248,6 +310,11 @@ class Registry:
                 if cmd is not None:
                     return cmd, list(tokens[n:])
         return None
+
+
+def normalize_key(key: str) -> str:
+    """A reaction key without variation selectors: "✅" and "✅\ufe0f" are the same key."""
+    return key.replace("\ufe0f", "").replace("\ufe0e", "").strip()
 
 
 def first_line(doc: str | None) -> str:

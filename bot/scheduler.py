@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -69,9 +68,9 @@ class Scheduler:
         """Drive every enabled schedule until cancelled."""
         self.rt.store.execute(
             "UPDATE job_runs SET outcome = 'interrupted', ended_at = ? WHERE outcome = 'running'",
-            (time.time(),),
+            (self.rt.clock.time(),),
         )
-        now = datetime.now(UTC)
+        now = self.rt.clock.now()
         for name, sched in self.schedules.items():
             if not sched.enabled:
                 continue
@@ -83,19 +82,15 @@ class Scheduler:
                 self._start(name, missed, "missed")
             self.next_run[name] = cron.next_after(now)
         while True:
-            now = datetime.now(UTC)
+            now = self.rt.clock.now()
             for name, due in sorted(self.next_run.items(), key=lambda kv: kv[1]):
                 if due <= now:
                     self._start(name, due, "schedule")
                     self.next_run[name] = self.crons[name].next_after(max(now, due))
             if not self.next_run:
                 await asyncio.Event().wait()
-            wait = (min(self.next_run.values()) - datetime.now(UTC)).total_seconds()
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
-            except TimeoutError:
-                pass
+            await self.rt.clock.sleep_until(min(self.next_run.values()), self._wake)
 
     def _claim(self, name: str, holder: str) -> Claim | None:
         """Claim the job for a run; None if it was free, else who runs it now."""
@@ -135,7 +130,7 @@ class Scheduler:
         held = self._claim(name, msg.sender if msg is not None else "someone")
         if held is not None:
             raise Busy(held)
-        return await self._run_job(name, datetime.now(UTC), "manual")
+        return await self._run_job(name, self.rt.clock.now(), "manual")
 
     async def _run_job(self, name: str, scheduled_for: datetime, trigger: str) -> str:
         """Run a claimed job and release its claim, whatever happens."""
@@ -152,7 +147,7 @@ class Scheduler:
         # Manual runs are stored with their trigger so they never move the schedule's last run.
         cur = self.rt.store.execute(
             "INSERT INTO job_runs(job, scheduled_for, trigger, started_at) VALUES (?, ?, ?, ?)",
-            (name, stored_for, trigger, time.time()),
+            (name, stored_for, trigger, self.rt.clock.time()),
         )
         run_id = int(cur.lastrowid or 0)
         ctx = JobContext(self.rt, sched, room, stored_for, trigger)
@@ -171,7 +166,7 @@ class Scheduler:
             self._last_outcome[name] = outcome
             self.rt.store.execute(
                 "UPDATE job_runs SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
-                (time.time(), outcome, detail[:500], run_id),
+                (self.rt.clock.time(), outcome, detail[:500], run_id),
             )
             self.rt.metrics.job_runs.labels(name, outcome).inc()
         return f"{outcome}: {detail}" if detail else outcome

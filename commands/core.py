@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
+from bot.args import arg, args, text
 from bot.config import Section
 from bot.context import Context, JobContext
 from bot.errors import UserError
 from bot.messages import escape, human_duration, table
-from bot.registry import Param, Router
+from bot.registry import Router
 
 router = Router("core")
 
@@ -25,7 +26,7 @@ async def ping(ctx: Context) -> None:
     await ctx.reply(f"pong — heard you {heard_ms} ms after you sent it; up {up}")
 
 
-@router.command("help", params=[Param("command", required=False, rest=True)])
+@router.command("help", params=[args("command", text, required=False)])
 async def help_(ctx: Context) -> None:
     """List the commands you may run, or show how to use one."""
     prefix = ctx.rt.prefix
@@ -95,7 +96,7 @@ async def jobs(ctx: Context) -> None:
     await ctx.reply(text, html)
 
 
-@router.command("jobs run", params=[Param("name")], role="operator")
+@router.command("jobs run", params=[arg("name", text)], role="operator")
 async def jobs_run(ctx: Context) -> None:
     """Run a scheduled job now."""
     assert ctx.rt.scheduler is not None
@@ -105,7 +106,7 @@ async def jobs_run(ctx: Context) -> None:
     await ctx.reply(f"job {name}: {outcome}")
 
 
-@router.command("audit", params=[Param("count", required=False)], role="admin")
+@router.command("audit", params=[arg("count", text, required=False)], role="admin")
 async def audit(ctx: Context) -> None:
     """Show the newest entries of the command audit log."""
     try:

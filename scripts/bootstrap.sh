@@ -26,4 +26,4 @@ apt_install prometheus-alertmanager
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${EXTRAS:-test}]" 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c 'from bot.devstack.synapse import synapse_python; synapse_python()'
+.venv/bin/python -c 'from devstack.synapse import synapse_python; synapse_python()'

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=test bash scripts/bootstrap.sh
-exec .venv/bin/infrabot demo "$@"
+exec .venv/bin/python -m devstack.demo "$@"

@@ -14,12 +14,13 @@ import aiohttp
 import pytest
 
 from bot.app import Bot
+from bot.clock import Clock
 from bot.config import parse_config
 from bot.context import Runtime
-from bot.devstack.client import RoomUser
-from bot.devstack.synapse import Account, LocalSynapse
 from bot.registry import Registry, Router
 from commands import ROUTERS
+from devstack.client import RoomUser
+from devstack.synapse import Account, LocalSynapse
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class BotHandle:
 
     raw: dict[str, Any]
     registry: Registry
+    clock: Clock | None = None
     bot: Bot | None = None
     task: asyncio.Task[None] | None = None
 
@@ -88,7 +90,7 @@ class BotHandle:
             self.registry.sections,
             {j.name: j.params for j in self.registry.jobs.values()},
         )
-        self.bot = Bot(config, self.registry)
+        self.bot = Bot(config, self.registry, self.clock)
         self.task = asyncio.get_running_loop().create_task(self.bot.run())
         if wait:
             ready = asyncio.get_running_loop().create_task(self.bot.ready.wait())
@@ -157,11 +159,12 @@ async def make_bot(
         extra_routers: tuple[Router, ...] = (),
         edit: Callable[[dict[str, Any]], None] | None = None,
         homeserver: str | None = None,
+        clock: Clock | None = None,
     ) -> BotHandle:
         raw = base_config(homeserver or synapse.url, accounts, room, tmp_path / "state")
         if edit is not None:
             edit(raw)
-        handle = BotHandle(raw, Registry([*ROUTERS, *extra_routers]))
+        handle = BotHandle(raw, Registry([*ROUTERS, *extra_routers]), clock)
         handles.append(handle)
         return handle
 

@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.devstack.alertmanager import LocalAlertmanager
-from bot.devstack.client import RoomUser, SeenEvent
-from bot.devstack.synapse import LocalSynapse, free_port
 from commands.alerts.render import REMINDER
+from devstack.alertmanager import LocalAlertmanager
+from devstack.client import RoomUser, SeenEvent
+from devstack.synapse import LocalSynapse, free_port
 from tests.conftest import BotFactory, BotHandle
 
 TOKEN = "webhook-token-123456"

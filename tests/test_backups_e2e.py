@@ -14,14 +14,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from bot.devstack.client import RoomUser, SeenEvent
-from bot.devstack.postgres import LocalPostgres
-from bot.devstack.ssh import LocalSshServer
-from bot.devstack.synapse import free_port
 from bot.services.ssh import SshClient
 from commands import backups
 from commands.backups import checks
 from commands.backups.checks import BackupCheck, run_check
+from devstack.client import RoomUser, SeenEvent
+from devstack.postgres import LocalPostgres
+from devstack.ssh import LocalSshServer
+from devstack.synapse import free_port
 from tests.backups_fixtures import (
     attempt,
     done_replication,

@@ -12,11 +12,11 @@ import pytest
 
 from bot import messages
 from bot.context import Context, JobContext
-from bot.devstack.client import RoomUser, SeenEvent
-from bot.devstack.synapse import LocalSynapse
 from bot.errors import RemoteError
 from bot.registry import Router
 from bot.store import Store
+from devstack.client import RoomUser, SeenEvent
+from devstack.synapse import LocalSynapse
 from tests.conftest import Accounts, BotFactory
 
 

@@ -11,11 +11,11 @@ import boto3
 import botocore.exceptions
 import pytest
 
-from bot.devstack.client import RoomUser
-from bot.devstack.moto import LocalMoto, daily_results
-from bot.devstack.synapse import free_port
 from commands.costs.aws import describe_client_error
 from commands.costs.report import change, compare, parse_daily, parse_period
+from devstack.client import RoomUser
+from devstack.moto import LocalMoto, daily_results
+from devstack.synapse import free_port
 from tests.conftest import BotFactory
 
 S3 = "Amazon Simple Storage Service"

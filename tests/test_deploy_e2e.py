@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from bot.devstack.client import RoomUser, SeenEvent
-from bot.devstack.ssh import LocalSshServer
+from devstack.client import RoomUser, SeenEvent
+from devstack.ssh import LocalSshServer
 from tests.conftest import BotFactory
 
 SHA = "3f2c1a9b8e7d6c5b4a39281706f5e4d3c2b1a098"

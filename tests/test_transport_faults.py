@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 
 from bot import messages
-from bot.devstack.client import RoomUser
-from bot.devstack.synapse import LocalSynapse
+from devstack.client import RoomUser
+from devstack.synapse import LocalSynapse
 from tests.conftest import BotFactory, BotHandle
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bot.args import arg, text
 from bot.claims import Busy, Claims
 from bot.config import PermissionsConfig, RoleConfig
 from bot.cron import CronError, CronSchedule
@@ -15,7 +16,7 @@ from bot.dispatch import split_args
 from bot.errors import UserError
 from bot.messages import CUT_NOTE, MAX_CONTENT_BYTES, edit, fit, human_duration, notice
 from bot.permissions import Permissions
-from bot.registry import Command, Param, Registry, Router
+from bot.registry import Command, Registry, Router
 
 
 async def _noop(ctx: Any) -> None:
@@ -52,27 +53,10 @@ def test_human_duration(seconds: float, text: str) -> None:
     assert human_duration(seconds) == text
 
 
-def test_command_binding_and_usage() -> None:
-    cmd = Command(
-        "deploy",
-        _noop,
-        "Deploy hosts.",
-        (Param("host"), Param("action", required=False, choices=("switch", "boot"))),
-    )
-    assert cmd.usage("!") == "!deploy <host> [switch|boot]"
-    assert cmd.bind(["pluto"], "!") == ["pluto"]
-    with pytest.raises(UserError, match="usage"):
-        cmd.bind([], "!")
-    with pytest.raises(UserError, match="usage"):
-        cmd.bind(["a", "switch", "extra"], "!")
-    with pytest.raises(UserError, match="must be one of switch, boot"):
-        cmd.bind(["pluto", "reboot"], "!")
-
-
 def test_registry_finds_two_word_commands_and_rejects_clashes() -> None:
     router = Router("x")
     router.command("jobs")(_noop)
-    router.command("jobs run", params=[Param("name")])(_noop)
+    router.command("jobs run", params=[arg("name", text)])(_noop)
     reg = Registry([router])
     found = reg.find(["jobs", "run", "tick"])
     assert found is not None and found[0].name == "jobs run" and found[1] == ["tick"]

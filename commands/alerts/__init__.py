@@ -19,12 +19,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter as MetricCounter
 
-from bot import messages
-from bot.context import Context, Runtime
+from bot.args import arg, args, text
+from bot.context import Context, ReactionContext, Runtime
 from bot.errors import RemoteError, UserError
 from bot.matrix import IncomingReaction
 from bot.messages import escape, human_duration, table
-from bot.registry import Param, Router
+from bot.registry import Router
 from commands.alerts.api import AlertmanagerAPI
 from commands.alerts.config import AlertRoute, AlertsConfig, alerts_config
 from commands.alerts.intake import Intake
@@ -228,7 +228,7 @@ MAX_LISTED = 40
 _SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 
 
-@router.command("alerts", params=[Param("matchers", required=False, rest=True)])
+@router.command("alerts", params=[args("matchers", text, required=False)])
 async def alerts_cmd(ctx: Context) -> None:
     """List active alerts, optionally filtered by matchers (e.g. severity=warning)."""
     matchers = parse_matchers(",".join(ctx.args)) if ctx.args else []
@@ -277,7 +277,7 @@ async def alerts_cmd(ctx: Context) -> None:
 
 @router.command(
     "silence",
-    params=[Param("matchers"), Param("duration"), Param("comment", required=False, rest=True)],
+    params=[arg("matchers", text), arg("duration", text), args("comment", text, required=False)],
     role="operator",
 )
 async def silence_cmd(ctx: Context) -> None:
@@ -347,7 +347,7 @@ async def silences_cmd(ctx: Context) -> None:
     await ctx.reply(text, html)
 
 
-@router.command("unsilence", params=[Param("id")], role="operator")
+@router.command("unsilence", params=[arg("id", text)], role="operator")
 async def unsilence_cmd(ctx: Context) -> None:
     """Expire a silence now (a unique prefix of its id is enough)."""
     wanted = ctx.args[0]
@@ -368,29 +368,30 @@ async def unsilence_cmd(ctx: Context) -> None:
     await ctx.reply(f"🔔 silence {silence_id} expired; its alerts notify again.")
 
 
-@router.reaction
-async def silence_by_reaction(rt: Runtime, reaction: IncomingReaction) -> None:
-    """A 🔕 on a group's message silences the group(s) it shows (operators only)."""
-    cfg = alerts_config(rt)
-    if not reaction.key.startswith("🔕") or cfg.silence_on_reaction is None:
-        return
+async def _groups_reacted_to(rt: Runtime, reaction: IncomingReaction) -> list[Any] | None:
+    """The open alert groups shown by the message reacted to, or None if it shows none."""
+    if alerts_config(rt).silence_on_reaction is None:
+        return None
     outbox_id = rt.outbox.row_of(reaction.reacts_to)
     if outbox_id is None:
-        return  # not the bot's message
+        return None  # not the bot's message
     rows = rt.store.execute(
         "SELECT labels FROM alert_groups WHERE outbox_id = ? AND room_id = ? AND open = 1",
         (outbox_id, reaction.room_id),
     ).fetchall()
-    if not rows:
-        return  # not the message of an open alert group: an ordinary reaction
+    return rows or None  # none: not the message of an open alert group, an ordinary reaction
+
+
+@router.reaction("silence", ("🔕",), target=_groups_reacted_to, role="operator")
+async def silence_by_reaction(rctx: ReactionContext, rows: list[Any]) -> None:
+    """A 🔕 on a group's message silences the group(s) it shows."""
+    rt, reaction = rctx.rt, rctx.reaction
+    cfg = alerts_config(rt)
+    assert cfg.silence_on_reaction is not None
 
     def answer(text: str, html: str | None = None) -> None:
-        content = messages.in_thread(messages.notice(text, html), reaction.reacts_to)
-        rt.outbox.post(reaction.room_id, content)
+        rctx.answer(text, html)
 
-    if not rt.permissions.has_role(reaction.sender, reaction.room_id, "operator"):
-        answer(f"🔕 from {reaction.sender} ignored: silencing needs the operator role.")
-        return
     try:
         api = _api(rt)
     except UserError as exc:

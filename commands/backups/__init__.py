@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from pydantic import Field
 
 from bot import durations, messages
+from bot.args import arg, text
 from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration
 from bot.errors import UserError
 from bot.mentions import NOBODY, MentionRule, mentions_for
 from bot.messages import escape, human_duration, table
-from bot.registry import Param, Router
+from bot.registry import Router
 from bot.services.ssh import SshClient, SshSettings
 from commands.backups.checks import BackupCheck, run_check
 from commands.backups.result import CheckResult
@@ -224,7 +225,7 @@ def _age(result: CheckResult) -> str:
     return "—" if age is None else human_duration(age)
 
 
-@router.command("backups", params=[Param("name", required=False)])
+@router.command("backups", params=[arg("name", text, required=False)])
 async def backups_cmd(ctx: Context) -> None:
     """Check every backup now and show how fresh each is; `!backups NAME` for details."""
     cfg = _config(ctx.rt)

@@ -10,12 +10,13 @@ from typing import Any
 from pydantic import Field, SecretStr
 
 from bot import durations
+from bot.args import arg, args, text
 from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration
 from bot.errors import RemoteError, UserError
 from bot.messages import escape, table
-from bot.registry import Param, Router
+from bot.registry import Router
 from commands.costs.aws import AwsClients
 from commands.costs.chart import daily_spend_png
 from commands.costs.idle import IdleItem, Prices, find_idle
@@ -267,7 +268,7 @@ def render_month(m: MonthFigures, cfg: AwsConfig, today: date) -> tuple[list[str
 
 
 @router.command(
-    "costs", params=[Param("period", required=False), Param("options", required=False, rest=True)]
+    "costs", params=[arg("period", text, required=False), args("options", text, required=False)]
 )
 async def costs_cmd(ctx: Context) -> None:
     """AWS spend: `!costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service S3]`."""
@@ -319,7 +320,7 @@ def render_idle(items: list[IdleItem], regions: list[str]) -> tuple[str, str, fl
     return f"{text_table}\n{tail}", f"{html_table}<p><b>{escape(tail)}</b></p>", saving
 
 
-@router.command("aws idle", params=[Param("regions", required=False, rest=True)])
+@router.command("aws idle", params=[args("regions", text, required=False)])
 async def idle_cmd(ctx: Context) -> None:
     """Unattached volumes, old snapshots, stopped and previous-generation instances, with $."""
     cfg = _config(ctx.rt)

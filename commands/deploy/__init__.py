@@ -14,14 +14,15 @@ from typing import Literal
 from pydantic import ConfigDict, Field, RootModel, field_validator
 
 from bot import durations, messages
+from bot.args import arg, args, text
 from bot.config import Section
-from bot.context import Context, Runtime, answer_to
+from bot.context import Context, ReactionContext, Runtime, answer_to
 from bot.durations import Duration
 from bot.errors import UserError
 from bot.matrix import IncomingReaction
 from bot.messages import escape, human_duration, table
 from bot.outbox import ref
-from bot.registry import Param, Router
+from bot.registry import Router
 from bot.services.ssh import SshClient, SshSettings, parse_target
 from commands.deploy.runner import ACTIONS, DeployRun, HostSpec, Runner, RunnerSpec
 
@@ -197,9 +198,9 @@ def parse_request(rt: Runtime, args: list[str]) -> tuple[list[HostConfig], str, 
 @router.command(
     "deploy",
     params=[
-        Param("hosts"),
-        Param("action", required=False),
-        Param("options", required=False, rest=True),
+        arg("hosts", text),
+        arg("action", text, required=False),
+        args("options", text, required=False),
     ],
     role=DEPLOY_ROLE,
 )
@@ -277,28 +278,28 @@ def _confirm(rt: Runtime, confirm_id: str, user: str, room_id: str) -> str:
     return f"confirmed by {user}; deploying {', '.join(h.name for h in pending.hosts)}"
 
 
-@router.command("confirm", params=[Param("id")], role=DEPLOY_ROLE)
+@router.command("confirm", params=[arg("id", text)], role=DEPLOY_ROLE)
 async def confirm_cmd(ctx: Context) -> None:
     """Confirm a pending deploy of protected hosts."""
     await ctx.reply("✅ " + _confirm(ctx.rt, ctx.args[0], ctx.sender, ctx.room_id))
 
 
-@router.reaction
-async def confirm_by_reaction(rt: Runtime, reaction: IncomingReaction) -> None:
-    """A ✅ on a confirmation prompt confirms it."""
-    if not reaction.key.startswith(("✅", "✔", "👍")):
-        return
+async def _prompt_reacted_to(rt: Runtime, reaction: IncomingReaction) -> str | None:
+    """The confirmation id whose prompt the reaction is on, or None."""
     state = rt.extras.get("deploy")
     if not isinstance(state, DeployState):
-        return
+        return None
     for confirm_id, pending in list(state.pending.items()):
         if rt.outbox.event_id(pending.prompt_outbox_id) == reaction.reacts_to:
-            try:
-                text = "✅ " + _confirm(rt, confirm_id, reaction.sender, reaction.room_id)
-            except UserError as exc:
-                text = str(exc)
-            rt.outbox.post(reaction.room_id, messages.notice(text))
-            return
+            return confirm_id
+    return None
+
+
+@router.reaction("confirm", ("✅", "✔", "☑", "👍"), target=_prompt_reacted_to, role=DEPLOY_ROLE)
+async def confirm_by_reaction(ctx: ReactionContext, confirm_id: str) -> None:
+    """A ✅ on a confirmation prompt confirms it."""
+    text = "✅ " + _confirm(ctx.rt, confirm_id, ctx.sender, ctx.room_id)
+    ctx.rt.outbox.post(ctx.room_id, messages.notice(text))
 
 
 def start_deploys(
@@ -356,7 +357,7 @@ def _stopping() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-@router.command("deploy cancel", params=[Param("host")], role=DEPLOY_ROLE)
+@router.command("deploy cancel", params=[arg("host", text)], role=DEPLOY_ROLE)
 async def cancel_cmd(ctx: Context) -> None:
     """Stop a running deploy (the remote process ends too)."""
     host = ctx.args[0]
@@ -368,7 +369,7 @@ async def cancel_cmd(ctx: Context) -> None:
     await ctx.reply(f"🛑 cancelling the deploy of {host}…")
 
 
-@router.command("deploy history", params=[Param("host", required=False)])
+@router.command("deploy history", params=[arg("host", text, required=False)])
 async def history_cmd(ctx: Context) -> None:
     """The last deploys (of one host, or all)."""
     sql = "SELECT * FROM deploys"
@@ -424,7 +425,7 @@ STATUS_SCRIPT = (
 )
 
 
-@router.command("status", params=[Param("host")])
+@router.command("status", params=[arg("host", text)])
 async def status_cmd(ctx: Context) -> None:
     """Ask a host for its NixOS version, system generation, uptime and failed units."""
     host = _hosts(ctx.rt).get(ctx.args[0])

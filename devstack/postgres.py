@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from bot.devstack.synapse import free_port
+from devstack.synapse import free_port
 
 
 def pg_bin(name: str) -> str:

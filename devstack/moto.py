@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bot.devstack.process import start_server, stop_server
-from bot.devstack.synapse import free_port
+from devstack.process import start_server, stop_server
+from devstack.synapse import free_port
 
 
 class LocalMoto:

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from bot.devstack.process import start_server, stop_server
-from bot.devstack.synapse import free_port
+from devstack.process import start_server, stop_server
+from devstack.synapse import free_port
 
 
 def alertmanager_binary() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -20,13 +21,13 @@ import yaml
 
 from bot.app import Bot
 from bot.cli import load, load_registry, secret_values, serve
-from bot.devstack.alertmanager import LocalAlertmanager
-from bot.devstack.client import RoomUser
-from bot.devstack.moto import LocalMoto, daily_results
-from bot.devstack.postgres import LocalPostgres
-from bot.devstack.ssh import LocalSshServer
-from bot.devstack.synapse import Account, LocalSynapse, free_port
 from bot.logs import setup_logging
+from devstack.alertmanager import LocalAlertmanager
+from devstack.client import RoomUser
+from devstack.moto import LocalMoto, daily_results
+from devstack.postgres import LocalPostgres
+from devstack.ssh import LocalSshServer
+from devstack.synapse import Account, LocalSynapse, free_port
 
 log = logging.getLogger(__name__)
 
@@ -372,3 +373,20 @@ async def _self_check(bot: Bot, demo: DemoStack, admin: Account, room: str) -> i
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m devstack.demo [--dir DIR] [--check]`, as `scripts/demo.sh` runs it."""
+    parser = argparse.ArgumentParser(
+        prog="devstack.demo", description="A local Synapse and every real part, with the bot."
+    )
+    parser.add_argument("--dir", default=".infrabot-demo", help="where the demo keeps its data")
+    parser.add_argument(
+        "--check", action="store_true", help="ping, alert, back up, deploy, cost; print; exit"
+    )
+    args = parser.parse_args(argv)
+    return run_demo(args.dir, check=args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

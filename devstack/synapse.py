@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from bot.devstack.process import start_server, stop_server
+from devstack.process import start_server, stop_server
 
 log = logging.getLogger(__name__)
 
