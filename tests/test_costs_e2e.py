@@ -203,6 +203,22 @@ async def test_costs_on_the_first_of_the_month_reports_the_month_just_ended(
         ("GetCostForecast", "2025-12-01", "2026-01-01"),
     ]
 
+    # Half an hour into the 2nd, Cost Explorer may still have nothing for the 1st (moto
+    # answers with no ResultsByTime): the same "no figures yet", never "$0.00 … below".
+    set_clock(bot.rt, _at(2025, 12, 2, 0, 30))
+    moto.queue_cost_results([_two_weeks(date(2025, 12, 2))])
+    moto.start_recording()
+    body = (await people["alice"].ask(room, "!costs", bot.user_id, timeout=30)).body
+    assert "month to date (December): no figures yet — Cost Explorer has none for it yet" in body
+    assert "November 2025 came to $2,345.67 vs baseline $2,500.00/month" in body
+    assert "forecast for December: unavailable" in body
+    assert _windows(moto) == [
+        ("GetCostAndUsage", "2025-11-18", "2025-12-02"),
+        ("GetCostAndUsage", "2025-12-01", "2025-12-02"),
+        ("GetCostAndUsage", "2025-11-01", "2025-12-01"),
+        ("GetCostForecast", "2025-12-02", "2026-01-01"),
+    ]
+
 
 async def test_costs_on_the_last_day_of_the_month_at_23_59(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto

@@ -249,12 +249,29 @@ def test_month_lines_on_the_first_with_nothing_known() -> None:
 def test_month_lines_on_the_last_day() -> None:
     lines = month_lines(_figures("2025-11-30", Got(Sum(2900.0, True)), None, Got(110.0)), 2500)
     assert lines == [
-        "month to date (November 1–29, 29 day(s)): $2,900.00 (estimated; AWS may still revise it);"
-        " run rate $3,000.00/month",
+        "month to date (November 1–29, 29 day(s)): $2,900.00; run rate $3,000.00/month",
         "forecast for November: $3,010.00",
         "savings tracker: run rate $3,000.00/month vs baseline $2,500.00/month"
         " — $500.00/month above it",
     ]
+
+
+def test_month_lines_on_the_second_before_any_figures() -> None:
+    lines = month_lines(
+        _figures("2025-12-02", Got(None), Got(Sum(2600.0, False)), Got(2900.0)), 2500
+    )
+    assert lines == [
+        "month to date (December): no figures yet — Cost Explorer has none for it yet",
+        "November 2025, the month just ended: $2,600.00",
+        "forecast for the rest of December (from 2025-12-02): $2,900.00",
+        "savings tracker: November 2025 came to $2,600.00 vs baseline $2,500.00/month"
+        " — $100.00/month above it",
+    ]
+
+
+def test_month_lines_without_a_baseline() -> None:
+    lines = month_lines(_figures("2025-12-01", Got(None), Got(Sum(1.0, False)), Got(2.0)), None)
+    assert not any(line.startswith("savings tracker") for line in lines)
 
 
 def test_month_lines_when_month_to_date_fails() -> None:

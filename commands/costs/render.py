@@ -35,6 +35,7 @@ def render_comparison(c: Comparison, top: int, what: str) -> tuple[list[str], st
 
 
 def _sum(s: Sum) -> str:
+    # Only said of a finished month: a month in progress is provisional anyway.
     return money(s.amount) + (" (estimated; AWS may still revise it)" if s.estimated else "")
 
 
@@ -52,7 +53,7 @@ def month_lines(m: MonthFigures, baseline: float | None) -> list[str]:
         rate = run_rate(mtd.amount, w) or 0.0
         lines.append(
             f"month to date ({name} {w.to_date.start.day}–{w.to_date.last_day.day}, "
-            f"{w.elapsed} day(s)): {_sum(mtd)}; run rate {money(rate)}/month"
+            f"{w.elapsed} day(s)): {money(mtd.amount)}; run rate {money(rate)}/month"
         )
         tracked = (f"run rate {money(rate)}/month", rate)
     elif m.to_date.why_not:
