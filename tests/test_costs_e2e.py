@@ -338,6 +338,14 @@ async def test_idle_resources_and_weekly_summary_with_chart(
     assert "could save about $" in body
     assert body.count("snapshot") == 1, "AWS's own public snapshots are not ours to delete"
 
+    # moto answers a region it does not know with an HTML error page: that region is named
+    # with the reason and the others are still reported.
+    both = await alice.ask(room, "!aws idle us-east-1 xx-nowhere-1", bot.user_id, timeout=60)
+    assert loose["VolumeId"] in both.body and "could save about $" in both.body
+    assert "could not check xx-nowhere-1: AWS answered ec2:describe_volumes with something" in (
+        both.body
+    )
+
     today = later.date()
     start = (today - timedelta(days=28)).isoformat()
     moto.queue_cost_results(

@@ -212,14 +212,14 @@ async def idle_cmd(ctx: Context) -> None:
                 f"usage: `{ctx.rt.prefix}aws idle [region…]`"
             )
     await ctx.react("👀")
-    items = await find_idle(
+    report = await find_idle(
         _clients(ctx.rt),
         regions,
         _prices(cfg),
         durations.parse_duration(cfg.snapshot_max_age),
         _now(ctx.rt),
     )
-    text, html, _ = render_idle(items, regions)
+    text, html, _ = render_idle(report, regions)
     await ctx.reply(text, html)
 
 
@@ -236,13 +236,13 @@ async def weekly_job(ctx: JobContext) -> str:
     comparison = compare(daily, week)
     lines, html = render_comparison(comparison, cfg.top, "📊 Weekly AWS costs")
     try:
-        items = await find_idle(
+        report = await find_idle(
             aws, cfg.regions, _prices(cfg), durations.parse_duration(cfg.snapshot_max_age), now
         )
         idle_line = (
-            f"idle resources: {len(items)}, could save about "
-            f"{money(sum(i.saving for i in items))}/month (`!aws idle` lists them)"
-        )
+            f"idle resources: {len(report.items)}, could save about "
+            f"{money(sum(i.saving for i in report.items))}/month (`!aws idle` lists them)"
+        ) + "".join(f"; could not check {r}: {why}" for r, why in report.failed.items())
     except RemoteError as exc:
         idle_line = f"idle resources: could not check ({exc})"
     mlines = [*month_lines(month, cfg.baseline_monthly), idle_line, BASIS_LINE]

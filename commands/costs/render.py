@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.messages import escape, table
 from commands.costs.dates import run_rate
 from commands.costs.explorer import MonthFigures
-from commands.costs.idle import IdleItem
+from commands.costs.idle import IdleReport
 from commands.costs.report import BASIS, Comparison, Sum, change, money
 
 BASIS_LINE = f"cost basis: {BASIS} cost (Cost Explorer UnblendedCost), USD, by UTC day"
@@ -107,11 +107,15 @@ def lines_html(lines: list[str]) -> str:
     return "<p>" + "<br>".join(escape(x) for x in lines) + "</p>"
 
 
-def render_idle(items: list[IdleItem], regions: list[str]) -> tuple[str, str, float]:
-    """The idle report as text, HTML and the total that could be saved per month."""
+def render_idle(report: IdleReport, regions: list[str]) -> tuple[str, str, float]:
+    """The idle report as text, HTML and the total that could be saved per month; regions
+    that could not be checked are named with the reason."""
+    items = report.items
+    failed = [f"could not check {r}: {why}" for r, why in report.failed.items()]
+    checked = [r for r in regions if r not in report.failed]
     if not items:
-        msg = f"Nothing idle found in {', '.join(regions)}."
-        return msg, escape(msg), 0.0
+        msg = f"Nothing idle found in {', '.join(checked)}." if checked else "Nothing was checked."
+        return "\n".join([msg, *failed]), lines_html([msg, *failed]), 0.0
     rows = [
         [i.kind, i.region, i.resource, i.detail, money(i.monthly) if i.monthly is not None else "?"]
         for i in sorted(items, key=lambda i: -(i.monthly or 0))
@@ -122,4 +126,5 @@ def render_idle(items: list[IdleItem], regions: list[str]) -> tuple[str, str, fl
         f" ({unknown} item(s) without a price in the table)" if unknown else ""
     )
     text_table, html_table = table(["kind", "region", "resource", "detail", "est. $/month"], rows)
-    return f"{text_table}\n{tail}", f"{html_table}<p><b>{escape(tail)}</b></p>", saving
+    html = f"{html_table}<p><b>{escape(tail)}</b></p>" + (lines_html(failed) if failed else "")
+    return "\n".join([text_table, tail, *failed]), html, saving
