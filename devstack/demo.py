@@ -209,10 +209,16 @@ def demo_aws(moto: LocalMoto) -> dict[str, Any]:
         }
 
     daily = daily_results(start, 60, day)
+    # What `!costs` asks next: the month so far, or on the 1st the month just ended.
+    first = today.replace(day=1)
+    if today > first:
+        span, amount = (first, today), 95.0 * (today.day - 1)
+    else:
+        span, amount = ((first - timedelta(days=1)).replace(day=1), first), 95.0 * 30
     month = [
         {
-            "TimePeriod": {"Start": today.replace(day=1).isoformat(), "End": today.isoformat()},
-            "Total": {"UnblendedCost": {"Amount": f"{95.0 * max(1, today.day - 1):.2f}"}},
+            "TimePeriod": {"Start": span[0].isoformat(), "End": span[1].isoformat()},
+            "Total": {"UnblendedCost": {"Amount": f"{amount:.2f}", "Unit": "USD"}},
             "Groups": [],
         }
     ]

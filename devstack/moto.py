@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -35,6 +36,8 @@ class LocalMoto:
             self.workdir / "moto.log",
             f"{self.url}/moto-api/",
             timeout,
+            # moto's request recorder writes `moto_recording` into its working directory.
+            cwd=self.workdir,
         )
 
     def stop(self) -> None:
@@ -53,6 +56,31 @@ class LocalMoto:
     def reset(self) -> None:
         """Forget every resource and queued result."""
         self._post("/moto-api/reset", {})
+
+    def start_recording(self) -> None:
+        """Record every request from now on (moto's recorder, `/moto-api/recorder/`)."""
+        self._post("/moto-api/recorder/reset-recording", {})
+        self._post("/moto-api/recorder/start-recording", {})
+
+    def cost_explorer_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The Cost Explorer calls recorded since `start_recording`, in order: (operation,
+        request body), e.g. ("GetCostAndUsage", {"TimePeriod": {"Start": …, "End": …}, …}).
+        Cost Explorer is JSON 1.1 with `X-Amz-Target: AWSInsightsIndexService.<Operation>`."""
+        with urllib.request.urlopen(  # noqa: S310 - loopback URL
+            f"{self.url}/moto-api/recorder/download-recording", timeout=10
+        ) as resp:
+            lines = resp.read().decode().splitlines()
+        out: list[tuple[str, dict[str, Any]]] = []
+        for line in lines:
+            entry = json.loads(line)
+            headers = {k.lower(): v for k, v in entry["headers"].items()}
+            service, _, op = headers.get("x-amz-target", "").partition(".")
+            if service != "AWSInsightsIndexService":
+                continue
+            body = entry["body"]
+            raw = base64.b64decode(body) if entry.get("body_encoded") else body.encode()
+            out.append((op, json.loads(raw)))
+        return out
 
     def queue_cost_results(self, results: list[list[dict[str, Any]]]) -> None:
         """Queue answers for get_cost_and_usage: each list of ResultsByTime is one call's."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ import boto3
 import botocore.exceptions
 import pytest
 
+from commands.costs import set_clock
 from commands.costs.aws import describe_client_error
-from commands.costs.report import change, compare, parse_daily, parse_period
+from commands.costs.dates import parse_period
+from commands.costs.report import change, compare, money, parse_daily
 from devstack.client import RoomUser
 from devstack.moto import LocalMoto, daily_results
 from devstack.synapse import free_port
@@ -47,8 +50,13 @@ def _aws(url: str, **extra: Any) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
-def _two_weeks(today: datetime) -> list[dict[str, Any]]:
-    start = (today.date() - timedelta(days=14)).isoformat()
+def _at(*args: int) -> Callable[[], datetime]:
+    moment = datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return lambda: moment
+
+
+def _two_weeks(today: date) -> list[dict[str, Any]]:
+    start = (today - timedelta(days=14)).isoformat()
 
     def day(i: int) -> dict[str, float]:
         this_week = i >= 7
@@ -57,47 +65,75 @@ def _two_weeks(today: datetime) -> list[dict[str, Any]]:
     return daily_results(start, 14, day)
 
 
-def _month_to_date(amount: float) -> list[dict[str, Any]]:
-    today = datetime.now(UTC).date()
+def _monthly(
+    start: date, end: date, amount: float, estimated: bool = False
+) -> list[dict[str, Any]]:
+    """One MONTHLY ResultByTime without groups (AWS Cost Explorer API reference,
+    GetCostAndUsage response: TimePeriod, Total.UnblendedCost.{Amount,Unit}, Groups, Estimated)."""
     return [
         {
-            "TimePeriod": {"Start": today.replace(day=1).isoformat(), "End": today.isoformat()},
+            "TimePeriod": {"Start": start.isoformat(), "End": end.isoformat()},
             "Total": {"UnblendedCost": {"Amount": f"{amount}", "Unit": "USD"}},
             "Groups": [],
+            "Estimated": estimated,
         }
     ]
+
+
+def _windows(moto: LocalMoto) -> list[tuple[str, str, str]]:
+    """(operation, Start, End) of every Cost Explorer request moto received, each checked
+    to be a non-empty [Start, End) of ISO days as the API requires. botocore's retries of a
+    failed call (moto answers GetCostForecast with a 500) count once."""
+    out: list[tuple[str, str, str]] = []
+    for op, body in moto.cost_explorer_requests():
+        start, end = body["TimePeriod"]["Start"], body["TimePeriod"]["End"]
+        assert date.fromisoformat(start) < date.fromisoformat(end), (op, body)
+        if not out or out[-1] != (op, start, end):
+            out.append((op, start, end))
+    return out
+
+
+WEEK_HEAD = "$595.00, ▲ $35.00 (+6.2 %) vs the previous 7 days"
+BASIS = "cost basis: unblended cost (Cost Explorer UnblendedCost), USD, by UTC day"
+USAGE = "usage: `!costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service S3]`"
 
 
 async def test_costs_week_service_breakdown_and_errors(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto
 ) -> None:
     moto.reset()
-    now = datetime.now(UTC)
-    mtd = now.day > 1
-    moto.queue_cost_results([_two_weeks(now), *([_month_to_date(1234.56)] if mtd else [])])
+    today = date(2025, 11, 25)
+    moto.queue_cost_results([_two_weeks(today), _monthly(date(2025, 11, 1), today, 1234.56)])
     bot = make_bot(edit=_aws(moto.url))
     await bot.start()
+    set_clock(bot.rt, _at(2025, 11, 25, 14, 0))
+    moto.start_recording()
     alice = people["alice"]
 
     answer = await alice.ask(room, "!costs", bot.user_id, timeout=30)
     body = answer.body
-    assert body.startswith("AWS costs, last 7 days")
-    assert "$595.00, ▲ $35.00 (+6.2 %) vs the previous 7 days" in body
+    assert body.startswith("AWS costs, last 7 days (2025-11-18 – 2025-11-24)")
+    assert WEEK_HEAD in body
     assert "Amazon Simple Storage Service" in body and "$210.00" in body and "$140.00" in body
     assert (
         "biggest movers: Amazon Simple Storage Service ▲ $70.00 (+50.0 %); EC2 - Other ▼ $35.00"
         in body
     )
-    if mtd:
-        assert "month to date: $1,234.56" in body and "savings tracker: run rate" in body
-    assert "forecast unavailable" in body and "ce:get_cost_forecast is not available" in body
+    assert "month to date (November 1–24, 24 day(s)): $1,234.56; run rate $1,543.20/month" in body
+    assert "savings tracker: run rate $1,543.20/month vs baseline $2,500.00/month" in body
+    assert "forecast for November: unavailable — ce:get_cost_forecast is not available" in body
+    assert body.endswith(BASIS)
     assert "<table>" in answer.content["formatted_body"]
+    assert _windows(moto) == [
+        ("GetCostAndUsage", "2025-11-11", "2025-11-25"),
+        ("GetCostAndUsage", "2025-11-01", "2025-11-25"),
+        ("GetCostForecast", "2025-11-25", "2025-12-01"),
+    ]
 
-    start = (now.date() - timedelta(days=60)).isoformat()
     moto.queue_cost_results(
         [
             daily_results(
-                start,
+                "2025-09-26",
                 60,
                 lambda i: {
                     "USE1-DataTransfer-Out-Bytes": 40.0 if i >= 30 else 25.0,
@@ -109,15 +145,159 @@ async def test_costs_week_service_breakdown_and_errors(
     s3 = await alice.ask(room, "!costs month --service S3", bot.user_id, timeout=30)
     assert s3.body.startswith("Amazon Simple Storage Service by usage type, last 30 days")
     assert "USE1-DataTransfer-Out-Bytes" in s3.body and "$1,200.00" in s3.body
+    assert s3.body.endswith(BASIS)
 
     for text, expected in [
         ("!costs fortnight", "is not a period"),
         ("!costs 2026-02-10..2026-02-01", "end must come after"),
+        ("!costs 2025-11-20..2025-12-20", "no figures after today (2025-11-25)"),
         ("!costs week --service", "--service needs a name"),
         ("!costs week extra", "unexpected `extra`"),
+        ("!costs --since 2025-11-01", "unknown option `--since`"),
     ]:
         reply = await alice.ask(room, text, bot.user_id)
-        assert expected in reply.body, (text, reply.body)
+        assert expected in reply.body and USAGE in reply.body, (text, reply.body)
+        assert not reply.body.startswith("❌"), "a mistyped argument is not a failure of the bot"
+    bad_region = await alice.ask(room, "!aws idle 'us-east-1;'", bot.user_id)
+    assert "is not an AWS region name" in bad_region.body and "usage:" in bad_region.body
+
+
+async def test_costs_on_the_first_of_the_month_reports_the_month_just_ended(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto
+) -> None:
+    moto.reset()
+    today = date(2025, 12, 1)
+    moto.queue_cost_results(
+        [_two_weeks(today), _monthly(date(2025, 11, 1), today, 2345.67, estimated=True)]
+    )
+    bot = make_bot(edit=_aws(moto.url))
+    await bot.start()
+    set_clock(bot.rt, _at(2025, 12, 1, 0, 30))
+    moto.start_recording()
+
+    body = (await people["alice"].ask(room, "!costs", bot.user_id, timeout=30)).body
+    # The week, its services and movers are all there although the month has no figures…
+    assert body.startswith("AWS costs, last 7 days (2025-11-24 – 2025-11-30)") and WEEK_HEAD in body
+    assert "biggest movers: Amazon Simple Storage Service ▲ $70.00" in body
+    # …which is said, with the month just ended in its place, against the baseline.
+    assert (
+        "month to date (December): no figures yet — "
+        "Cost Explorer has a day's costs only after the day ends"
+    ) in body
+    assert (
+        "November 2025, the month just ended: $2,345.67 (estimated; AWS may still revise it)"
+        in body
+    )
+    assert (
+        "savings tracker: November 2025 came to $2,345.67 vs baseline $2,500.00/month"
+        " — $154.33/month below it"
+    ) in body
+    # moto has no GetCostForecast: the rest of the answer stands and says why.
+    assert "forecast for December: unavailable — ce:get_cost_forecast is not available" in body
+    month = body[body.index("month to date") :]
+    assert "$0.00" not in month and "run rate" not in month
+    assert body.endswith(BASIS)
+    assert _windows(moto) == [
+        ("GetCostAndUsage", "2025-11-17", "2025-12-01"),
+        ("GetCostAndUsage", "2025-11-01", "2025-12-01"),
+        ("GetCostForecast", "2025-12-01", "2026-01-01"),
+    ]
+
+    # Half an hour into the 2nd, Cost Explorer may still have nothing for the 1st (moto
+    # answers with no ResultsByTime): the same "no figures yet", never "$0.00 … below".
+    set_clock(bot.rt, _at(2025, 12, 2, 0, 30))
+    moto.queue_cost_results([_two_weeks(date(2025, 12, 2))])
+    moto.start_recording()
+    body = (await people["alice"].ask(room, "!costs", bot.user_id, timeout=30)).body
+    assert "month to date (December): no figures yet — Cost Explorer has none for it yet" in body
+    assert "November 2025 came to $2,345.67 vs baseline $2,500.00/month" in body
+    assert "forecast for December: unavailable" in body
+    assert _windows(moto) == [
+        ("GetCostAndUsage", "2025-11-18", "2025-12-02"),
+        ("GetCostAndUsage", "2025-12-01", "2025-12-02"),
+        ("GetCostAndUsage", "2025-11-01", "2025-12-01"),
+        ("GetCostForecast", "2025-12-02", "2026-01-01"),
+    ]
+
+
+async def test_costs_on_the_last_day_of_the_month_at_23_59(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto
+) -> None:
+    moto.reset()
+    today = date(2025, 11, 30)
+    moto.queue_cost_results([_two_weeks(today), _monthly(date(2025, 11, 1), today, 2900.0)])
+    bot = make_bot(edit=_aws(moto.url))
+    await bot.start()
+    set_clock(bot.rt, _at(2025, 11, 30, 23, 59, 59))
+    moto.start_recording()
+
+    body = (await people["alice"].ask(room, "!costs", bot.user_id, timeout=30)).body
+    assert body.startswith("AWS costs, last 7 days (2025-11-23 – 2025-11-29)") and WEEK_HEAD in body
+    assert "month to date (November 1–29, 29 day(s)): $2,900.00; run rate $3,000.00/month" in body
+    assert (
+        "savings tracker: run rate $3,000.00/month vs baseline $2,500.00/month"
+        " — $500.00/month above it"
+    ) in body
+    assert "forecast for November: unavailable — ce:get_cost_forecast is not available" in body
+    assert body.endswith(BASIS)
+    assert _windows(moto) == [
+        ("GetCostAndUsage", "2025-11-16", "2025-11-30"),
+        ("GetCostAndUsage", "2025-11-01", "2025-11-30"),
+        ("GetCostForecast", "2025-11-30", "2025-12-01"),
+    ]
+
+
+async def test_weekly_summary_and_a_range_across_the_year_end_on_1_january(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto
+) -> None:
+    moto.reset()
+    new_year = date(2026, 1, 1)
+    moto.queue_cost_results(
+        [
+            daily_results("2025-12-04", 28, {S3: 30.0, EC2: 50.0}),
+            _monthly(date(2025, 12, 1), new_year, 2480.0),
+            daily_results("2025-10-31", 62, lambda i: {S3: 10.0 if i < 31 else 20.0}),
+        ]
+    )
+    bot = make_bot(edit=_aws(moto.url))
+    await bot.start()
+    set_clock(bot.rt, _at(2026, 1, 1, 9, 0))
+    moto.start_recording()
+    alice, bob = people["alice"], people["bob"]
+
+    mark = alice.mark()
+    ran = await bob.ask(room, "!jobs run aws-weekly", bot.user_id, timeout=60)
+    assert ran.body == "job aws-weekly: ok: posted: $560.00 this week"
+    summary = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and e.body.startswith("📊 Weekly AWS costs"), after=mark
+    )
+    body = summary.body
+    assert body.startswith("📊 Weekly AWS costs, last 7 days (2025-12-25 – 2025-12-31): $560.00")
+    assert "month to date (January): no figures yet" in body
+    assert "December 2025, the month just ended: $2,480.00" in body
+    assert (
+        "December 2025 came to $2,480.00 vs baseline $2,500.00/month — $20.00/month below" in body
+    )
+    assert "forecast for January: unavailable" in body and "idle resources: 0" in body
+    assert body.endswith(BASIS)
+    chart = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and e.content.get("msgtype") == "m.image", after=mark
+    )
+    assert chart.content["body"] == "aws-spend-2026-01-01.png"
+
+    december = await alice.ask(room, "!costs 2025-12-01..2026-01-01", bot.user_id, timeout=30)
+    assert december.body.startswith(
+        "AWS costs, 2025-12-01..2026-01-01 (2025-12-01 – 2025-12-31): $620.00, ▲ $310.00 (+100.0 %)"
+        " vs the previous 31 days"
+    )
+    assert _windows(moto) == [
+        ("GetCostAndUsage", "2025-12-04", "2026-01-01"),
+        ("GetCostAndUsage", "2025-12-01", "2026-01-01"),
+        ("GetCostForecast", "2026-01-01", "2026-02-01"),
+        ("GetCostAndUsage", "2025-10-31", "2026-01-01"),
+        ("GetCostAndUsage", "2025-12-01", "2026-01-01"),
+        ("GetCostForecast", "2026-01-01", "2026-02-01"),
+    ]
 
 
 async def test_idle_resources_and_weekly_summary_with_chart(
@@ -141,6 +321,9 @@ async def test_idle_resources_and_weekly_summary_with_chart(
 
     bot = make_bot(edit=_aws(moto.url))
     await bot.start()
+    # A mid-month day after the resources were made (ages are counted from the bot's clock).
+    later = (datetime.now(UTC) + timedelta(days=31)).replace(day=15, hour=9, minute=0)
+    set_clock(bot.rt, lambda: later)
     alice, bob = people["alice"], people["bob"]
     idle = await alice.ask(room, "!aws idle", bot.user_id, timeout=30)
     body = idle.body
@@ -155,14 +338,22 @@ async def test_idle_resources_and_weekly_summary_with_chart(
     assert "could save about $" in body
     assert body.count("snapshot") == 1, "AWS's own public snapshots are not ours to delete"
 
-    now = datetime.now(UTC)
-    start = (now.date() - timedelta(days=28)).isoformat()
+    # moto answers a region it does not know with an HTML error page: that region is named
+    # with the reason and the others are still reported.
+    both = await alice.ask(room, "!aws idle us-east-1 xx-nowhere-1", bot.user_id, timeout=60)
+    assert loose["VolumeId"] in both.body and "could save about $" in both.body
+    assert "could not check xx-nowhere-1: AWS answered ec2:describe_volumes with something" in (
+        both.body
+    )
+
+    today = later.date()
+    start = (today - timedelta(days=28)).isoformat()
     moto.queue_cost_results(
         [
             daily_results(
                 start, 28, lambda i: {S3: 30.0 + i, EC2: 50.0, OTHER: 8.0, "AWS Lambda": 0.5}
             ),
-            *([_month_to_date(2100.0)] if now.day > 1 else []),
+            _monthly(today.replace(day=1), today, 2100.0),
         ]
     )
     mark = alice.mark()
@@ -172,7 +363,11 @@ async def test_idle_resources_and_weekly_summary_with_chart(
         lambda e: e.sender == bot.user_id and e.body.startswith("📊 Weekly AWS costs"), after=mark
     )
     assert "idle resources: 4, could save about" in summary.body
-    assert "savings tracker" in summary.body or now.day == 1
+    rate = money(2100.0 / 14 * calendar.monthrange(today.year, today.month)[1])
+    assert f"month to date ({today:%B} 1–14, 14 day(s)): $2,100.00; run rate {rate}/month" in (
+        summary.body
+    )
+    assert f"savings tracker: run rate {rate}/month vs baseline $2,500.00/month" in summary.body
     chart = await alice.wait_for(
         lambda e: e.sender == bot.user_id and e.content.get("msgtype") == "m.image", after=mark
     )
@@ -188,9 +383,19 @@ async def test_unreachable_aws_is_a_clear_error(
 ) -> None:
     bot = make_bot(edit=_aws(f"http://127.0.0.1:{free_port()}", timeout_s=2))
     await bot.start()
-    reply = await people["alice"].ask(room, "!aws idle", bot.user_id, timeout=60)
-    assert reply.body.startswith("❌ ") and "AWS" in reply.body
-    assert "Traceback" not in reply.body
+    alice, bob = people["alice"], people["bob"]
+    for command in ("!aws idle", "!costs", "!costs month --service S3"):
+        reply = await alice.ask(room, command, bot.user_id, timeout=60)
+        assert reply.body.startswith("❌ ") and "AWS" in reply.body, (command, reply.body)
+        assert "Traceback" not in reply.body and "unexpectedly" not in reply.body
+    mark = alice.mark()
+    ran = await bob.ask(room, "!jobs run aws-weekly", bot.user_id, timeout=60)
+    assert ran.body.startswith("job aws-weekly: error: AWS call ce:get_cost_and_usage failed")
+    told = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and e.body.startswith("⚠️ scheduled job aws-weekly"),
+        after=mark,
+    )
+    assert "failed: AWS call ce:get_cost_and_usage failed" in told.body
 
 
 def test_error_mapping_and_report_maths(tmp_path: Path) -> None:

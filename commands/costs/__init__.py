@@ -1,11 +1,13 @@
-"""AWS spend in the room: `!costs`, `!aws idle`, and a weekly summary with a chart."""
+"""AWS spend in the room: `!costs`, `!aws idle`, and a weekly summary with a chart.
+
+Every date comes from one clock (`set_clock` lets tests and the demo choose the moment) and
+every Cost Explorer window from `commands.costs.dates`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 from pydantic import Field, SecretStr
 
@@ -15,23 +17,21 @@ from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration
 from bot.errors import RemoteError, UserError
-from bot.messages import escape, table
 from bot.registry import Router
+from commands.costs.args import parse_costs_args
 from commands.costs.aws import AwsClients
 from commands.costs.chart import daily_spend_png
-from commands.costs.idle import IdleItem, Prices, find_idle
-from commands.costs.report import (
-    Comparison,
-    Daily,
-    Period,
-    change,
-    compare,
-    money,
-    parse_daily,
-    parse_period,
-    run_rate,
-    service_name,
+from commands.costs.dates import Clock, month_windows, system_clock, trailing, utc_day
+from commands.costs.explorer import daily_costs, month_figures
+from commands.costs.idle import Prices, find_idle
+from commands.costs.render import (
+    BASIS_LINE,
+    lines_html,
+    month_lines,
+    render_comparison,
+    render_idle,
 )
+from commands.costs.report import compare, money
 
 router = Router("costs")
 
@@ -159,112 +159,19 @@ def _prices(cfg: AwsConfig) -> Prices:
     )
 
 
-async def daily_costs(
-    aws: AwsClients, start: date, end: date, group: str = "SERVICE", service: str | None = None
-) -> Daily:
-    """Daily unblended cost over [start, end), grouped by a dimension."""
-    kwargs: dict[str, Any] = {
-        "TimePeriod": {"Start": start.isoformat(), "End": end.isoformat()},
-        "Granularity": "DAILY",
-        "Metrics": ["UnblendedCost"],
-        "GroupBy": [{"Type": "DIMENSION", "Key": group}],
-    }
-    if service:
-        kwargs["Filter"] = {"Dimensions": {"Key": "SERVICE", "Values": [service]}}
-    results: list[dict[str, Any]] = []
-    token: str | None = None
-    while True:
-        if token:
-            kwargs["NextPageToken"] = token
-        resp = await aws.call("ce", "get_cost_and_usage", **kwargs)
-        results.extend(resp.get("ResultsByTime", []))
-        token = resp.get("NextPageToken")
-        if not token:
-            return parse_daily(results)
+_CLOCK = "costs.clock"
 
 
-@dataclass(frozen=True)
-class MonthFigures:
-    """Month to date and the forecast (or why there is none)."""
-
-    to_date: float
-    forecast: float | None
-    forecast_note: str
+def set_clock(rt: Runtime, clock: Clock) -> None:
+    """Make the feature read the time from `clock` (aware datetimes) instead of the system."""
+    rt.extras[_CLOCK] = clock
 
 
-async def month_figures(aws: AwsClients, today: date) -> MonthFigures:
-    """Spend from the 1st to today, and Cost Explorer's forecast for the whole month."""
-    first = today.replace(day=1)
-    to_date = 0.0
-    if today > first:
-        resp = await aws.call(
-            "ce",
-            "get_cost_and_usage",
-            TimePeriod={"Start": first.isoformat(), "End": today.isoformat()},
-            Granularity="MONTHLY",
-            Metrics=["UnblendedCost"],
-        )
-        for entry in resp.get("ResultsByTime", []):
-            to_date += float(entry.get("Total", {}).get("UnblendedCost", {}).get("Amount", 0) or 0)
-    next_month = (first + timedelta(days=32)).replace(day=1)
-    try:
-        resp = await aws.call(
-            "ce",
-            "get_cost_forecast",
-            TimePeriod={"Start": today.isoformat(), "End": next_month.isoformat()},
-            Metric="UNBLENDED_COST",
-            Granularity="MONTHLY",
-        )
-        rest = float(resp["Total"]["Amount"])
-        return MonthFigures(to_date, to_date + rest, "")
-    except RemoteError as exc:
-        return MonthFigures(to_date, None, f"forecast unavailable: {exc}")
-    except (KeyError, ValueError, TypeError):
-        return MonthFigures(to_date, None, "forecast unavailable: unexpected answer")
-
-
-def render_comparison(c: Comparison, top: int, what: str) -> tuple[list[str], str]:
-    """Text lines and HTML for a period comparison."""
-    last_day = c.period.end - timedelta(days=1)
-    moved = change(c.total, c.previous_total)
-    head = (
-        f"{what}, {c.period.label} ({c.period.start} – {last_day}): "
-        f"{money(c.total)}, {moved} vs the previous {c.period.days} days"
-    )
-    rows = [
-        [k[:45], money(now), money(before), change(now, before)] for k, now, before in c.top(top)
-    ]
-    text_table, html_table = table(["", "this period", "previous", "change"], rows)
-    movers = c.movers(3)
-    mover_text = (
-        "biggest movers: "
-        + "; ".join(f"{k[:40]} {change(now, before)}" for k, now, before in movers)
-        if movers
-        else "no notable movers"
-    )
-    lines = [head, text_table, mover_text]
-    html = f"<p><b>{escape(head)}</b></p>{html_table}<p>{escape(mover_text)}</p>"
-    return lines, html
-
-
-def render_month(m: MonthFigures, cfg: AwsConfig, today: date) -> tuple[list[str], str]:
-    """Month to date, forecast and the savings tracker."""
-    projected, elapsed, _ = run_rate(m.to_date, today)
-    rate = f"run rate {money(projected)}/month"
-    lines = [f"month to date: {money(m.to_date)} over {elapsed} day(s); {rate}"]
-    lines.append(
-        f"forecast for {today:%B}: {money(m.forecast)}"
-        if m.forecast is not None
-        else m.forecast_note
-    )
-    if cfg.baseline_monthly:
-        saved = cfg.baseline_monthly - projected
-        word = "below" if saved >= 0 else "above"
-        lines.append(
-            f"savings tracker: {rate} vs baseline {money(cfg.baseline_monthly)}/month"
-            f" — {money(abs(saved))}/month {word} it"
-        )
-    return lines, "<br>".join(escape(x) for x in lines)
+def _now(rt: Runtime) -> datetime:
+    clock = rt.extras.get(_CLOCK, system_clock)
+    now: datetime = clock()
+    utc_day(now)  # refuses a naive clock here, before any figure depends on it
+    return now
 
 
 @router.command(
@@ -273,51 +180,25 @@ def render_month(m: MonthFigures, cfg: AwsConfig, today: date) -> tuple[list[str
 async def costs_cmd(ctx: Context) -> None:
     """AWS spend: `!costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service S3]`."""
     cfg = _config(ctx.rt)
-    args = list(ctx.args)
-    service = None
-    if "--service" in args:
-        i = args.index("--service")
-        if i + 1 >= len(args):
-            raise UserError("--service needs a name, e.g. `--service S3`")
-        service = service_name(args[i + 1])
-        del args[i : i + 2]
-    if len(args) > 1:
-        raise UserError(
-            f"unexpected `{args[1]}`; usage: `!costs [week|month|FROM..TO] [--service S]`"
-        )
-    today = datetime.now(UTC).date()
-    period = parse_period(args[0] if args else None, today)
+    today = utc_day(_now(ctx.rt))
+    request = parse_costs_args(list(ctx.args), today, ctx.rt.prefix)
+    window = request.window
     aws = _clients(ctx.rt)
     await ctx.react("👀")
-    if service:
-        daily = await daily_costs(aws, period.previous.start, period.end, "USAGE_TYPE", service)
-        lines, html = render_comparison(compare(daily, period), cfg.top, f"{service} by usage type")
-        await ctx.reply("\n".join(lines), html)
+    both = window.with_previous
+    if request.service:
+        daily = await daily_costs(aws, both, "USAGE_TYPE", request.service)
+        lines, html = render_comparison(
+            compare(daily, window), cfg.top, f"{request.service} by usage type"
+        )
+        await ctx.reply("\n".join([*lines, BASIS_LINE]), html + lines_html([BASIS_LINE]))
         return
     # One after the other: Cost Explorer is billed per request and rate-limited.
-    daily = await daily_costs(aws, period.previous.start, period.end)
-    month = await month_figures(aws, today)
-    lines, html = render_comparison(compare(daily, period), cfg.top, "AWS costs")
-    mlines, mhtml = render_month(month, cfg, today)
-    await ctx.reply("\n".join(lines + mlines), html + f"<p>{mhtml}</p>")
-
-
-def render_idle(items: list[IdleItem], regions: list[str]) -> tuple[str, str, float]:
-    """The idle report as text, HTML and the total that could be saved per month."""
-    if not items:
-        msg = f"Nothing idle found in {', '.join(regions)}."
-        return msg, escape(msg), 0.0
-    rows = [
-        [i.kind, i.region, i.resource, i.detail, money(i.monthly) if i.monthly is not None else "?"]
-        for i in sorted(items, key=lambda i: -(i.monthly or 0))
-    ]
-    saving = sum(i.saving for i in items)
-    unknown = sum(1 for i in items if i.monthly is None)
-    tail = f"could save about {money(saving)}/month" + (
-        f" ({unknown} item(s) without a price in the table)" if unknown else ""
-    )
-    text_table, html_table = table(["kind", "region", "resource", "detail", "est. $/month"], rows)
-    return f"{text_table}\n{tail}", f"{html_table}<p><b>{escape(tail)}</b></p>", saving
+    daily = await daily_costs(aws, both)
+    month = await month_figures(aws, month_windows(today))
+    lines, html = render_comparison(compare(daily, window), cfg.top, "AWS costs")
+    mlines = [*month_lines(month, cfg.baseline_monthly), BASIS_LINE]
+    await ctx.reply("\n".join(lines + mlines), html + lines_html(mlines))
 
 
 @router.command("aws idle", params=[args("regions", text, required=False)])
@@ -327,12 +208,19 @@ async def idle_cmd(ctx: Context) -> None:
     regions = list(ctx.args) or cfg.regions
     for region in regions:
         if not region.replace("-", "").isalnum():
-            raise UserError(f"`{region}` is not an AWS region name")
+            raise UserError(
+                f"`{region}` is not an AWS region name (e.g. eu-west-1); "
+                f"usage: `{ctx.rt.prefix}aws idle [region…]`"
+            )
     await ctx.react("👀")
-    items = await find_idle(
-        _clients(ctx.rt), regions, _prices(cfg), durations.parse_duration(cfg.snapshot_max_age)
+    report = await find_idle(
+        _clients(ctx.rt),
+        regions,
+        _prices(cfg),
+        durations.parse_duration(cfg.snapshot_max_age),
+        _now(ctx.rt),
     )
-    text, html, _ = render_idle(items, regions)
+    text, html, _ = render_idle(report, regions)
     await ctx.reply(text, html)
 
 
@@ -341,26 +229,25 @@ async def weekly_job(ctx: JobContext) -> str:
     """The weekly AWS summary: costs, idle resources, savings tracker and a chart."""
     cfg = _config(ctx.rt)
     aws = _clients(ctx.rt)
-    today = datetime.now(UTC).date()
-    period = Period("last 7 days", today - timedelta(days=7), today)
-    daily = await daily_costs(aws, today - timedelta(days=28), today)
-    month = await month_figures(aws, today)
-    comparison = compare(daily, period)
+    now = _now(ctx.rt)
+    today = utc_day(now)
+    week = trailing(today, 7, "last 7 days")
+    daily = await daily_costs(aws, trailing(today, 28, "last 4 weeks"))
+    month = await month_figures(aws, month_windows(today))
+    comparison = compare(daily, week)
     lines, html = render_comparison(comparison, cfg.top, "📊 Weekly AWS costs")
-    mlines, mhtml = render_month(month, cfg, today)
     try:
-        items = await find_idle(
-            aws, cfg.regions, _prices(cfg), durations.parse_duration(cfg.snapshot_max_age)
+        report = await find_idle(
+            aws, cfg.regions, _prices(cfg), durations.parse_duration(cfg.snapshot_max_age), now
         )
         idle_line = (
-            f"idle resources: {len(items)}, could save about "
-            f"{money(sum(i.saving for i in items))}/month (`!aws idle` lists them)"
-        )
+            f"idle resources: {len(report.items)}, could save about "
+            f"{money(sum(i.saving for i in report.items))}/month (`!aws idle` lists them)"
+        ) + "".join(f"; could not check {r}: {why}" for r, why in report.failed.items())
     except RemoteError as exc:
         idle_line = f"idle resources: could not check ({exc})"
-    await ctx.post(
-        "\n".join([*lines, *mlines, idle_line]), f"{html}<p>{mhtml}<br>{escape(idle_line)}</p>"
-    )
+    mlines = [*month_lines(month, cfg.baseline_monthly), idle_line, BASIS_LINE]
+    await ctx.post("\n".join([*lines, *mlines]), html + lines_html(mlines))
     top = [k for k, _, _ in comparison.top(cfg.top)]
     png = await asyncio.to_thread(daily_spend_png, daily, top, "Daily AWS spend, last 4 weeks")
     await ctx.upload(png, f"aws-spend-{today}.png", "image/png")

@@ -96,6 +96,7 @@ class AwsClients:
 def aws_errors(what: str, timeout_s: float) -> Iterator[None]:
     """Turn boto3's exceptions (and our timeout) into RemoteError."""
     import botocore.exceptions
+    import botocore.parsers
 
     try:
         yield
@@ -111,6 +112,13 @@ def aws_errors(what: str, timeout_s: float) -> Iterator[None]:
         raise RemoteError(describe_client_error(exc, what)) from None
     except botocore.exceptions.BotoCoreError as exc:
         raise RemoteError(f"AWS call {what} failed: {exc}") from None
+    except botocore.parsers.ResponseParserError:
+        # Not a BotoCoreError: an HTML error page (a proxy, a wrong endpoint_url, an unknown
+        # region behind a stand-in) would otherwise escape as an unexpected failure.
+        raise RemoteError(
+            f"AWS answered {what} with something that is not an AWS response "
+            "(wrong endpoint_url or region, or a proxy in the way?)"
+        ) from None
 
 
 def describe_client_error(exc: Any, what: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from bot.errors import RemoteError
 from commands.costs.aws import AwsClients
 
 HOURS_PER_MONTH = 730
@@ -34,10 +35,10 @@ class IdleItem:
     saving: float  # what acting on it would save per month
 
 
-def _age(moment: datetime | None) -> str:
+def _age(moment: datetime | None, now: datetime) -> str:
     if moment is None:
         return "?"
-    days = (datetime.now(UTC) - moment.astimezone(UTC)).days
+    days = (now - moment.astimezone(UTC)).days
     return f"{days} d"
 
 
@@ -48,20 +49,46 @@ def _name(tags: list[dict[str, str]] | None) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class IdleReport:
+    """What was found, and the regions that could not be checked (region → why)."""
+
+    items: list[IdleItem]
+    failed: dict[str, str]
+
+
 async def find_idle(
-    aws: AwsClients, regions: list[str], prices: Prices, snapshot_max_age: timedelta
-) -> list[IdleItem]:
-    """Unattached volumes, old own snapshots, stopped instances' volumes, previous-gen types."""
+    aws: AwsClients,
+    regions: list[str],
+    prices: Prices,
+    snapshot_max_age: timedelta,
+    now: datetime,
+) -> IdleReport:
+    """Unattached volumes, own snapshots older than snapshot_max_age at `now` (aware),
+    stopped instances' volumes, previous-generation types. A region that fails is reported
+    in `failed` and does not hide the others; raises RemoteError only when AWS cannot say
+    whose account this is (nothing could be checked)."""
     identity = await aws.call("sts", "get_caller_identity")
     account = str(identity["Account"])
     per_region = await asyncio.gather(
-        *(_region(aws, r, account, prices, snapshot_max_age) for r in regions)
+        *(_checked(aws, r, account, prices, snapshot_max_age, now) for r in regions)
     )
-    return [item for items in per_region for item in items]
+    items = [item for found, _ in per_region for item in found]
+    failed = {r: why for r, (_, why) in zip(regions, per_region, strict=True) if why}
+    return IdleReport(items, failed)
+
+
+async def _checked(
+    aws: AwsClients, region: str, account: str, prices: Prices, max_age: timedelta, now: datetime
+) -> tuple[list[IdleItem], str]:
+    try:
+        return await _region(aws, region, account, prices, max_age, now), ""
+    except RemoteError as exc:
+        return [], str(exc)
 
 
 async def _region(
-    aws: AwsClients, region: str, account: str, prices: Prices, max_age: timedelta
+    aws: AwsClients, region: str, account: str, prices: Prices, max_age: timedelta, now: datetime
 ) -> list[IdleItem]:
     items: list[IdleItem] = []
     volumes = await aws.paginate(
@@ -80,12 +107,12 @@ async def _region(
                 region,
                 v["VolumeId"] + _name(v.get("Tags")),
                 f"{v['Size']} GiB {v.get('VolumeType', '?')}, unattached, "
-                f"{_age(v.get('CreateTime'))} old",
+                f"{_age(v.get('CreateTime'), now)} old",
                 monthly,
                 monthly or 0.0,
             )
         )
-    cutoff = datetime.now(UTC) - max_age
+    cutoff = now - max_age
     snapshots = await aws.paginate(
         "ec2", "describe_snapshots", region, "Snapshots", OwnerIds=["self"]
     )
@@ -99,7 +126,7 @@ async def _region(
                 "snapshot",
                 region,
                 s["SnapshotId"] + _name(s.get("Tags")),
-                f"{s.get('VolumeSize', 0)} GiB, {_age(s['StartTime'])} old"
+                f"{s.get('VolumeSize', 0)} GiB, {_age(s['StartTime'], now)} old"
                 + (f", {s['Description'][:60]}" if s.get("Description") else ""),
                 monthly,
                 monthly,

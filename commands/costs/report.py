@@ -1,15 +1,23 @@
-"""Cost Explorer data to figures and words: periods, totals, changes, movers, run rate."""
+"""Cost Explorer data to figures and words: totals, changes, movers.
+
+The answers parsed here are GetCostAndUsage's `ResultsByTime` (AWS Cost Explorer API
+reference, `ResultByTime`: `TimePeriod`, `Total`, `Groups[].Keys/Metrics`, `Estimated`), with
+the one metric the feature asks for, `UnblendedCost`.
+"""
 
 from __future__ import annotations
 
-import calendar
-import re
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
-from bot.errors import UserError
+from bot.errors import RemoteError
+from commands.costs.dates import Window
+
+# The cost basis every figure uses, as GetCostAndUsage names it and as replies name it.
+METRIC = "UnblendedCost"
+BASIS = "unblended"
 
 # What people type → Cost Explorer's SERVICE dimension values.
 SERVICE_ALIASES = {
@@ -25,53 +33,8 @@ SERVICE_ALIASES = {
     "cloudwatch": "AmazonCloudWatch",
     "vpc": "Amazon Virtual Private Cloud",
 }
-_RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.\.(\d{4}-\d{2}-\d{2})$")
 
 Daily = dict[date, dict[str, float]]
-
-
-@dataclass(frozen=True)
-class Period:
-    """[start, end) in days, and the same-length period just before it."""
-
-    label: str
-    start: date
-    end: date
-
-    @property
-    def days(self) -> int:
-        """Length in days."""
-        return (self.end - self.start).days
-
-    @property
-    def previous(self) -> Period:
-        """The period of the same length right before."""
-        return Period("previous", self.start - timedelta(days=self.days), self.start)
-
-
-def parse_period(text: str | None, today: date) -> Period:
-    """`week` (last 7 days), `month` (last 30 days) or `YYYY-MM-DD..YYYY-MM-DD` (end exclusive)."""
-    word = (text or "week").lower()
-    if word == "week":
-        return Period("last 7 days", today - timedelta(days=7), today)
-    if word == "month":
-        return Period("last 30 days", today - timedelta(days=30), today)
-    m = _RANGE.match(word)
-    if m is None:
-        raise UserError(
-            f"`{text}` is not a period; use week, month or YYYY-MM-DD..YYYY-MM-DD (end exclusive)"
-        )
-    try:
-        start, end = date.fromisoformat(m[1]), date.fromisoformat(m[2])
-    except ValueError as exc:
-        raise UserError(f"`{text}`: {exc}") from None
-    if end <= start:
-        raise UserError("the period's end must come after its start")
-    if (end - start).days > 366:
-        raise UserError("a period may be at most a year long")
-    if end > today + timedelta(days=1):
-        raise UserError("Cost Explorer has no figures for the future")
-    return Period(f"{start}..{end}", start, end)
 
 
 def service_name(text: str) -> str:
@@ -80,19 +43,49 @@ def service_name(text: str) -> str:
 
 
 def parse_daily(results: list[dict[str, Any]]) -> Daily:
-    """ResultsByTime (DAILY, grouped by one dimension) → {day: {key: amount}}."""
+    """ResultsByTime (DAILY, grouped by one dimension or not) → {day: {key: amount}}.
+
+    Raises RemoteError when an entry lacks the fields the API reference promises.
+    """
     out: Daily = defaultdict(dict)
-    for entry in results:
-        day = date.fromisoformat(entry["TimePeriod"]["Start"])
-        groups = entry.get("Groups") or []
-        if not groups:
-            amount = float(entry.get("Total", {}).get("UnblendedCost", {}).get("Amount", 0) or 0)
-            out[day]["Total"] = out[day].get("Total", 0.0) + amount
-        for group in groups:
-            key = group["Keys"][0]
-            amount = float(group["Metrics"]["UnblendedCost"]["Amount"])
-            out[day][key] = out[day].get(key, 0.0) + amount
+    try:
+        for entry in results:
+            day = date.fromisoformat(entry["TimePeriod"]["Start"])
+            groups = entry.get("Groups") or []
+            if not groups:
+                out[day]["Total"] = out[day].get("Total", 0.0) + _total(entry)
+            for group in groups:
+                key = str(group["Keys"][0])
+                amount = float(group["Metrics"][METRIC]["Amount"])
+                out[day][key] = out[day].get(key, 0.0) + amount
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise RemoteError(f"Cost Explorer answered in an unexpected shape ({exc!r})") from None
     return dict(out)
+
+
+@dataclass(frozen=True)
+class Sum:
+    """One total over whole ResultsByTime entries; `estimated` when AWS may still revise it."""
+
+    amount: float
+    estimated: bool
+
+
+def parse_total(results: list[dict[str, Any]]) -> Sum:
+    """The ungrouped `Total` of every entry added up (MONTHLY or DAILY).
+
+    Raises RemoteError when an entry's amount is not a number.
+    """
+    try:
+        amount = sum(_total(entry) for entry in results)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RemoteError(f"Cost Explorer answered in an unexpected shape ({exc!r})") from None
+    return Sum(amount, any(bool(entry.get("Estimated")) for entry in results))
+
+
+def _total(entry: dict[str, Any]) -> float:
+    # An entry with no cost at all has an empty Total (or none).
+    return float((entry.get("Total") or {}).get(METRIC, {}).get("Amount", 0) or 0)
 
 
 def totals(daily: Daily, start: date, end: date) -> dict[str, float]:
@@ -125,7 +118,7 @@ def change(now: float, before: float) -> str:
 class Comparison:
     """A period's spend by key against the previous period."""
 
-    period: Period
+    period: Window
     current: dict[str, float]
     previous: dict[str, float]
 
@@ -157,16 +150,9 @@ class Comparison:
         ]
 
 
-def compare(daily: Daily, period: Period) -> Comparison:
+def compare(daily: Daily, period: Window) -> Comparison:
     """Split a daily series that covers both periods."""
     prev = period.previous
     return Comparison(
         period, totals(daily, period.start, period.end), totals(daily, prev.start, prev.end)
     )
-
-
-def run_rate(month_to_date: float, today: date) -> tuple[float, int, int]:
-    """(projected month total, days elapsed, days in month) from spend so far."""
-    days_in_month = calendar.monthrange(today.year, today.month)[1]
-    elapsed = max(1, today.day - 1)  # Cost Explorer's figures stop at yesterday
-    return month_to_date / elapsed * days_in_month, elapsed, days_in_month
