@@ -1,4 +1,9 @@
-"""The bot's HTTP server: /healthz, /metrics, and the routes features add."""
+"""The bot's HTTP server: /healthz, /metrics, and the routes features add.
+
+A route that takes a request body reads it with `read_body`: the whole body, however many TCP
+segments or chunks it arrives in, up to a limit (413 beyond it, also for chunked bodies that
+announce no length). `request.content.read(n)` would return only what has arrived so far.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,41 @@ from bot.registry import HttpHandler
 log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("runtime", Runtime)
+# The body limit of a route that does not choose its own.
+DEFAULT_MAX_BODY = 1_048_576
+
+
+class BodyTooLarge(Exception):
+    """A request body beyond `limit` bytes; every route answers it with 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body larger than {limit} bytes")
+        self.limit = limit
+        self.reason = str(self)
+
+
+async def read_body(request: web.Request, limit: int = DEFAULT_MAX_BODY) -> bytes:
+    """The whole request body (bytes), read to its end, at most `limit` bytes.
+
+    Raises BodyTooLarge as soon as the announced Content-Length or the bytes received exceed
+    `limit`, without reading further; a chunked body is counted as it arrives.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(limit)
+    parts: list[bytes] = []
+    size = 0
+    # readany() waits for the next piece and returns b"" only at the end of the body.
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def too_large(exc: BodyTooLarge) -> web.Response:
+    """The 413 answer to a body beyond a route's limit."""
+    return web.json_response({"status": "rejected", "reason": exc.reason}, status=413)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -37,14 +77,20 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _bind(handler: HttpHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        return await handler(request.app[RUNTIME], request)
+        try:
+            return await handler(request.app[RUNTIME], request)
+        except BodyTooLarge as exc:
+            log.warning("%s %s from %s: %s", request.method, request.path, request.remote, exc)
+            return too_large(exc)
 
     return wrapped
 
 
 def make_app(rt: Runtime) -> web.Application:
     """The aiohttp application with core and feature routes."""
-    app = web.Application(client_max_size=2 * 1024 * 1024)
+    # Bodies are read by read_body with each route's limit; aiohttp's own cap (request.read())
+    # only applies to code that bypasses it.
+    app = web.Application(client_max_size=DEFAULT_MAX_BODY)
     app[RUNTIME] = rt
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -177,7 +177,7 @@ class Router:
         self.sections[key] = model
 
     def route(self, method: str, path: str) -> Callable[[HttpHandler], HttpHandler]:
-        """Add an HTTP route to the bot's server."""
+        """Add an HTTP route to the bot's server; its body is read with `bot.http.read_body`."""
 
         def deco(func: HttpHandler) -> HttpHandler:
             self.routes.append(HttpRoute(method, path, func))

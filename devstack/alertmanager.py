@@ -25,7 +25,8 @@ def alertmanager_binary() -> str:
 
 
 class LocalAlertmanager:
-    """One Alertmanager grouping by alertname, with short waits, posting to `webhook_url`."""
+    """One Alertmanager grouping by alertname (or `group_by`), with short waits, posting to
+    `webhook_url`."""
 
     def __init__(
         self,
@@ -36,6 +37,8 @@ class LocalAlertmanager:
         group_wait: str = "1s",
         group_interval: str = "1s",
         repeat_interval: str = "24h",
+        group_by: list[str] | None = None,
+        max_alerts: int = 0,
     ) -> None:
         self.workdir = workdir.resolve()
         self.webhook_url = webhook_url
@@ -44,6 +47,9 @@ class LocalAlertmanager:
         self.group_wait = group_wait
         self.group_interval = group_interval
         self.repeat_interval = repeat_interval
+        self.group_by = ["alertname"] if group_by is None else group_by
+        # webhook_config `max_alerts` (0: all); the rest is counted in `truncatedAlerts`.
+        self.max_alerts = max_alerts
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,13 +58,17 @@ class LocalAlertmanager:
         return f"http://127.0.0.1:{self.port}"
 
     def _write_config(self) -> Path:
-        webhook: dict[str, Any] = {"url": self.webhook_url, "send_resolved": True}
+        webhook: dict[str, Any] = {
+            "url": self.webhook_url,
+            "send_resolved": True,
+            "max_alerts": self.max_alerts,
+        }
         if self.bearer_token:
             webhook["http_config"] = {"authorization": {"credentials": self.bearer_token}}
         config = {
             "route": {
                 "receiver": "infrabot",
-                "group_by": ["alertname"],
+                "group_by": self.group_by,
                 "group_wait": self.group_wait,
                 "group_interval": self.group_interval,
                 "repeat_interval": self.repeat_interval,

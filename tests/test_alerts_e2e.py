@@ -13,7 +13,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from bot.context import Runtime
+from bot.dispatch import Dispatcher
+from bot.http import read_body
+from bot.matrix import IncomingReaction
+from bot.registry import Router
 from commands.alerts.render import REMINDER
 from devstack.alertmanager import LocalAlertmanager
 from devstack.client import RoomUser, SeenEvent
@@ -186,8 +192,14 @@ async def test_silence_from_chat(
     assert {s["id"]: s for s in am.api("GET", "/silences")}[silence_id]["status"][
         "state"
     ] == "expired"
+    again = await bob.ask(room, f"!unsilence {silence_id}", bot.user_id)
+    assert f"silence {silence_id} is already expired (since " in again.body
     unknown = await bob.ask(room, "!unsilence deadbeef", bot.user_id)
-    assert "No active silence" in unknown.body
+    assert "No such silence: `deadbeef`" in unknown.body
+    # With Alertmanager gone, an id that cannot be one is still refused: no call was made.
+    am.stop()
+    refused = await bob.ask(room, "!unsilence ../../status", bot.user_id)
+    assert "cannot be a silence id" in refused.body
 
 
 def _payload(name: str, status: str = "firing", n: int = 1) -> dict[str, Any]:
@@ -682,3 +694,367 @@ async def test_alerts_in_a_storm_are_summarised_most_severe_first(
     assert len(rows) == 1 + 40, "a header row and the 40 listed"
     assert all("ZfsPoolDegraded" in row and "critical" in row for row in rows[1:31])
     assert all("NodeDown" in row for row in rows[31:])
+
+
+def _big_payload(name: str, size: int) -> bytes:
+    """A real-shaped notification of about `size` bytes (long descriptions, as in the field)."""
+    payload = _payload(name, n=1)
+    alert = payload["alerts"][0]
+    count = max(1, size // 5_000)
+    payload["alerts"] = [
+        {
+            **alert,
+            "labels": {**alert["labels"], "instance": f"host{i}:9100"},
+            "annotations": {"summary": f"{name} on host{i}", "description": "x" * 4_800},
+            "fingerprint": f"{name}-{i}",
+        }
+        for i in range(count)
+    ]
+    return json.dumps(payload).encode()
+
+
+async def _raw_request(port: int, head: str, pieces: list[bytes]) -> tuple[int, str]:
+    """HTTP/1.1 over a raw socket: the head, then each piece 50 ms after the previous one."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode())
+        for i, piece in enumerate(pieces):
+            if i:
+                await asyncio.sleep(0.05)
+            writer.write(piece)
+            await writer.drain()
+        raw = await reader.read()
+    finally:
+        writer.close()
+    status_line, _, rest = raw.decode(errors="replace").partition("\r\n")
+    return int(status_line.split()[1]), rest.partition("\r\n\r\n")[2]
+
+
+def _head(path: str, extra: str) -> str:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nConnection: close\r\n{extra}\r\n"
+    )
+
+
+def _chunked(*parts: bytes) -> list[bytes]:
+    return [b"%x\r\n%s\r\n" % (len(p), p) for p in parts] + [b"0\r\n\r\n"]
+
+
+async def test_webhook_bodies_arriving_in_pieces_are_read_whole(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    echo = Router("echo-test")
+
+    @echo.route("POST", "/echo")
+    async def echo_route(rt: Runtime, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"bytes": len(await read_body(request, 1_000))})
+
+    bot = make_bot(extra_routers=(echo,), edit=_alerting(free_port(), max_body_bytes=300_000))
+    await bot.start()
+    port = bot.rt.http_port
+    mark = people["alice"].mark()
+    # 277 KB from an aiohttp client: many TCP segments.
+    big = _big_payload("Huge", 277_000)
+    assert len(big) > 270_000
+    status, text = await _post(bot, big)
+    assert status == 200 and json.loads(text)["results"] == ["posted"], text
+    # 55 KB written in two halves 50 ms apart: with Content-Length, then chunked.
+    for name, chunked in (("Halves", False), ("Chunks", True)):
+        body = _big_payload(name, 55_000)
+        halves = [body[: len(body) // 2], body[len(body) // 2 :]]
+        if chunked:
+            head, pieces = (
+                _head("/alertmanager", "Transfer-Encoding: chunked\r\n"),
+                _chunked(*halves),
+            )
+        else:
+            head, pieces = _head("/alertmanager", f"Content-Length: {len(body)}\r\n"), halves
+        status, text = await _raw_request(port, head, pieces)
+        assert status == 200 and json.loads(text)["results"] in (["posted"], ["coalesced"]), text
+    # Beyond the limit without a Content-Length: counted as it arrives.
+    over = _chunked(*[b" " * 100_000] * 4)
+    status, text = await _raw_request(
+        port, _head("/alertmanager", "Transfer-Encoding: chunked\r\n"), over
+    )
+    assert status == 413 and "larger than 300000 bytes" in text
+    # Any route reading its body through bot.http.read_body gets the same.
+    status, text = await _raw_request(
+        port, _head("/echo", "Transfer-Encoding: chunked\r\n"), _chunked(b"a" * 600, b"b" * 300)
+    )
+    assert status == 200 and json.loads(text) == {"bytes": 900}
+    status, text = await _raw_request(
+        port, _head("/echo", "Transfer-Encoding: chunked\r\n"), _chunked(b"a" * 600, b"b" * 600)
+    )
+    assert status == 413 and "larger than 1000 bytes" in text
+    for name in ("Huge", "Halves", "Chunks"):
+        title = f"WARNING · {name}"
+        await people["alice"].wait_for(
+            lambda e, title=title: e.sender == bot.user_id and title in e.body,
+            timeout=20,
+            after=mark,
+        )
+
+
+async def test_truncated_alerts_are_counted_and_never_resolve_the_group(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    am = LocalAlertmanager(
+        tmp_path / "am", f"http://127.0.0.1:{port}/alertmanager", bearer_token=TOKEN, max_alerts=2
+    )
+    am.start()
+    try:
+        bot = make_bot(edit=_alerting(port, am.url))
+        await bot.start()
+        alice = people["alice"]
+        mark = alice.mark()
+        started = datetime.now(UTC) - timedelta(minutes=5)
+        labels = [{"alertname": "NodeDown", "instance": f"h{i}:9100"} for i in range(1, 6)]
+        am.api(
+            "POST",
+            "/alerts",
+            [
+                {
+                    "labels": lab,
+                    "startsAt": started.isoformat(),
+                    "endsAt": (started + timedelta(hours=2)).isoformat(),
+                }
+                for lab in labels
+            ],
+        )
+        message = await alice.wait_for(
+            lambda e: e.sender == bot.user_id and "NodeDown" in e.body and not _edit(e),
+            timeout=20,
+            after=mark,
+        )
+        assert message.body.startswith("⚠️ FIRING (5) · NONE · NodeDown"), message.body
+        assert "5 firing (3 not in this notification)" in message.body
+        # Alertmanager sorts a group by instance and keeps the first 2 (max_alerts): resolving
+        # those makes it say "resolved" for the group while h3…h5 still fire.
+        for lab in labels[:2]:
+            am.fire(lab, resolved=True, starts_at=started)
+        edit = await alice.wait_for(
+            lambda e: _is_edit_of(e, message.event_id) and "PARTLY RESOLVED" in _text(e),
+            timeout=20,
+            after=mark,
+        )
+        assert "3 not in this notification, so the group is not known to be resolved" in _text(edit)
+        await alice.ask(room, "!ping", bot.user_id)  # after anything the edit brought along
+        said = [e.body for e in alice.seen[mark:] if e.sender == bot.user_id]
+        assert not [b for b in said if b.startswith("✅ resolved")], said
+        row = bot.rt.store.execute(
+            "SELECT open FROM alert_groups WHERE outbox_id = ?",
+            (bot.rt.outbox.row_of(message.event_id),),
+        ).fetchone()
+        assert row["open"] == 1
+    finally:
+        am.stop()
+
+
+async def test_links_descriptions_and_long_annotations_in_the_room(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    bot = make_bot(edit=_alerting(free_port()))
+    await bot.start()
+    mark = people["alice"].mark()
+    payload = _payload("Hostile")
+    payload["externalURL"] = "javascript:alert(3)//"
+    payload["alerts"][0]["generatorURL"] = "javascript:alert(2)"
+    payload["alerts"][0]["annotations"] = {
+        "summary": "pluto's disk",
+        "description": "first line\nsecond <line>",
+        "runbook_url": "javascript:alert(1)",
+        "grafana": "https://grafana.example/d/disk",
+    }
+    long = _payload("Long")
+    long["alerts"][0]["annotations"]["description"] = "y" * 63_000
+    for body in (payload, long):
+        status, text = await _post(bot, body)
+        assert status == 200, text
+    shown = await people["alice"].wait_for(
+        lambda e: e.sender == bot.user_id and "Hostile" in e.body, timeout=20, after=mark
+    )
+    html = shown.content["formatted_body"]
+    assert re.findall(r'href="([^"]*)"', html) == ["https://grafana.example/d/disk"]
+    assert "javascript:alert(1)" in html  # as text
+    assert "first line<br>second &lt;line&gt;" in html
+    assert "  first line\n  second <line>" in shown.body, "plain clients see the description"
+    cut = await people["alice"].wait_for(
+        lambda e: e.sender == bot.user_id and "Long" in e.body, timeout=20, after=mark
+    )
+    assert "… 61,000 more characters" in cut.body
+    assert "… 61,000 more characters" in cut.content["formatted_body"]
+
+
+async def test_a_silence_stored_with_other_matchers_is_expired_and_said(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, tmp_path: Path
+) -> None:
+    am = LocalAlertmanager(tmp_path / "am", f"http://127.0.0.1:{free_port()}/alertmanager")
+    am.start()
+
+    # Alertmanager before 0.22 has no negative matchers and ignores `isEqual` (CHANGELOG,
+    # 0.22.0 "Add support for negative matchers"): a proxy in front of the real one drops it,
+    # so `job!=node` is stored as `job=node`, as such a server would.
+    async def old_alertmanager(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.method == "POST" and request.path == "/api/v2/silences":
+            data = json.loads(body)
+            for matcher in data["matchers"]:
+                matcher.pop("isEqual", None)
+            body = json.dumps(data).encode()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                am.url + request.path_qs,
+                data=body or None,
+                headers={"Content-Type": "application/json"},
+            ) as resp,
+        ):
+            return web.Response(
+                status=resp.status, body=await resp.read(), content_type="application/json"
+            )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", old_alertmanager)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    proxy_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", proxy_port).start()
+    try:
+        bot = make_bot(edit=_alerting(free_port(), f"http://127.0.0.1:{proxy_port}"))
+        await bot.start()
+        bob = people["bob"]
+        answer = await bob.ask(room, "!silence alertname=NotUp job!=node 1h", bot.user_id)
+        assert 'as alertname="NotUp", job="node", not alertname="NotUp", job!="node"' in (
+            answer.body
+        ), answer.body
+        assert "so it is expired again" in answer.body
+        found = re.search(r"silence ([0-9a-f-]{36})", answer.body)
+        assert found is not None
+        stored = {s["id"]: s for s in am.api("GET", "/silences")}[found.group(1)]
+        assert stored["status"]["state"] == "expired"
+        # The same matchers without a negative one are stored as asked, and said so.
+        kept = await bob.ask(room, "!silence alertname=NotUp job=node 1h", bot.user_id)
+        assert kept.body.startswith('🔕 silenced alertname="NotUp", job="node" until'), kept.body
+    finally:
+        await runner.cleanup()
+        am.stop()
+
+
+async def _bell(user: RoomUser, room: str, event_id: str) -> None:
+    relation = {"rel_type": "m.annotation", "event_id": event_id, "key": "🔕"}
+    await user.client.room_send(room, "m.reaction", {"m.relates_to": relation})
+
+
+def _active_silences(am: LocalAlertmanager) -> list[dict[str, Any]]:
+    return [s for s in am.api("GET", "/silences") if s["status"]["state"] == "active"]
+
+
+async def test_a_bell_on_a_group_without_group_labels_silences_only_its_alerts(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    am = LocalAlertmanager(
+        tmp_path / "am", f"http://127.0.0.1:{port}/alertmanager", bearer_token=TOKEN, group_by=[]
+    )
+    am.start()
+    try:
+        bot = make_bot(edit=_alerting(port, am.url))
+        await bot.start()
+        alice, bob = people["alice"], people["bob"]
+        mark = alice.mark()
+        started = datetime.now(UTC) - timedelta(minutes=5)
+        node = {"alertname": "NodeDown", "job": "node", "severity": "warning"}
+        am.api(
+            "POST",
+            "/alerts",
+            [
+                {
+                    "labels": node | {"instance": f"{host}:9100"},
+                    "startsAt": started.isoformat(),
+                    "endsAt": (started + timedelta(hours=2)).isoformat(),
+                }
+                for host in ("pluto", "haumea")
+            ],
+        )
+        message = await alice.wait_for(
+            lambda e: e.sender == bot.user_id and "FIRING (2)" in e.body and not _edit(e),
+            timeout=20,
+            after=mark,
+        )
+        await _bell(bob, room, message.event_id)
+        done = await alice.wait_for(
+            lambda e: e.sender == bot.user_id and e.body.startswith("🔕 silenced"),
+            timeout=20,
+            after=mark,
+        )
+        assert 'job="node", instance=~"haumea:9100|pluto:9100"' in done.body or (
+            'instance=~"haumea:9100|pluto:9100", job="node"' in done.body
+        ), done.body
+        # titan's NodeDown (job="node" as well) is not silenced by it.
+        am.fire(node | {"instance": "titan:9100"}, starts_at=started)
+        deadline = asyncio.get_running_loop().time() + 20
+        states: dict[str, str] = {}
+        while asyncio.get_running_loop().time() < deadline and len(states) < 3:
+            states = {
+                a["labels"]["instance"]: a["status"]["state"] for a in am.api("GET", "/alerts")
+            }
+            await asyncio.sleep(0.2)
+        assert states == {
+            "pluto:9100": "suppressed",
+            "haumea:9100": "suppressed",
+            "titan:9100": "active",
+        }
+    finally:
+        am.stop()
+
+
+async def test_two_bells_at_once_make_one_silence(
+    alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
+) -> None:
+    bot, am = alerting
+    alice, bob = people["alice"], people["bob"]
+    mark = alice.mark()
+    for name in ("DiskFull", "CertificateExpiry"):
+        am.fire({"alertname": name, "instance": "haumea:9100", "severity": "warning"})
+    messages_by_name: dict[str, SeenEvent] = {}
+    for name in ("DiskFull", "CertificateExpiry"):
+        messages_by_name[name] = await alice.wait_for(
+            lambda e, name=name: e.sender == bot.user_id and f"· {name}" in e.body and not _edit(e),
+            timeout=20,
+            after=mark,
+        )
+
+    def answers(event_id: str) -> list[str]:
+        return [
+            e.body
+            for e in alice.seen[mark:]
+            if e.sender == bot.user_id
+            and e.body.startswith("🔕")
+            and (e.content.get("m.relates_to") or {}).get("event_id") == event_id
+        ]
+
+    # Two operators' reactions sent back to back: often in one sync batch.
+    disk = messages_by_name["DiskFull"].event_id
+    await asyncio.gather(_bell(bob, room, disk), _bell(alice, room, disk))
+    await alice.wait_for(lambda e: len(answers(disk)) == 2, timeout=20, after=mark)
+    # The handler driven twice in the same event-loop turn, through the real Alertmanager.
+    cert = messages_by_name["CertificateExpiry"].event_id
+    twice = [
+        IncomingReaction(room, user.client.user_id, f"$bell-{i}", cert, "🔕", 0)
+        for i, user in enumerate((bob, alice))
+    ]
+    # Through the dispatcher's guard, both in the same loop turn.
+    dispatcher = Dispatcher(bot.rt)
+    (bell,) = bot.rt.registry.reactions_for("🔕")
+    await asyncio.gather(*(dispatcher.handle_reaction(bell, r) for r in twice))
+    await alice.wait_for(lambda e: len(answers(cert)) == 2, timeout=20, after=mark)
+    silences = _active_silences(am)
+    assert sorted(s["matchers"][0]["value"] for s in silences) == ["CertificateExpiry", "DiskFull"]
+    for event_id in (disk, cert):
+        made, told = sorted(answers(event_id), key=lambda b: "already" in b)
+        found = re.search(r"\(id ([0-9a-f-]{36})\)", made)
+        assert made.startswith("🔕 silenced alertname=") and found is not None, made
+        assert "was already silenced" in told and f"(id {found.group(1)})" in told, told

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -10,17 +11,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot import messages
 from bot.errors import UserError
 from bot.mentions import NOBODY, Mentions
-from commands.alerts.matchers import parse_duration, parse_matchers
+from commands.alerts.matchers import Matcher, parse_duration, parse_matchers
 from commands.alerts.payload import Notification, WebhookError, parse_notification
 from commands.alerts.render import (
     MAX_RENDERED_BYTES,
     REMINDER,
     Renderer,
     digest_line,
+    http_url,
     render_batch,
     with_reminder,
+)
+from commands.alerts.silencing import (
+    could_be_silence_id,
+    decode_plan,
+    encode_plan,
+    group_matchers,
 )
 
 json_values = st.recursive(
@@ -166,3 +175,133 @@ def test_groups_sharing_a_message_show_in_full_when_they_fit_else_a_line_each() 
     text, html = with_reminder(*r.render(small[0]))
     assert text.startswith(REMINDER + "\n") and "FIRING (2)" in text
     assert html.startswith("<p>🔁 Still firing")
+
+
+def _alert(labels: dict[str, str], **more: Any) -> dict[str, Any]:
+    return {
+        "status": "firing",
+        "labels": labels,
+        "startsAt": "2026-11-25T10:00:00Z",
+        **more,
+    }
+
+
+def _notification(alerts: list[dict[str, Any]], **more: Any) -> Notification:
+    return Notification.model_validate(
+        {"version": "4", "groupKey": "k", "status": "firing", "receiver": "r", "alerts": alerts}
+        | more
+    )
+
+
+def test_truncated_alerts_are_counted_and_never_resolve_the_group() -> None:
+    shown = [_alert({"alertname": "Big", "instance": f"h{i}"}) for i in range(50)]
+    n = _notification(shown, truncatedAlerts=250, groupLabels={"alertname": "Big"})
+    text, html = Renderer().render(n)
+    assert text.startswith("⚠️ FIRING (300) · NONE · Big")
+    assert "300 firing (250 not in this notification)" in text
+    assert "300 firing (250 not in this notification)" in html
+    assert "300 firing (250 not in this notification)" in digest_line(n)[0]
+    # Alertmanager computes `status` from the 50 it kept (webhook.go, 0.25): a "resolved"
+    # with alerts left out speaks for those 50 only.
+    gone = [a | {"status": "resolved", "endsAt": "2026-11-25T11:00:00Z"} for a in shown]
+    partly = _notification(gone, status="resolved", truncatedAlerts=250)
+    assert not partly.all_resolved
+    text, html = Renderer().render(partly)
+    assert text.startswith("⚠️ PARTLY RESOLVED · NONE")
+    assert "250 not in this notification, so the group is not known to be resolved" in text
+    assert "partly resolved (250 not in this notification)" in digest_line(partly)[0]
+    assert partly.state_digest() != _notification(gone, status="resolved").state_digest()
+    whole = _notification(gone, status="resolved")
+    assert whole.all_resolved and Renderer().render(whole)[0].startswith("✅ RESOLVED")
+
+
+def test_only_http_urls_become_links() -> None:
+    hostile = {
+        "runbook_url": "javascript:alert(1)",
+        "grafana": " JaVaScRiPt:alert(2)",
+        "dashboard": "https://grafana.example/d/1?a=1&b=2",
+        "summary": "s",
+    }
+    n = _notification(
+        [_alert({"alertname": "X"}, annotations=hostile, generatorURL="data:text/html,<b>x</b>")],
+        externalURL="vbscript:msgbox(1)",
+    )
+    text, html = Renderer().render(n)
+    hrefs = re.findall(r'href="([^"]*)"', html)
+    assert hrefs == ["https://grafana.example/d/1?a=1&amp;b=2"]
+    # Shown as text, so nothing is lost.
+    assert "javascript:alert(1)" in html and "Runbook: javascript:alert(1)" in text
+    assert "Silence" not in text, "no silence form link under a non-http(s) externalURL"
+    # The helpers templates get do the same.
+    custom = Renderer(
+        text_template="{{ link(n.externalURL, 'am') }} {{ n.externalURL|http_url }}.",
+        html_template="{{ link(n.externalURL, 'am') }}|{{ link('https://a.example/', 'ok') }}",
+    )
+    text, html = custom.render(n)
+    assert text == "am: vbscript:msgbox(1) ."
+    assert html == 'am|<a href="https://a.example/">ok</a>'
+    for bad in ("javascript:x", "http:/x", "https://", "ftp://h/x", "http://h/\nx", "//h/x", ""):
+        assert http_url(bad) is None, bad
+    assert http_url("HTTPS://h.example:8443/x?y=1#z") == "HTTPS://h.example:8443/x?y=1#z"
+
+
+def test_description_is_in_both_bodies_with_its_lines() -> None:
+    described = {"summary": "disk full", "description": "line one\nline <two>\r\nline three"}
+    n = _notification([_alert({"alertname": "X"}, annotations=described)])
+    text, html = Renderer().render(n)
+    assert "  line one\n  line <two>\n  line three" in text
+    assert "line one<br>line &lt;two&gt;<br>line three" in html
+
+
+def test_one_oversized_annotation_is_shortened_and_the_html_kept() -> None:
+    huge = {"summary": "s", "description": "d" * 63_000}
+    n = _notification([_alert({"alertname": "X"}, annotations=huge)])
+    text, html = Renderer().render(n)
+    assert "… 61,000 more characters" in text and "… 61,000 more characters" in html
+    content = messages.fit(messages.notice(text, html))
+    assert content["formatted_body"] == html
+    # Many long values on one alert: each shortened further rather than the HTML dropped.
+    many = {f"label{i}": "v" * 5_000 for i in range(20)}
+    n = _notification([_alert({"alertname": "X", **many}, annotations=huge)])
+    text, html = Renderer().render(n)
+    assert len(text.encode()) + len(html.encode()) <= MAX_RENDERED_BYTES
+
+
+def test_silence_matchers_for_a_group() -> None:
+    def plan(alerts: list[dict[str, str]], **more: Any) -> list[str] | str:
+        found = group_matchers(_notification([_alert(a) for a in alerts], **more))
+        return found if isinstance(found, str) else [str(m) for m in found]
+
+    node = {"alertname": "NodeDown", "job": "node"}
+    assert plan([node], groupLabels={"alertname": "NodeDown"}) == ['alertname="NodeDown"']
+    # No group labels: the group's alerts, not everything with job="node".
+    two = [node | {"instance": "pluto:9100"}, node | {"instance": "a.b|c"}]
+    assert plan(two, commonLabels=node) == [
+        'alertname="NodeDown"',
+        'job="node"',
+        'instance=~"a\\\\.b\\\\|c|pluto:9100"',
+    ]
+    assert plan([node | {"instance": "x"}]) == [
+        'alertname="NodeDown"',
+        'instance="x"',
+        'job="node"',
+    ]
+    # A label only some alerts have: the others match it empty.
+    assert plan([node, node | {"instance": "x"}])[-1] == 'instance=~"|x"'
+    crossed = [node | {"instance": "x", "name": "a"}, node | {"instance": "y", "name": "b"}]
+    refused = plan(crossed)
+    assert isinstance(refused, str) and "differ in instance, name at once" in refused
+    square = [node | {"instance": i, "name": u} for i in "xy" for u in "ab"]
+    assert plan(square)[-2:] == ['instance=~"x|y"', 'name=~"a|b"']
+    cut = plan(two, truncatedAlerts=3)
+    assert isinstance(cut, str) and "left out of the notification" in cut
+    stored = encode_plan(group_matchers(_notification([_alert(a) for a in two])))
+    assert decode_plan(stored, "{}") == group_matchers(_notification([_alert(a) for a in two]))
+    assert decode_plan(None, '{"alertname": "X"}') == [Matcher("alertname", "=", "X")]
+
+
+def test_silence_ids_are_uuids_or_their_prefixes() -> None:
+    for good in ("3f2a9c1e", "3F2A9C1E-1234", "3f2a9c1e-1234-4abc-8def-0123456789ab", "0"):
+        assert could_be_silence_id(good), good
+    for bad in ("", "../x", "3f2a9c1g", "3f2a9c1e1", "3f2a9c1e-1234-4abc-8def-0123456789abc", "x"):
+        assert not could_be_silence_id(bad), bad

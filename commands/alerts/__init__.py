@@ -7,9 +7,9 @@ notification produce one message: a notification identical to the group's last o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
-import json
 import logging
 import re
 from collections import Counter
@@ -22,6 +22,7 @@ from prometheus_client import Counter as MetricCounter
 from bot.args import arg, args, text
 from bot.context import Context, ReactionContext, Runtime
 from bot.errors import RemoteError, UserError
+from bot.http import BodyTooLarge, read_body
 from bot.matrix import IncomingReaction
 from bot.messages import escape, human_duration, table
 from bot.registry import Router
@@ -30,6 +31,14 @@ from commands.alerts.config import AlertRoute, AlertsConfig, alerts_config
 from commands.alerts.intake import Intake
 from commands.alerts.matchers import Matcher, looks_like_matcher, parse_duration, parse_matchers
 from commands.alerts.payload import Notification, WebhookError, parse_notification
+from commands.alerts.silence_ops import InFlight, create_verified, mismatch_note
+from commands.alerts.silencing import (
+    could_be_silence_id,
+    decode_plan,
+    key_of,
+    stored_key,
+    stored_matchers,
+)
 
 log = logging.getLogger(__name__)
 router = Router("alerts")
@@ -74,6 +83,13 @@ router.migration(
     4,
     """
     ALTER TABLE alert_groups ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'
+    """,
+)
+# The matchers a 🔕 uses, or why there are none (silencing.group_matchers); NULL: use labels.
+router.migration(
+    5,
+    """
+    ALTER TABLE alert_groups ADD COLUMN silence TEXT
     """,
 )
 
@@ -163,11 +179,10 @@ async def _webhook(rt: Runtime, request: web.Request, path: str | None) -> web.R
         resp = _reject(401, "missing or wrong credentials", request, rt)
         resp.headers["WWW-Authenticate"] = 'Bearer realm="infrabot", Basic realm="infrabot"'
         return resp
-    if request.content_length is not None and request.content_length > cfg.max_body_bytes:
-        return _reject(413, f"body larger than {cfg.max_body_bytes} bytes", request, rt)
-    body = await request.content.read(cfg.max_body_bytes + 1)
-    if len(body) > cfg.max_body_bytes:
-        return _reject(413, f"body larger than {cfg.max_body_bytes} bytes", request, rt)
+    try:
+        body = await read_body(request, cfg.max_body_bytes)
+    except BodyTooLarge as exc:
+        return _reject(413, exc.reason, request, rt)
     try:
         n = parse_notification(body)
     except WebhookError as exc:
@@ -298,22 +313,18 @@ async def silence_cmd(ctx: Context) -> None:
     comment = " ".join(args) or f"silenced from Matrix by {ctx.sender}"
     starts = datetime.now(UTC)
     ends = starts + duration
-    silence_id = await _api(ctx.rt).create_silence(matchers, starts, ends, ctx.sender, comment)
-    shown = ", ".join(str(m) for m in matchers)
+    created = await create_verified(_api(ctx.rt), matchers, starts, ends, ctx.sender, comment)
+    if not created.kept:
+        await ctx.reply(mismatch_note(matchers, created))
+        return
+    # What Alertmanager stored, not what was typed: that is what will be silenced.
+    shown = ", ".join(str(m) for m in created.stored)
     until = _ending(ends, duration)
     await ctx.reply(
-        f"🔕 silenced {shown} until {until}; id {silence_id}",
+        f"🔕 silenced {shown} until {until}; id {created.silence_id}",
         f"🔕 silenced <code>{escape(shown)}</code> until {until}; "
-        f"id <code>{escape(silence_id)}</code>",
+        f"id <code>{escape(created.silence_id)}</code>",
     )
-
-
-def _plain(silence: dict[str, Any]) -> list[tuple[str, str]] | None:
-    """A silence's matchers as sorted (name, value) pairs if all are plain equality, else None."""
-    matchers = silence.get("matchers", [])
-    if any(m.get("isRegex") or not m.get("isEqual", True) for m in matchers):
-        return None
-    return sorted((str(m.get("name")), str(m.get("value"))) for m in matchers)
 
 
 def _matcher_text(m: dict[str, Any]) -> str:
@@ -347,25 +358,55 @@ async def silences_cmd(ctx: Context) -> None:
     await ctx.reply(text, html)
 
 
+def _since(iso: str) -> str:
+    try:
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    return f"{moment:%Y-%m-%d %H:%M} UTC, {_ago(iso)} ago"
+
+
 @router.command("unsilence", params=[arg("id", text)], role="operator")
 async def unsilence_cmd(ctx: Context) -> None:
     """Expire a silence now (a unique prefix of its id is enough)."""
-    wanted = ctx.args[0]
-    api = _api(ctx.rt)
-    live = [s for s in await api.silences() if s.get("status", {}).get("state") != "expired"]
-    matches = [s for s in live if str(s.get("id", "")).startswith(wanted)]
-    if not matches:
+    wanted = ctx.args[0].lower()
+    listing = f"`{ctx.rt.prefix}silences` lists the active ones"
+    if not could_be_silence_id(wanted):
+        # Checked before any call: the id goes into Alertmanager's URL path.
         raise UserError(
-            f"No active silence with id `{wanted}`; `{ctx.rt.prefix}silences` lists them."
+            f"`{ctx.args[0][:80]}` cannot be a silence id: Alertmanager's ids are UUIDs "
+            f"(like 3f2a9c1e-…); {listing}."
         )
-    if len(matches) > 1:
-        raise UserError(f"`{wanted}` matches {len(matches)} silences; give more of the id.")
-    silence_id = str(matches[0]["id"])
+    api = _api(ctx.rt)
+    matches = [s for s in await api.silences() if str(s.get("id", "")).startswith(wanted)]
+    if not matches:
+        raise UserError(f"No such silence: `{wanted}`; {listing}.")
+    live = [s for s in matches if s.get("status", {}).get("state") != "expired"]
+    if not live:
+        if len(matches) > 1:
+            raise UserError(
+                f"The {len(matches)} silences starting with `{wanted}` are all expired."
+            )
+        gone = matches[0]
+        await ctx.reply(
+            f"🔔 silence {gone['id']} is already expired (since {_since(str(gone.get('endsAt')))})."
+        )
+        return
+    if len(live) > 1:
+        raise UserError(f"`{wanted}` matches {len(live)} active silences; give more of the id.")
+    silence_id = str(live[0]["id"])
     try:
         await api.expire_silence(silence_id)
     except RemoteError as exc:
         raise RemoteError(f"could not expire silence {silence_id}: {exc}") from None
     await ctx.reply(f"🔔 silence {silence_id} expired; its alerts notify again.")
+
+
+def _inflight(rt: Runtime) -> InFlight:
+    found = rt.extras.get("alerts.silencing")
+    if not isinstance(found, InFlight):
+        found = rt.extras["alerts.silencing"] = InFlight()
+    return found
 
 
 async def _groups_reacted_to(rt: Runtime, reaction: IncomingReaction) -> list[Any] | None:
@@ -376,7 +417,7 @@ async def _groups_reacted_to(rt: Runtime, reaction: IncomingReaction) -> list[An
     if outbox_id is None:
         return None  # not the bot's message
     rows = rt.store.execute(
-        "SELECT labels FROM alert_groups WHERE outbox_id = ? AND room_id = ? AND open = 1",
+        "SELECT labels, silence FROM alert_groups WHERE outbox_id = ? AND room_id = ? AND open = 1",
         (outbox_id, reaction.room_id),
     ).fetchall()
     return rows or None  # none: not the message of an open alert group, an ordinary reaction
@@ -397,41 +438,75 @@ async def silence_by_reaction(rctx: ReactionContext, rows: list[Any]) -> None:
     except UserError as exc:
         answer(f"🔕 cannot silence: {exc}")
         return
+    plans = [decode_plan(row["silence"], row["labels"]) for row in rows]
+    refusals = [p for p in plans if isinstance(p, str)]
+    wanted = [p for p in plans if not isinstance(p, str)]
+    if refusals:
+        answer(
+            f"🔕 cannot silence this group exactly: {refusals[0]}. Silence it with matchers, "
+            f"e.g. `{rt.prefix}silence alertname=… instance=… 2h`."
+        )
+    if not wanted:
+        return
+    # Claimed before the first await: a 🔕 handled in the same loop turn sees the claim.
+    flights = _inflight(rt)
+    owned: list[list[Matcher]] = []
+    waiting: list[tuple[list[Matcher], asyncio.Future[tuple[str, str] | None]]] = []
+    for matchers in wanted:
+        running = flights.running(key_of(matchers))
+        if running is None:
+            flights.claim(key_of(matchers))
+            owned.append(matchers)
+        else:
+            waiting.append((matchers, running))
     duration = parse_duration(cfg.silence_on_reaction)
     starts = datetime.now(UTC)
     ends = starts + duration
-    try:
-        live = [s for s in await api.silences() if s.get("status", {}).get("state") == "active"]
-    except RemoteError as exc:
-        answer(f"🔕 could not silence: {exc}")
-        return
     done: list[tuple[str, str, str, bool]] = []  # matchers shown, silence id, until, already
-    for row in rows:
-        labels: dict[str, str] = json.loads(row["labels"])
-        matchers = [Matcher(name, "=", value) for name, value in sorted(labels.items())]
-        if not matchers:
-            continue
-        shown = ", ".join(str(m) for m in matchers)
-        # A second 🔕 (or a second operator's) points at the silence already there.
-        same = next((s for s in live if _plain(s) == sorted(labels.items())), None)
-        if same is not None:
-            done.append((shown, str(same["id"]), _until(str(same.get("endsAt", ""))), True))
-            continue
-        try:
-            silence_id = await api.create_silence(
+    live: list[dict[str, Any]] = []
+    try:
+        if owned:
+            live = [s for s in await api.silences() if s.get("status", {}).get("state") == "active"]
+        for matchers in owned:
+            key = key_of(matchers)
+            # A second 🔕 (or a second operator's) points at the silence already there.
+            same = next((s for s in live if stored_key(s) == key), None)
+            if same is not None:
+                shown = ", ".join(str(m) for m in stored_matchers(same))
+                ends_at = str(same.get("endsAt", ""))
+                done.append((shown, str(same["id"]), _until(ends_at), True))
+                flights.release(key, (str(same["id"]), ends_at))
+                continue
+            created = await create_verified(
+                api,
                 matchers,
                 starts,
                 ends,
                 reaction.sender,
                 f"🔕 reaction in Matrix by {reaction.sender}",
             )
-        except RemoteError as exc:
-            answer(f"🔕 could not silence {shown}: {exc}")
-            return
-        until = _ending(ends, duration)
-        done.append((shown, silence_id, until, False))
+            if not created.kept:
+                flights.release(key, None)
+                answer("🔕 " + mismatch_note(matchers, created))
+                continue
+            flights.release(key, (created.silence_id, created.ends_at))
+            shown = ", ".join(str(m) for m in created.stored)
+            done.append((shown, created.silence_id, _ending(ends, duration), False))
+    except RemoteError as exc:
+        answer(f"🔕 could not silence: {exc}")
+    finally:
+        for matchers in owned:
+            flights.release(key_of(matchers), None)
+    for matchers, running in waiting:
+        result = await running
+        shown = ", ".join(str(m) for m in matchers)
+        if result is None:
+            answer(
+                f"🔕 {shown}: another 🔕 on it at the same moment did not silence it (see above)."
+            )
+            continue
+        done.append((shown, result[0], _until(result[1]), True))
     if not done:
-        answer("🔕 cannot silence: the group has no labels to match on.")
         return
 
     def outcome(what: str, sid: str, until: str, already: bool) -> str:

@@ -11,6 +11,10 @@ from bot.errors import RemoteError
 from commands.alerts.matchers import Matcher
 
 
+class NotFound(RemoteError):
+    """Alertmanager answered 404 (e.g. no silence with that id)."""
+
+
 class AlertmanagerAPI:
     """Each call has a timeout; failures raise RemoteError with a message fit for the room."""
 
@@ -26,6 +30,8 @@ class AlertmanagerAPI:
                 session.request(method, url, **kwargs) as resp,
             ):
                 text = await resp.text()
+                if resp.status == 404:
+                    raise NotFound(f"Alertmanager has no {path}")
                 if resp.status >= 400:
                     snippet = text[:200].strip()
                     raise RemoteError(
@@ -67,6 +73,11 @@ class AlertmanagerAPI:
         }
         result = await self._call("POST", "/silences", json=body)
         return str(result["silenceID"])
+
+    async def silence(self, silence_id: str) -> dict[str, Any]:
+        """One silence as Alertmanager stored it; raises NotFound for an unknown id."""
+        result: dict[str, Any] = await self._call("GET", f"/silence/{silence_id}")
+        return result
 
     async def expire_silence(self, silence_id: str) -> None:
         """Expire a silence now."""

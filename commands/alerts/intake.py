@@ -33,6 +33,7 @@ from commands.alerts.render import (
     severity_of,
     with_reminder,
 )
+from commands.alerts.silencing import encode_plan, group_matchers
 
 log = logging.getLogger(__name__)
 # Beyond this many groups in one message, each is shown as one line rather than in full.
@@ -155,7 +156,7 @@ class Intake:
         same = row is not None and row["digest"] == digest
         if same and (now - row["updated_at"] < cfg.dedupe_window_s or not cfg.reminders):
             return "duplicate"
-        still_open = 1 if n.status == "firing" else 0
+        still_open = 0 if n.all_resolved else 1
         draft = self.drafts.get(room_id)
         # A group whose message has not gone out yet is changed in that message, not edited.
         unsent = (
@@ -181,8 +182,8 @@ class Intake:
                 db.execute("DELETE FROM alert_groups WHERE id = ?", (row["id"],))
             db.execute(
                 "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, "
-                "alerts, created_at, updated_at, in_digest, labels) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "alerts, created_at, updated_at, in_digest, labels, silence) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     room_id,
                     n.groupKey,
@@ -195,28 +196,37 @@ class Intake:
                     now,
                     int(len(self.drafts[room_id].groups) > 1),
                     json.dumps(n.groupLabels or n.commonLabels),
+                    encode_plan(group_matchers(n)),
                 ),
             )
             if repeat:
                 return "reminded"
             if row is not None:
-                return "resolved" if n.status == "resolved" else "updated"
+                return "resolved" if n.all_resolved else "updated"
             return "coalesced" if joined else "posted"
         content = self._content(n, NOBODY)
         target = ref(row["outbox_id"])
         self.rt.outbox.post(
             room_id, messages.edit(content, target), coalesce_key=f"alerts:edit:{row['id']}"
         )
-        if n.status == "resolved" and cfg.resolved_reply:
+        if n.all_resolved and cfg.resolved_reply:
             lasted = human_duration(now - row["created_at"])
             reply = f"✅ resolved: {group_title(n)} ({len(n.alerts)} alert(s), open for {lasted})"
             self.rt.outbox.post(room_id, messages.in_thread(messages.notice(reply), target))
         db.execute(
-            "UPDATE alert_groups SET digest = ?, status = ?, alerts = ?, updated_at = ?, open = ? "
-            "WHERE id = ?",
-            (digest, n.status, len(n.alerts), now, still_open, row["id"]),
+            "UPDATE alert_groups SET digest = ?, status = ?, alerts = ?, updated_at = ?, open = ?, "
+            "silence = ? WHERE id = ?",
+            (
+                digest,
+                n.status,
+                len(n.alerts),
+                now,
+                still_open,
+                encode_plan(group_matchers(n)),
+                row["id"],
+            ),
         )
-        return "resolved" if n.status == "resolved" else "updated"
+        return "resolved" if n.all_resolved else "updated"
 
     def _place(
         self, cfg: AlertsConfig, room_id: str, n: Notification, pings: Mentions, repeat: bool

@@ -50,8 +50,20 @@ class Notification(_Model):
     commonLabels: dict[str, str] = Field(default_factory=dict)
     commonAnnotations: dict[str, str] = Field(default_factory=dict)
     externalURL: str = ""
-    truncatedAlerts: int = 0
+    # Alerts Alertmanager left out of this notification (webhook_config `max_alerts`).
+    truncatedAlerts: int = Field(default=0, ge=0)
     alerts: list[Alert] = Field(min_length=1)
+
+    @property
+    def all_resolved(self) -> bool:
+        """Whether the whole group is known to be resolved.
+
+        Alertmanager computes `status` from the alerts it kept after cutting the list to
+        `max_alerts` (notify/webhook/webhook.go, 0.25: truncateAlerts before
+        GetTemplateData), so with `truncatedAlerts` > 0 a "resolved" speaks only for the
+        visible part: the alerts left out may still fire.
+        """
+        return self.status == "resolved" and self.truncatedAlerts == 0
 
     @property
     def firing(self) -> list[Alert]:
@@ -66,7 +78,11 @@ class Notification(_Model):
     def state_digest(self) -> str:
         """Identical for notifications that say the same thing (e.g. from two HA replicas)."""
         parts = sorted((a.key, a.status, a.startsAt.isoformat()) for a in self.alerts)
-        raw = json.dumps([self.groupKey, self.status, parts])
+        state: list[object] = [self.groupKey, self.status, parts]
+        if self.truncatedAlerts:
+            # Only then: digests stored before this field counted are still recognised.
+            state.append(self.truncatedAlerts)
+        raw = json.dumps(state)
         return hashlib.sha256(raw.encode()).hexdigest()
 
 

@@ -1,7 +1,15 @@
 """Alert notifications as room messages: Jinja2 templates for HTML and plain text.
 
-Every label and annotation value reaches the HTML through autoescaping. A group too large for
-one Matrix event is cut, with "and N more" saying what was left out.
+Every label and annotation value reaches the HTML through autoescaping. Only absolute http(s)
+URLs from a payload become links (`javascript:`, `data:` and the like are shown as text). One
+oversized value is shortened ("… 61,000 more characters") and a group too large for one Matrix
+event is cut, with "and N more" saying what was left out, so a message always keeps its HTML.
+
+Templates (`alertmanager.templates`) get: `n` (the Notification), `title`, `severity`,
+`status_word`, `icon`, `colour`, `firing`/`resolved` (lists of AlertView), `firing_total`,
+`more_firing`, `more_resolved`, `truncated_note`, `mention_text`, `mention_html`; the helpers
+`link(url, text)` (an <a> only for http(s) URLs, else text), the filter `http_url` (the URL, or
+"" when it is not http(s)) and, for HTML, the filter `nl2br` (escape, then newlines → <br>).
 """
 
 from __future__ import annotations
@@ -10,14 +18,12 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+
+from markupsafe import Markup
 
 from bot.mentions import NOBODY, Mentions
 from bot.messages import escape, human_duration
 from commands.alerts.payload import Alert, Notification
-
-if TYPE_CHECKING:
-    pass
 
 # An edit carries the content twice (fallback + m.new_content) and an event may be 64 KiB.
 MAX_RENDERED_BYTES = 28_000
@@ -33,17 +39,26 @@ SEVERITY_COLOURS = {
 }
 HIDDEN_LABELS = {"alertname", "severity"}
 LINK_ANNOTATIONS = (("runbook_url", "Runbook"), ("grafana", "Grafana"), ("dashboard", "Dashboard"))
+# A label or annotation value longer than this is shortened: the event keeps its other alerts
+# and its HTML (bot.messages.fit would drop the HTML of an event that cannot fit).
+MAX_VALUE_CHARS = 2_000
+# A URL longer than this is shown shortened, as text, rather than as a link that cannot work.
+MAX_URL_CHARS = 4_000
+# A shared digest line's summary.
+DIGEST_SUMMARY_CHARS = 200
 
 DEFAULT_TEXT = """\
 {% if mention_text %}{{ mention_text }} {% endif -%}
-{{ icon }} {{ status_word }}{% if firing %} ({{ firing|length + more_firing }}){% endif %} · \
+{{ icon }} {{ status_word }}{% if firing_total %} ({{ firing_total }}){% endif %} · \
 {{ severity|upper }} · {{ title }}
 {% for a in firing %}• {{ a.headline }}{% if a.summary %} — {{ a.summary }}{% endif %} \
 (since {{ a.since }})
-{% if a.labels %}  {{ a.labels }}
-{% endif %}{% if a.links %}  {% for name, url in a.links %}{{ name }}: {{ url }}\
-{% if not loop.last %} | {% endif %}{% endfor %}
+{% if a.description %}  {{ a.description|indent(2) }}
+{% endif %}{% if a.labels %}  {{ a.labels }}
+{% endif %}{% if a.links or a.unlinked %}  {% for name, url in a.links + a.unlinked %}\
+{{ name }}: {{ url }}{% if not loop.last %} | {% endif %}{% endfor %}
 {% endif %}{% endfor %}{% if more_firing %}… and {{ more_firing }} more firing
+{% endif %}{% if truncated_note %}… {{ truncated_note }}
 {% endif %}{% if resolved %}✅ resolved ({{ resolved|length + more_resolved }}):
 {% for a in resolved %}• {{ a.headline }}{% if a.summary %} — {{ a.summary }}{% endif %} \
 (after {{ a.duration }})
@@ -53,15 +68,18 @@ DEFAULT_TEXT = """\
 DEFAULT_HTML = """\
 {% if mention_html %}{{ mention_html|safe }} {% endif -%}
 <b><font color="{{ colour }}" data-mx-color="{{ colour }}">{{ icon }} {{ status_word }}\
-{% if firing %} ({{ firing|length + more_firing }}){% endif %} · {{ severity|upper }}</font> · \
+{% if firing_total %} ({{ firing_total }}){% endif %} · {{ severity|upper }}</font> · \
 {{ title }}</b>
-{% if firing %}<ul>{% for a in firing %}<li><b>{{ a.headline }}</b>\
-{% if a.summary %} — {{ a.summary }}{% endif %} <i>(since {{ a.since }})</i>\
-{% if a.description %}<br>{{ a.description }}{% endif %}\
+{% if firing or truncated_note %}<ul>{% for a in firing %}<li><b>{{ a.headline }}</b>\
+{% if a.summary %} — {{ a.summary|nl2br }}{% endif %} <i>(since {{ a.since }})</i>\
+{% if a.description %}<br>{{ a.description|nl2br }}{% endif %}\
 {% if a.labels %}<br><code>{{ a.labels }}</code>{% endif %}\
-{% if a.links %}<br>{% for name, url in a.links %}<a href="{{ url }}">{{ name }}</a>\
+{% if a.links or a.unlinked %}<br>{% for name, url in a.links %}{{ link(url, name) }}\
+{% if not loop.last or a.unlinked %} · {% endif %}{% endfor %}\
+{% for name, text in a.unlinked %}{{ name }}: <code>{{ text }}</code>\
 {% if not loop.last %} · {% endif %}{% endfor %}{% endif %}</li>{% endfor %}\
-{% if more_firing %}<li>… and {{ more_firing }} more firing</li>{% endif %}</ul>{% endif %}\
+{% if more_firing %}<li>… and {{ more_firing }} more firing</li>{% endif %}\
+{% if truncated_note %}<li>… {{ truncated_note }}</li>{% endif %}</ul>{% endif %}\
 {% if resolved %}<p>✅ resolved ({{ resolved|length + more_resolved }}):</p><ul>\
 {% for a in resolved %}<li><s>{{ a.headline }}</s>{% if a.summary %} — {{ a.summary }}{% endif %} \
 <i>(after {{ a.duration }})</i></li>{% endfor %}\
@@ -78,7 +96,48 @@ class AlertView:
     labels: str
     since: str
     duration: str
-    links: list[tuple[str, str]]
+    links: list[tuple[str, str]]  # (name, http(s) URL)
+    unlinked: list[tuple[str, str]]  # (name, text): URLs that must not become links
+
+
+def http_url(url: str) -> str | None:
+    """The URL if it is an absolute http(s) URL with a host, else None.
+
+    Anything else (`javascript:`, `data:`, `vbscript:`, relative, or with control characters or
+    spaces a browser would strip before reading the scheme) must not become an href.
+    """
+    if not url or any(ord(c) <= 0x20 or c == "\x7f" for c in url):
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return url
+
+
+def shorten(value: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """The value, or its first `limit` characters and how many more there were."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}… {len(value) - limit:,} more characters"
+
+
+def _link_html(url: str, text: str) -> Markup:
+    safe = http_url(url)
+    if safe is None:
+        return Markup("{}").format(text)
+    return Markup('<a href="{}">{}</a>').format(safe, text)
+
+
+def _link_text(url: str, text: str) -> str:
+    return f"{text}: {url}"
+
+
+def _nl2br(value: object) -> Markup:
+    lines = str(value).replace("\r\n", "\n").split("\n")
+    return Markup("<br>").join(Markup("{}").format(line) for line in lines)
 
 
 def severity_of(n: Notification) -> str:
@@ -100,7 +159,7 @@ def silence_url(external_url: str, alert: Alert) -> str:
     return f"{external_url.rstrip('/')}/#/silences/new?filter={query}"
 
 
-def _view(alert: Alert, n: Notification, now: datetime) -> AlertView:
+def _view(alert: Alert, n: Notification, now: datetime, cap: int = MAX_VALUE_CHARS) -> AlertView:
     labels = alert.labels
     host = labels.get("instance") or labels.get("host") or labels.get("hostname") or ""
     host = re.sub(r":\d+$", "", host)  # "pluto:9100" reads better as "pluto"
@@ -109,25 +168,33 @@ def _view(alert: Alert, n: Notification, now: datetime) -> AlertView:
     shown = {
         k: v for k, v in sorted(labels.items()) if k not in HIDDEN_LABELS and k not in n.groupLabels
     }
-    links: list[tuple[str, str]] = []
+    candidates: list[tuple[str, str]] = []
     if alert.generatorURL:
-        links.append(("Prometheus", alert.generatorURL))
+        candidates.append(("Prometheus", alert.generatorURL))
     for key, title in LINK_ANNOTATIONS:
         if alert.annotations.get(key):
-            links.append((title, alert.annotations[key]))
-    if n.externalURL and alert.status == "firing":
-        links.append(("Silence", silence_url(n.externalURL, alert)))
+            candidates.append((title, alert.annotations[key]))
+    if n.externalURL and alert.status == "firing" and http_url(n.externalURL):
+        candidates.append(("Silence", silence_url(n.externalURL, alert)))
+    links: list[tuple[str, str]] = []
+    unlinked: list[tuple[str, str]] = []
+    for title, url in candidates:
+        if http_url(url) is not None and len(url) <= max(cap, MAX_URL_CHARS):
+            links.append((title, url))
+        else:
+            unlinked.append((title, shorten(url, min(cap, 300))))
     started = alert.startsAt.astimezone(UTC)
     ended = alert.endsAt.astimezone(UTC) if alert.endsAt else now
     return AlertView(
         headline=headline,
-        summary=alert.annotations.get("summary", ""),
-        description=alert.annotations.get("description", ""),
-        labels=" ".join(f"{k}={v}" for k, v in shown.items()),
+        summary=shorten(alert.annotations.get("summary", ""), cap),
+        description=shorten(alert.annotations.get("description", ""), cap),
+        labels=" ".join(f"{k}={shorten(v, cap)}" for k, v in shown.items()),
         since=f"{human_duration(max(0.0, (now - started).total_seconds()))}, "
         f"{started:%Y-%m-%d %H:%M} UTC",
         duration=human_duration(max(0.0, (ended - started).total_seconds())),
         links=links,
+        unlinked=unlinked,
     )
 
 
@@ -140,6 +207,11 @@ class Renderer:
         # Plain-text bodies are not HTML: escaping them would show &lt; to readers.
         self._text = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)  # noqa: S701
         self._html = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+        self._text.globals["link"] = _link_text
+        self._html.globals["link"] = _link_html
+        for env in (self._text, self._html):
+            env.filters["http_url"] = lambda url: http_url(str(url)) or ""
+        self._html.filters["nl2br"] = _nl2br
         self.text_template = self._text.from_string(text_template or DEFAULT_TEXT)
         self.html_template = self._html.from_string(html_template or DEFAULT_HTML)
 
@@ -151,21 +223,27 @@ class Renderer:
     ) -> tuple[str, str]:
         """Plain text and HTML for the group, cut to fit one event."""
         now = now or datetime.now(UTC)
-        firing = [_view(a, n, now) for a in n.firing] if n.status == "firing" else []
-        resolved = [_view(a, n, now) for a in (n.resolved if n.status == "firing" else n.alerts)]
-        keep_f, keep_r = len(firing), len(resolved)
+        cap = MAX_VALUE_CHARS
         while True:
-            text, html = self._render(n, firing, resolved, keep_f, keep_r, mentions)
-            if (
-                len(text.encode()) + len(html.encode()) <= MAX_RENDERED_BYTES
-                or keep_f + keep_r <= 1
-            ):
+            firing = [_view(a, n, now, cap) for a in n.firing] if not n.all_resolved else []
+            resolved = [_view(a, n, now, cap) for a in (n.alerts if n.all_resolved else n.resolved)]
+            keep_f, keep_r = len(firing), len(resolved)
+            while True:
+                text, html = self._render(n, firing, resolved, keep_f, keep_r, mentions)
+                if (
+                    len(text.encode()) + len(html.encode()) <= MAX_RENDERED_BYTES
+                    or keep_f + keep_r <= 1
+                ):
+                    break
+                # Drop resolved ones first, then firing, a tenth at a time.
+                if keep_r > 0:
+                    keep_r = max(0, keep_r - max(1, keep_r // 10))
+                else:
+                    keep_f = max(1, keep_f - max(1, keep_f // 10))
+            if len(text.encode()) + len(html.encode()) <= MAX_RENDERED_BYTES or cap <= 100:
                 return text, html
-            # Drop resolved ones first, then firing, a tenth at a time.
-            if keep_r > 0:
-                keep_r = max(0, keep_r - max(1, keep_r // 10))
-            else:
-                keep_f = max(1, keep_f - max(1, keep_f // 10))
+            # One alert alone is too large (many long values): shorten every value further.
+            cap //= 4
 
     def _render(
         self,
@@ -177,20 +255,34 @@ class Renderer:
         mentions: Mentions,
     ) -> tuple[str, str]:
         severity = severity_of(n)
-        is_resolved = n.status == "resolved"
+        is_resolved = n.all_resolved
+        truncated = n.truncatedAlerts
+        firing_total = len(firing) + truncated if n.status == "firing" else 0
+        truncated_note = ""
+        if truncated and n.status == "firing":
+            truncated_note = f"{firing_total:,} firing ({truncated:,} not in this notification)"
+        elif truncated:
+            truncated_note = (
+                f"{len(n.alerts):,} shown resolved; {truncated:,} not in this notification, "
+                "so the group is not known to be resolved"
+            )
         values = {
             "n": n,
             "title": group_title(n),
             "severity": severity,
-            "status_word": "RESOLVED" if is_resolved else "FIRING",
+            "status_word": "RESOLVED"
+            if is_resolved
+            else ("FIRING" if n.status == "firing" else "PARTLY RESOLVED"),
             "icon": _icon(n),
             "colour": SEVERITY_COLOURS["resolved" if is_resolved else severity]
             if (is_resolved or severity in SEVERITY_COLOURS)
             else "#616161",
             "firing": firing[:keep_f],
             "resolved": resolved[:keep_r],
+            "firing_total": firing_total,
             "more_firing": len(firing) - keep_f,
             "more_resolved": len(resolved) - keep_r,
+            "truncated_note": truncated_note,
             "mention_text": mentions.text(),
             "mention_html": mentions.html(),
         }
@@ -198,7 +290,7 @@ class Renderer:
 
 
 def _icon(n: Notification) -> str:
-    if n.status == "resolved":
+    if n.all_resolved:
         return "✅"
     return "🔥" if severity_of(n) in ("critical", "error") else "⚠️"
 
@@ -215,9 +307,17 @@ def group_title(n: Notification) -> str:
 
 def digest_line(n: Notification, repeat: bool = False) -> tuple[str, str]:
     """One group as a line of a storm digest: (text, html); `repeat` if it is a reminder."""
-    firing = len(n.firing) if n.status == "firing" else 0
+    firing = len(n.firing) + n.truncatedAlerts
     summary = next((a.annotations.get("summary", "") for a in n.alerts if a.annotations), "")
-    state = f"{firing} {'still ' if repeat else ''}firing" if n.status == "firing" else "resolved"
+    summary = shorten(summary, DIGEST_SUMMARY_CHARS)
+    if n.all_resolved:
+        state = "resolved"
+    elif n.status == "resolved":
+        state = f"partly resolved ({n.truncatedAlerts} not in this notification)"
+    else:
+        state = f"{firing} {'still ' if repeat else ''}firing"
+        if n.truncatedAlerts:
+            state += f" ({n.truncatedAlerts} not in this notification)"
     head = f"{_icon(n)} {severity_of(n).upper()} · {group_title(n)}"
     text = f"• {head} — {state}" + (f" — {summary}" if summary else "")
     html = f"<li><b>{escape(head)}</b> — {state}" + (f" — {escape(summary)}" if summary else "")
