@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from bot.cli import load, load_registry, secret_values
 from bot.config import ConfigError, parse_config
+from bot.durations import format_duration
 from bot.logs import SecretMask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,3 +167,16 @@ def test_durations_in_feature_sections_are_checked_at_load() -> None:
         "aws.snapshot_max_age",
     ):
         assert f"cfg.yaml: {key}: " in problems and "is not a duration" in problems, key
+
+
+def test_durations_are_parsed_once_at_load() -> None:
+    raw = _raw(access_token="t")
+    raw["deploy"] = {"checkout": "/srv/infra", "timeout": "1h30m"}
+    raw["alertmanager"] = {"url": "http://127.0.0.1:9093", "silence_on_reaction": "45m"}
+    config = _parse(raw)
+    deploy, alerts = config.features["deploy"], config.features["alertmanager"]
+    assert deploy.timeout == timedelta(hours=1, minutes=30)
+    assert deploy.confirm_timeout == timedelta(minutes=5)  # the default, typed too
+    assert alerts.silence_on_reaction == timedelta(minutes=45)
+    assert format_duration(timedelta(days=9, hours=2)) == "1w2d2h"
+    assert deploy.model_dump()["timeout"] == "1h30m"

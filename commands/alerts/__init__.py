@@ -459,7 +459,7 @@ async def silence_by_reaction(rctx: ReactionContext, rows: list[Any]) -> None:
             owned.append(matchers)
         else:
             waiting.append((matchers, running))
-    duration = parse_duration(cfg.silence_on_reaction)
+    duration = cfg.silence_on_reaction
     starts = datetime.now(UTC)
     ends = starts + duration
     done: list[tuple[str, str, str, bool]] = []  # matchers shown, silence id, until, already

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field, SecretStr
 
 from bot.config import Section
@@ -46,7 +48,7 @@ class AlertsConfig(Section):
     # Alertmanager's repeat of an unchanged group (repeat_interval) is posted again; off: dropped.
     reminders: bool = True
     # A 🔕 reaction (by an operator) on a group's message silences the group this long; None: off.
-    silence_on_reaction: Duration | None = "2h"
+    silence_on_reaction: Duration | None = timedelta(hours=2)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     templates: Templates = Templates()
     # New groups that join a message still waiting to be sent (a storm, or the homeserver

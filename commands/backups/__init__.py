@@ -14,15 +14,15 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import Field
 
-from bot import durations, messages
+from bot import messages
 from bot.args import arg, text
 from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
-from bot.durations import Duration
+from bot.durations import Duration, format_duration
 from bot.errors import UserError
 from bot.mentions import NOBODY, MentionRule, mentions_for
 from bot.messages import escape, human_duration, table
@@ -40,7 +40,7 @@ ICONS = {"OK": "✅", "STALE": "⚠️", "ERROR": "❌"}
 class BackupsConfig(Section):
     cron: str = "0 * * * *"
     room: str | None = None
-    remind_every: Duration = "24h"
+    remind_every: Duration = timedelta(hours=24)
     timeout_s: float = Field(default=30, gt=0)
     mentions: list[MentionRule] = Field(default_factory=list)
     ssh: SshSettings = SshSettings()
@@ -98,7 +98,7 @@ async def run_all(rt: Runtime) -> list[CheckResult]:
     ssh = SshClient.from_settings(cfg.ssh)
     per_check = await asyncio.gather(*(run_check(c, ssh, cfg.timeout_s) for c in cfg.checks))
     room = rt.transport.resolve_room(cfg.room) if cfg.room else rt.default_room()
-    remind_s = durations.parse_duration(cfg.remind_every).total_seconds()
+    remind_s = cfg.remind_every.total_seconds()
     now = clock()
     with rt.store.transaction() as db:
         for check, results in zip(cfg.checks, per_check, strict=True):
@@ -244,7 +244,7 @@ async def backups_cmd(ctx: Context) -> None:
                 check.target(r.item),
                 r.newest.strftime("%Y-%m-%d %H:%M") if r.newest else "—",
                 _age(r),
-                check.max_age,
+                format_duration(check.max_age),
                 f"{ICONS[r.state]} {r.state}",
             ]
         )
@@ -273,8 +273,8 @@ async def _details(ctx: Context, cfg: BackupsConfig, name: str) -> None:
         (name, name),
     ).fetchall()
     lines = [
-        f"{check.name}: {check.kind} on {check.target()}, max age {check.max_age}, "
-        f"severity {check.severity}"
+        f"{check.name}: {check.kind} on {check.target()}, "
+        f"max age {format_duration(check.max_age)}, severity {check.severity}"
     ]
     for row in rows:
         when = datetime.fromtimestamp(row["checked_at"], UTC)

@@ -11,16 +11,15 @@ import asyncio
 import logging
 import re
 import shlex
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from bot import durations
 from bot.config import Section
 from bot.context import error_ref
-from bot.durations import Duration
+from bot.durations import Duration, format_duration
 from bot.errors import RemoteError
 from bot.services.ssh import Result, SshClient, parse_target
 from commands.backups import zfs, zrepl
@@ -67,11 +66,6 @@ class BackupCheck(Section):
             if not _SAFE_PATTERN.match(Path(self.glob).name) or "*" in str(Path(self.glob).parent):
                 raise ValueError("glob: only the file name may hold wildcards (* ? [ ])")
         return self
-
-    @property
-    def max_age_td(self) -> timedelta:
-        """max_age as a timedelta."""
-        return durations.parse_duration(self.max_age)
 
     def target(self, item: str | None = None) -> str:
         """What the check (or one item of it: a dataset, a zrepl job) looks at, for the table."""
@@ -214,7 +208,9 @@ async def run_check(
     timeout, or any exception at all — becomes one ERROR result for this check alone, so
     one check can never cost the others their results.
     """
-    verdicts = Verdicts(check.name, check.max_age_td, check.max_age, now or datetime.now(UTC))
+    verdicts = Verdicts(
+        check.name, check.max_age, format_duration(check.max_age), now or datetime.now(UTC)
+    )
     try:
         async with asyncio.timeout(timeout_s + 5):
             if check.kind == "zfs_snapshots":

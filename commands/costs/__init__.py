@@ -7,12 +7,12 @@ every Cost Explorer window from `commands.costs.dates`.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import Field, SecretStr
 
-from bot import durations
-from bot.args import arg, args, text
+from bot.args import arg, text
+from bot.args import args as words  # commands.costs.args (a submodule) takes the name `args`
 from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration
@@ -102,7 +102,7 @@ class AwsConfig(Section):
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
     timeout_s: float = Field(default=20, gt=0)
-    snapshot_max_age: Duration = "90d"
+    snapshot_max_age: Duration = timedelta(days=90)
     prices: PriceTable = PriceTable()
     baseline_monthly: float | None = Field(default=None, ge=0)
     weekly_cron: str = "0 9 * * 1"
@@ -175,7 +175,7 @@ def _now(rt: Runtime) -> datetime:
 
 
 @router.command(
-    "costs", params=[arg("period", text, required=False), args("options", text, required=False)]
+    "costs", params=[arg("period", text, required=False), words("options", text, required=False)]
 )
 async def costs_cmd(ctx: Context) -> None:
     """AWS spend: `!costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service S3]`."""
@@ -201,7 +201,7 @@ async def costs_cmd(ctx: Context) -> None:
     await ctx.reply("\n".join(lines + mlines), html + lines_html(mlines))
 
 
-@router.command("aws idle", params=[args("regions", text, required=False)])
+@router.command("aws idle", params=[words("regions", text, required=False)])
 async def idle_cmd(ctx: Context) -> None:
     """Unattached volumes, old snapshots, stopped and previous-generation instances, with $."""
     cfg = _config(ctx.rt)
@@ -217,7 +217,7 @@ async def idle_cmd(ctx: Context) -> None:
         _clients(ctx.rt),
         regions,
         _prices(cfg),
-        durations.parse_duration(cfg.snapshot_max_age),
+        cfg.snapshot_max_age,
         _now(ctx.rt),
     )
     text, html, _ = render_idle(report, regions)
@@ -238,7 +238,7 @@ async def weekly_job(ctx: JobContext) -> str:
     lines, html = render_comparison(comparison, cfg.top, "📊 Weekly AWS costs")
     try:
         report = await find_idle(
-            aws, cfg.regions, _prices(cfg), durations.parse_duration(cfg.snapshot_max_age), now
+            aws, cfg.regions, _prices(cfg), cfg.snapshot_max_age, now
         )
         idle_line = (
             f"idle resources: {len(report.items)}, could save about "

@@ -8,12 +8,12 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pydantic import ConfigDict, Field, RootModel, field_validator
 
-from bot import durations, messages
+from bot import messages
 from bot.args import arg, args, text
 from bot.config import Section
 from bot.context import Context, ReactionContext, Runtime, answer_to
@@ -53,9 +53,9 @@ class DeployConfig(Section):
     runner: str = "root@localhost"
     checkout: str
     ssh: SshSettings = SshSettings()
-    timeout: Duration = "30m"
+    timeout: Duration = timedelta(minutes=30)
     max_parallel: int = Field(default=2, ge=1, le=32)
-    confirm_timeout: Duration = "5m"
+    confirm_timeout: Duration = timedelta(minutes=5)
     progress_interval_s: float = Field(default=3, gt=0)
     thread_interval_s: float = Field(default=5, gt=0)
 
@@ -158,7 +158,7 @@ def _runner(rt: Runtime) -> Runner:
     spec = RunnerSpec(
         cfg.runner,
         cfg.checkout,
-        durations.parse_duration(cfg.timeout).total_seconds(),
+        cfg.timeout.total_seconds(),
         cfg.progress_interval_s,
         cfg.thread_interval_s,
     )
@@ -220,7 +220,7 @@ async def deploy_cmd(ctx: Context) -> None:
     if protected:
         cfg = _deploy_config(ctx.rt)
         confirm_id = secrets.token_hex(2)
-        timeout = durations.parse_duration(cfg.confirm_timeout).total_seconds()
+        timeout = cfg.confirm_timeout.total_seconds()
         text = (
             f"🔐 {', '.join(protected)} {'is' if len(protected) == 1 else 'are'} protected. "
             f"Confirm `{action}` of {', '.join(h.name for h in hosts)} "
