@@ -17,29 +17,133 @@ from tests.conftest import BotFactory
 
 SHA = "3f2c1a9b8e7d6c5b4a39281706f5e4d3c2b1a098"
 
+# The fakes print what the real tools print without a terminal, from their sources:
+# - nixos-rebuild: nixpkgs pkgs/os-specific/linux/nixos-rebuild/nixos-rebuild.sh (commit
+#   00409d13, 24.05): log "building the system configuration..." (stderr); after a failed
+#   switch-to-configuration, log "warning: error(s) occurred while switching to the new
+#   configuration" and exit 1. Nothing is printed after a successful switch.
+# - Nix 2.18 SimpleLogger (libutil/logging.cc startActivity: text + "..."), libstore
+#   store-api.cc ("copying %d paths", "copying path '%s' to '%s'"), libmain/shared.cc
+#   printMissing ("these %d derivations will be built:", then "  <drv>" lines), build
+#   ("building '%s'").
+# - switch-to-configuration-ng: nixpkgs pkgs/by-name/sw/switch-to-configuration-ng/src/src/
+#   main.rs (commit 17358245): "activating the configuration...", "reloading user units for
+#   %s...", "restarting sysinit-reactivation.target", "restarting the following units: …",
+#   then for failed units "warning: the following units failed: a, b" (sorted, ", "-joined),
+#   `systemctl status --no-pager --full <units>` and exit 4. The status text below is the
+#   shape a user pasted from a real switch (serokell/deploy-rs issue #52, systemd 247).
+# - "setting up /etc..." is the etc activation snippet's (nixos/modules/system/etc/etc.nix).
+# - sudo 1.9 without a terminal: "sudo: a terminal is required to read the password; either
+#   use the -S option to read from standard input or configure an askpass helper", then
+#   "sudo: a password is required".
 NIXOS_REBUILD = r"""
 echo "$0 $*" >> "$DATA/args.log"
 pwd >> "$DATA/cwd.log"
 echo $$ > "$DATA/pid"
 mode=$(cat "$DATA/mode" 2>/dev/null || echo ok)
-echo "building the system configuration..."
-echo "these 3 derivations will be built:"
-echo "  /nix/store/9k1x2-nixos-system-pluto-24.05.20241125.drv"
-echo "building '/nix/store/9k1x2-nixos-system-pluto-24.05.20241125.drv'..."
+name=nixos-system-pluto-24.05.20241125.1925c60
+sys=/nix/store/0r2vq1m3bx8d7lq6c0cmx1y7f9n4pk2s-$name
+drv=/nix/store/9k1x2hd8v0q3l6rmm1cqk5w2z7f0s4yb-$name.drv
+etc=/nix/store/3ylq9wzb0pq5kv0q1x3jhcw8kq0a2yq4-etc.drv
+echo "building the system configuration..." >&2
+echo "these 2 derivations will be built:" >&2
+echo "  $etc" >&2
+echo "  $drv" >&2
+echo "building '$etc'..." >&2
 case "$mode" in
-  slow) for i in $(seq 1 600); do echo "still building ($i)"; sleep 0.1; done ;;
-  flood) seq 1 10000 | sed 's/^/copying path \/nix\/store\/hash-path-/' ;;
+  slow) for i in $(seq 1 600); do echo "building '/nix/store/x-$i.drv'..." >&2; sleep 0.1; done ;;
+  flood) seq 1 10000 | sed "s|^|copying path '/nix/store/hash-path-|; s|$|' to 'ssh://x'...|" >&2 ;;
+  silent) exec sleep 600 ;;
+  prompt) printf '[sudo] password for deploy: ' >&2; exec sleep 600 ;;
+  sudo)
+    echo "sudo: a terminal is required to read the password; either use the -S option to" \
+      "read from standard input or configure an askpass helper" >&2
+    echo "sudo: a password is required" >&2
+    exit 1 ;;
+  fail)
+    echo "error: builder for '$drv' failed with exit code 1" >&2
+    echo "error: 1 dependencies of derivation '$drv' failed to build" >&2
+    exit 1 ;;
 esac
-if [ "$mode" = fail ]; then
-  echo "error: builder for '/nix/store/9k1x2-nixos-system-pluto.drv' failed with exit code 1" >&2
-  echo "error: 1 dependencies of derivation failed to build" >&2
+echo "building '$drv'..." >&2
+echo "copying 2 paths..." >&2
+echo "copying path '$sys' to 'ssh://root@pluto.nixos.org'..." >&2
+echo "activating the configuration..." >&2
+echo "setting up /etc..." >&2
+[ "$mode" = quiet-activation ] && sleep 2.5
+echo "reloading user units for root..." >&2
+echo "restarting sysinit-reactivation.target" >&2
+echo "restarting the following units: nginx.service" >&2
+case "$mode" in
+  units-failed|units-failed-exit-0)
+    echo "warning: the following units failed: systemd-networkd-wait-online.service" >&2
+    cat >&2 <<EOF
+● systemd-networkd-wait-online.service - Wait for Network to be Configured
+     Loaded: loaded (/etc/systemd/system/systemd-networkd-wait-online.service; enabled)
+     Active: failed (Result: exit-code) since Mon 2024-11-25 10:02:14 UTC; 5ms ago
+   Main PID: 5155 (code=exited, status=1/FAILURE)
+EOF
+    if [ "$mode" = units-failed ]; then
+      echo "warning: error(s) occurred while switching to the new configuration" >&2
+      exit 1
+    fi ;;
+esac
+"""
+
+# `colmena apply <goal> --on <node>` without a terminal uses its plain output (colmena
+# src/progress/mod.rs: Plain when stdout is not a tty; src/progress/plain.rs prints
+# "{label:>width} | {text}", width = the longest node name, at least 5). Texts from
+# src/job.rs describe_state_transition ("Evaluating haumea", "Built {path:?}", "Pushing
+# system closure", "Activating system profile", "Activation failed: {error}", "All done!"),
+# src/nix/deployment/goal.rs success_str ("Activation successful"), src/error.rs
+# ("Child process exited with error code: {}"). The "[INFO ]"/"[ERROR]" lines and the
+# failure summary follow a real run pasted in nix-community/colmena issue #124 (2022-10).
+COLMENA = r"""
+echo "$0 $*" >> "$DATA/args.log"
+pwd >> "$DATA/cwd.log"
+echo $$ > "$DATA/pid"
+mode=$(cat "$DATA/mode" 2>/dev/null || echo ok)
+sys=/nix/store/5w1bq8y0kd1h2x9n0c7l4f3p6m8r2t0v-nixos-system-haumea-24.05.20241125.1925c60
+cat >&2 <<EOF
+[INFO ] Using flake: git+file://$PWD
+[INFO ] Enumerating nodes...
+[INFO ] Selected 1 out of 4 hosts.
+haumea | Evaluating haumea
+haumea | Evaluated haumea
+haumea | Building haumea
+haumea | $sys
+haumea | Built "$sys"
+haumea | Pushing system closure
+haumea | Pushed system closure
+haumea | Activating system profile
+haumea | Checking remote profile...
+haumea | Remote profile known
+haumea | activating the configuration...
+haumea | setting up /etc...
+haumea | reloading user units for root...
+haumea | restarting sysinit-reactivation.target
+EOF
+if [ "$mode" = units-failed ]; then
+  cat >&2 <<EOF
+haumea | warning: the following units failed: systemd-networkd-wait-online.service
+haumea | ● systemd-networkd-wait-online.service - Wait for Network to be Configured
+haumea |      Active: failed (Result: exit-code) since Mon 2024-11-25 10:02:14 UTC; 5ms ago
+haumea | Activation failed: Child process exited with error code: 4
+       | Failed: Child process exited with error code: 4
+[ERROR] Failed to complete requested operation - Last 1 lines of logs:
+[ERROR]  failure) Child process exited with error code: 4
+[ERROR] Failed to deploy to haumea - Last 4 lines of logs:
+[ERROR]  created)
+[ERROR]    state) Running
+[ERROR]   stderr) warning: the following units failed: systemd-networkd-wait-online.service
+[ERROR]  failure) Child process exited with error code: 4
+[ERROR] -----
+[ERROR] Operation failed with error: Child process exited with error code: 4
+EOF
   exit 1
 fi
-echo "copying 12 paths..."
-echo "activating the configuration..."
-echo "setting up /etc..."
-echo "restarting the following units: nginx.service"
-echo "Done. The new configuration is /nix/store/abc-nixos-system-pluto-24.05"
+echo "haumea | Activation successful" >&2
+echo "       | All done!" >&2
 """
 
 GIT = f"""
@@ -54,6 +158,20 @@ esac
 """
 
 
+# nixpkgs nixos/modules/installer/tools/nixos-version.sh: `echo "@version@ (@codeName@)"`.
+NIXOS_VERSION = "echo '24.05.20241125.1925c60 (Uakari)'\n"
+# Nix src/libstore/profiles.cc switchLink: a generation link in the profile's directory is
+# stored relative, so `readlink /nix/var/nix/profiles/system` prints "system-142-link".
+READLINK = "echo system-142-link\n"
+# systemd src/systemctl/systemctl-list-units.c: `systemctl --failed --no-legend --plain`
+# prints UNIT LOAD ACTIVE SUB DESCRIPTION per unit (columns padded to the widest value).
+SYSTEMCTL = (
+    "echo 'borgbackup-job-state.service         loaded failed failed BorgBackup job state'\n"
+    "echo 'systemd-networkd-wait-online.service loaded failed failed Wait for Network to be "
+    "Configured'\n"
+)
+
+
 @pytest.fixture
 async def deploy_env(tmp_path: Path) -> AsyncIterator[tuple[LocalSshServer, Path, Path]]:
     host = LocalSshServer(tmp_path / "ssh")
@@ -63,14 +181,11 @@ async def deploy_env(tmp_path: Path) -> AsyncIterator[tuple[LocalSshServer, Path
     (checkout / "build").mkdir(parents=True)
     os.environ["DATA"] = str(data)  # the SSH server's commands inherit this
     host.script("nixos-rebuild", NIXOS_REBUILD)
-    host.script("colmena", NIXOS_REBUILD.replace("nixos-system-pluto", "nixos-system-haumea"))
+    host.script("colmena", COLMENA)
     host.script("git", GIT)
-    host.script("nixos-version", "echo '24.05.20241125.abcdef (Uakari)'\n")
-    host.script("readlink", "echo /nix/var/nix/profiles/system-142-link\n")
-    host.script(
-        "systemctl",
-        "echo 'borgbackup-job-state.service loaded failed failed BorgBackup job state'\n",
-    )
+    host.script("nixos-version", NIXOS_VERSION)
+    host.script("readlink", READLINK)
+    host.script("systemctl", SYSTEMCTL)
     await host.start()
     yield host, data, checkout
     await host.stop()
@@ -138,7 +253,7 @@ async def _final(user: RoomUser, bot: str, host: str, after: int, timeout: float
         lambda e: (
             (e.content.get("m.relates_to") or {}).get("event_id") == status.event_id
             and (e.content.get("m.relates_to") or {}).get("rel_type") == "m.replace"
-            and _new(e)["body"][:2] in ("✅ ", "❌ ", "🛑 ", "⏱️")
+            and _new(e)["body"].startswith(("✅ ", "❌ ", "🛑 ", "⏱️", "⚠️"))
         ),
         timeout=timeout,
         after=after,
@@ -160,7 +275,10 @@ async def test_deploy_streams_progress_and_records_history(
     final = await _final(alice, bot.user_id, "pluto", mark)
     body = _new(final)["body"]
     assert body.startswith("✅ pluto (switch) deployed after") and f"at {SHA[:12]}" in body
-    assert "requested by @bob:localhost" in body and "Done. The new configuration" in body
+    assert (
+        "requested by @bob:localhost" in body
+        and "restarting the following units: nginx.service" in body
+    )
     await alice.wait_for(
         lambda e: (
             e.source.get("type") == "m.reaction"
@@ -223,7 +341,7 @@ async def test_failure_flood_and_bad_requests(
     await bob.send(room, "!deploy pluto")
     body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
     assert body.startswith("❌ pluto (switch) failed after") and "exit 1" in body
-    assert "1 dependencies of derivation failed to build" in body
+    assert "failed to build" in body and "1 dependencies of derivation" in body
 
     (data / "mode").write_text("flood")
     mark = alice.mark()
@@ -278,7 +396,9 @@ async def test_lock_cancel_and_dropped_connection(
     mark = alice.mark()
     await bob.send(room, "!deploy pluto")
     await alice.wait_for(
-        lambda e: e.sender == bot.user_id and "still building" in e.body, after=mark, timeout=20
+        lambda e: e.sender == bot.user_id and "building '/nix/store/x-" in e.body,
+        after=mark,
+        timeout=20,
     )
     locked = await alice.ask(room, "!deploy pluto boot", bot.user_id)
     assert "pluto is being deployed by @bob:localhost since" in locked.body
@@ -298,7 +418,9 @@ async def test_lock_cancel_and_dropped_connection(
     mark = alice.mark()
     await bob.send(room, "!deploy pluto")
     await alice.wait_for(
-        lambda e: e.sender == bot.user_id and "still building" in e.body, after=mark, timeout=20
+        lambda e: e.sender == bot.user_id and "building '/nix/store/x-" in e.body,
+        after=mark,
+        timeout=20,
     )
     host.drop_connections()
     body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
@@ -410,7 +532,9 @@ async def test_host_key_mismatch_timeout_restart_and_status(
     mark = alice.mark()
     await bob.send(room, "!deploy pluto")
     await alice.wait_for(
-        lambda e: e.sender == timed.user_id and "still building" in e.body, after=mark, timeout=20
+        lambda e: e.sender == timed.user_id and "building '/nix/store/x-" in e.body,
+        after=mark,
+        timeout=20,
     )
     await timed.stop()
     again = make_bot(edit=_deploy_config(host, checkout))
@@ -423,8 +547,12 @@ async def test_host_key_mismatch_timeout_restart_and_status(
     assert "interrupted" in history.body and "timeout" in history.body
 
     status = await alice.ask(room, "!status local", again.user_id)
-    assert "NixOS: 24.05.20241125.abcdef (Uakari)" in status.body
-    assert "system: /nix/var/nix/profiles/system-142-link" in status.body
-    assert "failed units: borgbackup-job-state.service" in status.body and "uptime: " in status.body
+    assert "NixOS: 24.05.20241125.1925c60 (Uakari)" in status.body
+    assert "system: generation 142 (system-142-link)" in status.body
+    assert (
+        "failed units: borgbackup-job-state.service, systemd-networkd-wait-online.service"
+        in status.body
+    )
+    assert "uptime: " in status.body
     unknown = await alice.ask(room, "!status nowhere", again.user_id)
     assert "Unknown host `nowhere`" in unknown.body
