@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 
 from bot.devstack.client import RoomUser, SeenEvent
+from bot.devstack.openssh import OpenSshServer
 from bot.devstack.ssh import LocalSshServer
+from bot.dispatch import Dispatcher
+from bot.errors import RemoteError
+from bot.matrix import IncomingMessage, IncomingReaction
+from bot.services.ssh import SshClient, parse_target
 from tests.conftest import BotFactory
 
 SHA = "3f2c1a9b8e7d6c5b4a39281706f5e4d3c2b1a098"
@@ -193,7 +198,10 @@ async def deploy_env(tmp_path: Path) -> AsyncIterator[tuple[LocalSshServer, Path
 
 
 def _deploy_config(
-    host: LocalSshServer, checkout: Path, known_hosts: Path | None = None, **extra: Any
+    host: LocalSshServer | OpenSshServer,
+    checkout: Path,
+    known_hosts: Path | None = None,
+    **extra: Any,
 ) -> Callable[[dict[str, Any]], None]:
     def edit(raw: dict[str, Any]) -> None:
         raw["permissions"]["roles"]["deploy"] = {"min_power_level": 50}
@@ -556,3 +564,248 @@ async def test_host_key_mismatch_timeout_restart_and_status(
     assert "uptime: " in status.body
     unknown = await alice.ask(room, "!status nowhere", again.user_id)
     assert "Unknown host `nowhere`" in unknown.body
+
+
+def _statuses(user: RoomUser, bot: str, host: str, after: int) -> list[SeenEvent]:
+    return [
+        e
+        for e in user.seen[after:]
+        if e.sender == bot
+        and e.body.startswith(f"🚀 deploying {host} ")
+        and "m.new_content" not in e.content
+    ]
+
+
+def _incoming(room: str, sender: str, event_id: str, body: str) -> IncomingMessage:
+    return IncomingMessage(room, sender, event_id, body, int(time.time() * 1000), None)
+
+
+async def test_two_deploys_of_one_host_at_once_run_once(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_deploy_config(host, checkout))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+    (data / "mode").write_text("slow")
+
+    # Sent back to back through Synapse: usually one sync batch, else two close ones.
+    mark = alice.mark()
+    first, second = await asyncio.gather(
+        bob.send(room, "!deploy pluto"), alice.send(room, "!deploy pluto")
+    )
+    loser = await alice.wait_for(
+        lambda e: (
+            e.sender == bot.user_id
+            and "is being deployed by" in e.body
+            and (e.replies_to(first) or e.replies_to(second))
+        ),
+        after=mark,
+    )
+    winner = "@alice:localhost" if "@alice:localhost" in loser.body else "@bob:localhost"
+    assert f"pluto is being deployed by {winner} since" in loser.body
+    cancelled = await bob.ask(room, "!deploy cancel pluto", bot.user_id)
+    assert "cancelling" in cancelled.body
+    await _final(alice, bot.user_id, "pluto", mark)
+    # The final edit is the barrier: a second deploy's status would have been posted before it.
+    assert len(_statuses(alice, bot.user_id, "pluto", mark)) == 1
+    assert len((data / "args.log").read_text().splitlines()) == 1
+
+    # Driven in one event-loop turn, as two commands of one sync batch are.
+    plain = [await bob.send(room, f"(same turn {i})") for i in (1, 2)]
+    mark = alice.mark()
+    dispatcher = Dispatcher(bot.rt)
+    dispatcher.on_message(_incoming(room, "@bob:localhost", plain[0], "!deploy pluto"))
+    dispatcher.on_message(_incoming(room, "@alice:localhost", plain[1], "!deploy pluto boot"))
+    loser = await alice.reply_to(plain[1], bot.user_id)
+    assert "pluto is being deployed by @bob:localhost since" in loser.body
+    await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "building '/nix/store/x-" in e.body, after=mark
+    )
+    await bob.ask(room, "!deploy cancel pluto", bot.user_id)
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("🛑 pluto (switch) cancelled")
+    assert len(_statuses(alice, bot.user_id, "pluto", mark)) == 1
+    assert len((data / "args.log").read_text().splitlines()) == 2
+
+
+async def test_confirmations_arriving_together_confirm_once(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_deploy_config(host, checkout))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+    prompt = await bob.ask(room, "!deploy mimas", bot.user_id)
+    confirm_id = prompt.body.split("!confirm ", 1)[1].split("`")[0]
+    plain = [await bob.send(room, f"(confirm {i})") for i in (1, 2)]
+    mark = alice.mark()
+    # A `!confirm`, a ✅ and another `!confirm` in one event-loop turn.
+    dispatcher = Dispatcher(bot.rt)
+    dispatcher.on_message(_incoming(room, "@alice:localhost", plain[0], f"!confirm {confirm_id}"))
+    dispatcher.on_message(
+        IncomingReaction(
+            room, "@bob:localhost", "$reaction", prompt.event_id, "✅", int(time.time() * 1000)
+        )
+    )
+    dispatcher.on_message(_incoming(room, "@bob:localhost", plain[1], f"!confirm {confirm_id}"))
+    ok = await alice.reply_to(plain[0], bot.user_id)
+    assert "confirmed by @alice:localhost" in ok.body
+    again = await alice.reply_to(plain[1], bot.user_id)
+    assert f"Deploy request {confirm_id} was already confirmed by @alice:localhost" in again.body
+    await alice.wait_for(
+        lambda e: (
+            e.sender == bot.user_id
+            and f"{confirm_id} was already confirmed by @alice:localhost" in e.body
+            and "m.relates_to" not in e.content
+        ),
+        after=mark,
+    )
+    assert _new(await _final(alice, bot.user_id, "mimas", mark))["body"].startswith("✅ mimas")
+    assert len(_statuses(alice, bot.user_id, "mimas", mark)) == 1
+    assert len((data / "args.log").read_text().splitlines()) == 1
+
+
+async def test_switched_but_units_failed(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_deploy_config(host, checkout))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+    expected = (
+        "⚠️ {host} switched; the new generation is active, but 1 unit failed: "
+        "systemd-networkd-wait-online.service"
+    )
+    # nixos-rebuild exits 1 after switch-to-configuration's 4; the same warning with exit 0;
+    # colmena's "Activation failed: Child process exited with error code: 4".
+    for mode, hostname, code in [
+        ("units-failed", "pluto", "exit 1"),
+        ("units-failed-exit-0", "pluto", "exit 0"),
+        ("units-failed", "haumea", "exit 1"),
+    ]:
+        (data / "mode").write_text(mode)
+        mark = alice.mark()
+        await bob.send(room, f"!deploy {hostname}")
+        body = _new(await _final(alice, bot.user_id, hostname, mark))["body"]
+        assert body.startswith(expected.format(host=hostname)), (mode, body)
+        assert "— switch after" in body and code in body, body
+    history = await alice.ask(room, "!deploy history", bot.user_id)
+    assert "units_failed" in history.body
+
+
+async def test_no_terminal_prompts_sudo_and_silence(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_deploy_config(host, checkout, silence_timeout="1s"))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+
+    (data / "mode").write_text("sudo")
+    mark = alice.mark()
+    await bob.send(room, "!deploy pluto")
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("❌ pluto (switch) failed") and "sudo: a password is required" in body
+    assert "💡 sudo on the runner wants a password" in body
+    assert "passwordless sudo (NOPASSWD), or deploy as root" in body
+
+    # A prompt without a newline is shown, and a run that then prints nothing is stopped.
+    (data / "mode").write_text("prompt")
+    mark = alice.mark()
+    await bob.send(room, "!deploy pluto")
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("⏱️ pluto (switch) stopped after"), body
+    assert "stopped after 1 s without output while building" in body
+    assert body.rstrip().endswith("[sudo] password for deploy:")
+    pid = int((data / "pid").read_text())
+    await _gone(pid)
+
+    # Silence is normal while activating: only the overall timeout applies there.
+    (data / "mode").write_text("quiet-activation")
+    mark = alice.mark()
+    await bob.send(room, "!deploy pluto")
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("✅ pluto (switch) deployed"), body
+
+
+async def _gone(pid: int) -> None:
+    """Wait until a remote process has ended (liveness only: the deadline is a safety net)."""
+    deadline = time.monotonic() + 30
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"remote process {pid} kept running"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def openssh_env(tmp_path: Path) -> AsyncIterator[tuple[OpenSshServer, Path, Path]]:
+    """The real OpenSSH sshd (Debian openssh-server) with the same fake tools."""
+    data = tmp_path / "data"
+    data.mkdir()
+    checkout = tmp_path / "infra"
+    (checkout / "build").mkdir(parents=True)
+    host = OpenSshServer(tmp_path / "openssh", env={"DATA": str(data)})
+    host.script("nixos-rebuild", NIXOS_REBUILD)
+    host.script("git", GIT)
+    await host.start()
+    yield host, data, checkout
+    await host.stop()
+
+
+async def test_real_sshd_no_terminal_and_timeouts_end_the_remote_command(
+    openssh_env: tuple[OpenSshServer, Path, Path],
+) -> None:
+    host, data, _ = openssh_env
+    client = SshClient(host.known_hosts, [host.client_key])
+    target = parse_target(host.target)
+    # No terminal, stdin closed: a prompt reading stdin gets EOF at once.
+    result = await client.run(target, 'tty; read answer; echo "read exit $?"', 30)
+    assert "not a tty" in result.stdout and "read exit 1" in result.stdout
+    # A timed-out command is ended on the host, not abandoned (backup checks, !status).
+    with pytest.raises(RemoteError, match="timed out after 2 s and was stopped there"):
+        await client.run(target, f"echo $$ > {data}/run.pid; exec sleep 600", 2)
+    await _gone(int((data / "run.pid").read_text()))
+
+
+async def test_real_sshd_deploy_cancel_and_timeout_end_the_remote_process(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    openssh_env: tuple[OpenSshServer, Path, Path],
+) -> None:
+    host, data, checkout = openssh_env
+    bot = make_bot(edit=_deploy_config(host, checkout, timeout="20s"))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+    (data / "mode").write_text("slow")
+    mark = alice.mark()
+    await bob.send(room, "!deploy pluto")
+    await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "building '/nix/store/x-" in e.body,
+        after=mark,
+        timeout=30,
+    )
+    pid = int((data / "pid").read_text())
+    await bob.ask(room, "!deploy cancel pluto", bot.user_id)
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("🛑 pluto (switch) cancelled")
+    await _gone(pid)
+
+    (data / "mode").write_text("silent")
+    mark = alice.mark()
+    await bob.send(room, "!deploy pluto")
+    body = _new(await _final(alice, bot.user_id, "pluto", mark, timeout=60))["body"]
+    assert body.startswith("⏱️ pluto (switch) timed out")
+    await _gone(int((data / "pid").read_text()))
