@@ -86,6 +86,17 @@ _SUDO_PROMPT = re.compile(
     r"sudo: a terminal is required to read the password|sudo: a password is required|"
     r"sudo: no tty present and no askpass program specified"
 )
+_VERDICT = re.compile(
+    "|".join(
+        (
+            _FAILED_UNITS.pattern,
+            _ACTIVATE_BROKEN.pattern,
+            _COLMENA_EXIT_4.pattern,
+            r"Activation failed: ",
+            re.escape(_REBUILD_SWITCH_ERRORS),
+        )
+    )
+)
 SUDO_HINT = (
     "💡 sudo on the runner wants a password, and a deploy has no terminal to type it in: "
     "give the deploy user passwordless sudo (NOPASSWD), or deploy as root."
@@ -215,12 +226,14 @@ class DeployRun:
     partial: str = ""
     last_output: float = field(default_factory=time.monotonic)
     sudo_prompt: bool = False
-    all_lines_tail: deque[str] = field(default_factory=lambda: deque(maxlen=400))
+    # Lines that decide the outcome (see classify), wherever they are in a long log.
+    verdict_lines: deque[str] = field(default_factory=lambda: deque(maxlen=200))
 
     def add_line(self, line: str) -> None:
         """Record one output line (bounded memory however long the log)."""
         self.tail.append(line[:MAX_LINE_CHARS])
-        self.all_lines_tail.append(line[:MAX_LINE_CHARS])
+        if _VERDICT.search(line):
+            self.verdict_lines.append(line)
         if _SUDO_PROMPT.search(line):
             self.sudo_prompt = True
         for pattern, phase in PHASES:
@@ -347,7 +360,7 @@ class Runner:
                     f"stopped after {human_duration(self.spec.silence_timeout_s)} without output "
                     f"while {run.phase}",
                 )
-            state, summary = classify(run.host.name, run.action, code, list(run.all_lines_tail))
+            state, summary = classify(run.host.name, run.action, code, list(run.verdict_lines))
             return state, code, summary
         except TimeoutError:
             return (
