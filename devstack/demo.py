@@ -135,15 +135,31 @@ printf '"Global":{"ZFSCmds":null,"Envconst":null}}\n'
 """
 
 
-FAKE_NIXOS_REBUILD = r"""echo "building the system configuration..."
-echo "these 2 derivations will be built:"
-echo "  /nix/store/0r2v-nixos-system-pluto-24.05.20241125.drv"
-for i in 1 2 3; do echo "building '/nix/store/0r2v-unit-$i.drv'..."; sleep 0.5; done
-echo "copying 7 paths..."
-echo "activating the configuration..."
-echo "setting up /etc..."
-echo "restarting the following units: nginx.service"
-echo "Done. The new configuration is /nix/store/0r2v-nixos-system-pluto-24.05"
+# What `nixos-rebuild switch --flake .#pluto --target-host … --use-substitutes` prints
+# without a terminal (all on stderr): nixpkgs pkgs/os-specific/linux/nixos-rebuild/
+# nixos-rebuild.sh (commit 00409d13, 24.05) logs "building the system configuration...";
+# Nix's SimpleLogger (libutil/logging.cc, 2.18) prints activities as "<text>..."
+# ("building '<drv>'", "copying N paths", "copying path '<p>' to 'ssh://…'", store-api.cc);
+# switch-to-configuration-ng (nixpkgs pkgs/by-name/sw/switch-to-configuration-ng/src/src/
+# main.rs, commit 17358245) prints "activating the configuration...", "reloading user units
+# for <user>...", "restarting sysinit-reactivation.target", "restarting the following units:
+# …"; "setting up /etc..." is the activation script's (nixos/modules/system/etc/etc.nix).
+# nixos-rebuild prints nothing more on success.
+FAKE_NIXOS_REBUILD = r"""name=nixos-system-pluto-24.05.20241125.1925c60
+sys=/nix/store/0r2vq1m3bx8d7lq6c0cmx1y7f9n4pk2s-$name
+etc=/nix/store/3ylq9wzb0pq5kv0q1x3jhcw8kq0a2yq4-etc.drv
+echo "building the system configuration..." >&2
+echo "these 2 derivations will be built:" >&2
+echo "  $etc" >&2
+echo "  $sys.drv" >&2
+for d in "$etc" "$sys.drv"; do echo "building '$d'..." >&2; sleep 0.5; done
+echo "copying 2 paths..." >&2
+echo "copying path '$sys' to 'ssh://root@pluto.nixos.org'..." >&2
+echo "activating the configuration..." >&2
+echo "setting up /etc..." >&2
+echo "reloading user units for root..." >&2
+echo "restarting sysinit-reactivation.target" >&2
+echo "restarting the following units: nginx.service" >&2
 """
 
 
@@ -153,7 +169,9 @@ def demo_deploys(ssh: LocalSshServer, base: Path) -> dict[str, Any]:
     checkout.mkdir(exist_ok=True)
     ssh.script("nixos-rebuild", FAKE_NIXOS_REBUILD)
     ssh.script("git", "echo 3f2c1a9b8e7d6c5b4a39281706f5e4d3c2b1a098\n")
-    ssh.script("nixos-version", "echo '24.05.20241125.abcdef (Uakari)'\n")
+    # nixpkgs nixos/modules/installer/tools/nixos-version.sh: "@version@ (@codeName@)".
+    ssh.script("nixos-version", "echo '24.05.20241125.1925c60 (Uakari)'\n")
+    # `systemctl --failed --no-legend --plain` prints nothing when no unit failed.
     ssh.script("systemctl", "true\n")
     return {
         "hosts": [{"name": "pluto", "target": ssh.target}],

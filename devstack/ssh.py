@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from pathlib import Path
 
 import asyncssh
@@ -78,10 +79,14 @@ class LocalSshServer:
         return path
 
     async def _run(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        # Behaves as OpenSSH does for a command without a terminal (session.c
+        # do_exec_no_pty): its own session, the channel's data as stdin, EOF on stdin when
+        # the channel closes, and no signal when the client goes away. A `signal` request
+        # is honoured (killpg), as OpenSSH does for a non-root login.
         env = {**os.environ, "PATH": f"{self.bin_dir}:/usr/bin:/bin"}
         proc = await asyncio.create_subprocess_shell(
             process.command or "true",
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
@@ -93,20 +98,51 @@ class LocalSshServer:
         ) -> None:
             assert reader is not None
             while chunk := await reader.read(65536):
-                writer.write(chunk)
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    writer.write(chunk)
 
+        async def feed() -> None:
+            assert proc.stdin is not None
+            try:
+                while True:
+                    try:
+                        data = await process.stdin.read(65536)
+                    except asyncssh.SignalReceived as exc:
+                        with contextlib.suppress(KeyError, OSError):
+                            os.killpg(proc.pid, signal.Signals[f"SIG{exc.signal}"])
+                        continue
+                    except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
+                        continue
+                    if not data:
+                        break
+                    proc.stdin.write(data)
+                    await proc.stdin.drain()
+            except (OSError, asyncssh.Error):
+                pass
+            finally:
+                proc.stdin.close()
+
+        feeder = asyncio.get_running_loop().create_task(feed())
         try:
             await asyncio.gather(
                 pump(proc.stdout, process.stdout), pump(proc.stderr, process.stderr)
             )
             status = await proc.wait()
-        except (asyncio.CancelledError, OSError, asyncssh.Error):
-            # The client went away (e.g. a cancelled deploy): end the remote process too.
+        except BaseException:
+            # The client went away: its stdin is closed above, as sshd closes it; what runs
+            # under `guarded()` ends itself. Anything else still running after 10 s is
+            # killed so that a test never leaves a process behind.
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, OSError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), 10)
             if proc.returncode is None:
-                os.killpg(proc.pid, 15)
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 # Reaped here, so its pipes close on this loop rather than being collected
                 # after the loop is gone (an "Event loop is closed" error in a later test).
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError, OSError):
                     await asyncio.wait_for(proc.communicate(), 5)
             raise
-        process.exit(status)
+        feeder.cancel()
+        with contextlib.suppress(OSError, asyncssh.Error):
+            process.exit(status if status >= 0 else 128 - status)

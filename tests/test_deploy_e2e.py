@@ -11,35 +11,144 @@ from typing import Any
 
 import pytest
 
+from bot.dispatch import Dispatcher
+from bot.errors import RemoteError
+from bot.matrix import IncomingMessage, IncomingReaction
+from bot.services.ssh import SshClient, parse_target
 from devstack.client import RoomUser, SeenEvent
+from devstack.openssh import OpenSshServer
 from devstack.ssh import LocalSshServer
 from tests.conftest import BotFactory
 
 SHA = "3f2c1a9b8e7d6c5b4a39281706f5e4d3c2b1a098"
 
+# The fakes print what the real tools print without a terminal, from their sources:
+# - nixos-rebuild: nixpkgs pkgs/os-specific/linux/nixos-rebuild/nixos-rebuild.sh (commit
+#   00409d13, 24.05): log "building the system configuration..." (stderr); after a failed
+#   switch-to-configuration, log "warning: error(s) occurred while switching to the new
+#   configuration" and exit 1. Nothing is printed after a successful switch.
+# - Nix 2.18 SimpleLogger (libutil/logging.cc startActivity: text + "..."), libstore
+#   store-api.cc ("copying %d paths", "copying path '%s' to '%s'"), libmain/shared.cc
+#   printMissing ("these %d derivations will be built:", then "  <drv>" lines), build
+#   ("building '%s'").
+# - switch-to-configuration-ng: nixpkgs pkgs/by-name/sw/switch-to-configuration-ng/src/src/
+#   main.rs (commit 17358245): "activating the configuration...", "reloading user units for
+#   %s...", "restarting sysinit-reactivation.target", "restarting the following units: …",
+#   then for failed units "warning: the following units failed: a, b" (sorted, ", "-joined),
+#   `systemctl status --no-pager --full <units>` and exit 4. The status text below is the
+#   shape a user pasted from a real switch (serokell/deploy-rs issue #52, systemd 247).
+# - "setting up /etc..." is the etc activation snippet's (nixos/modules/system/etc/etc.nix).
+# - sudo 1.9 without a terminal: "sudo: a terminal is required to read the password; either
+#   use the -S option to read from standard input or configure an askpass helper", then
+#   "sudo: a password is required".
 NIXOS_REBUILD = r"""
 echo "$0 $*" >> "$DATA/args.log"
 pwd >> "$DATA/cwd.log"
 echo $$ > "$DATA/pid"
 mode=$(cat "$DATA/mode" 2>/dev/null || echo ok)
-echo "building the system configuration..."
-echo "these 3 derivations will be built:"
-echo "  /nix/store/9k1x2-nixos-system-pluto-24.05.20241125.drv"
-echo "building '/nix/store/9k1x2-nixos-system-pluto-24.05.20241125.drv'..."
+name=nixos-system-pluto-24.05.20241125.1925c60
+sys=/nix/store/0r2vq1m3bx8d7lq6c0cmx1y7f9n4pk2s-$name
+drv=/nix/store/9k1x2hd8v0q3l6rmm1cqk5w2z7f0s4yb-$name.drv
+etc=/nix/store/3ylq9wzb0pq5kv0q1x3jhcw8kq0a2yq4-etc.drv
+echo "building the system configuration..." >&2
+echo "these 2 derivations will be built:" >&2
+echo "  $etc" >&2
+echo "  $drv" >&2
+echo "building '$etc'..." >&2
 case "$mode" in
-  slow) for i in $(seq 1 600); do echo "still building ($i)"; sleep 0.1; done ;;
-  flood) seq 1 10000 | sed 's/^/copying path \/nix\/store\/hash-path-/' ;;
+  slow) for i in $(seq 1 600); do echo "building '/nix/store/x-$i.drv'..." >&2; sleep 0.1; done ;;
+  flood) seq 1 10000 | sed "s|^|copying path '/nix/store/hash-path-|; s|$|' to 'ssh://x'...|" >&2 ;;
+  silent) exec sleep 600 ;;
+  prompt) printf '[sudo] password for deploy: ' >&2; exec sleep 600 ;;
+  sudo)
+    echo "sudo: a terminal is required to read the password; either use the -S option to" \
+      "read from standard input or configure an askpass helper" >&2
+    echo "sudo: a password is required" >&2
+    exit 1 ;;
+  fail)
+    echo "error: builder for '$drv' failed with exit code 1" >&2
+    echo "error: 1 dependencies of derivation '$drv' failed to build" >&2
+    exit 1 ;;
 esac
-if [ "$mode" = fail ]; then
-  echo "error: builder for '/nix/store/9k1x2-nixos-system-pluto.drv' failed with exit code 1" >&2
-  echo "error: 1 dependencies of derivation failed to build" >&2
+echo "building '$drv'..." >&2
+echo "copying 2 paths..." >&2
+echo "copying path '$sys' to 'ssh://root@pluto.nixos.org'..." >&2
+echo "activating the configuration..." >&2
+echo "setting up /etc..." >&2
+[ "$mode" = quiet-activation ] && sleep 2.5
+echo "reloading user units for root..." >&2
+echo "restarting sysinit-reactivation.target" >&2
+echo "restarting the following units: nginx.service" >&2
+case "$mode" in
+  units-failed|units-failed-exit-0)
+    echo "warning: the following units failed: systemd-networkd-wait-online.service" >&2
+    cat >&2 <<EOF
+● systemd-networkd-wait-online.service - Wait for Network to be Configured
+     Loaded: loaded (/etc/systemd/system/systemd-networkd-wait-online.service; enabled)
+     Active: failed (Result: exit-code) since Mon 2024-11-25 10:02:14 UTC; 5ms ago
+   Main PID: 5155 (code=exited, status=1/FAILURE)
+EOF
+    if [ "$mode" = units-failed ]; then
+      echo "warning: error(s) occurred while switching to the new configuration" >&2
+      exit 1
+    fi ;;
+esac
+"""
+
+# `colmena apply <goal> --on <node>` without a terminal uses its plain output (colmena
+# src/progress/mod.rs: Plain when stdout is not a tty; src/progress/plain.rs prints
+# "{label:>width} | {text}", width = the longest node name, at least 5). Texts from
+# src/job.rs describe_state_transition ("Evaluating haumea", "Built {path:?}", "Pushing
+# system closure", "Activating system profile", "Activation failed: {error}", "All done!"),
+# src/nix/deployment/goal.rs success_str ("Activation successful"), src/error.rs
+# ("Child process exited with error code: {}"). The "[INFO ]"/"[ERROR]" lines and the
+# failure summary follow a real run pasted in nix-community/colmena issue #124 (2022-10).
+COLMENA = r"""
+echo "$0 $*" >> "$DATA/args.log"
+pwd >> "$DATA/cwd.log"
+echo $$ > "$DATA/pid"
+mode=$(cat "$DATA/mode" 2>/dev/null || echo ok)
+sys=/nix/store/5w1bq8y0kd1h2x9n0c7l4f3p6m8r2t0v-nixos-system-haumea-24.05.20241125.1925c60
+cat >&2 <<EOF
+[INFO ] Using flake: git+file://$PWD
+[INFO ] Enumerating nodes...
+[INFO ] Selected 1 out of 4 hosts.
+haumea | Evaluating haumea
+haumea | Evaluated haumea
+haumea | Building haumea
+haumea | $sys
+haumea | Built "$sys"
+haumea | Pushing system closure
+haumea | Pushed system closure
+haumea | Activating system profile
+haumea | Checking remote profile...
+haumea | Remote profile known
+haumea | activating the configuration...
+haumea | setting up /etc...
+haumea | reloading user units for root...
+haumea | restarting sysinit-reactivation.target
+EOF
+if [ "$mode" = units-failed ]; then
+  cat >&2 <<EOF
+haumea | warning: the following units failed: systemd-networkd-wait-online.service
+haumea | ● systemd-networkd-wait-online.service - Wait for Network to be Configured
+haumea |      Active: failed (Result: exit-code) since Mon 2024-11-25 10:02:14 UTC; 5ms ago
+haumea | Activation failed: Child process exited with error code: 4
+       | Failed: Child process exited with error code: 4
+[ERROR] Failed to complete requested operation - Last 1 lines of logs:
+[ERROR]  failure) Child process exited with error code: 4
+[ERROR] Failed to deploy to haumea - Last 4 lines of logs:
+[ERROR]  created)
+[ERROR]    state) Running
+[ERROR]   stderr) warning: the following units failed: systemd-networkd-wait-online.service
+[ERROR]  failure) Child process exited with error code: 4
+[ERROR] -----
+[ERROR] Operation failed with error: Child process exited with error code: 4
+EOF
   exit 1
 fi
-echo "copying 12 paths..."
-echo "activating the configuration..."
-echo "setting up /etc..."
-echo "restarting the following units: nginx.service"
-echo "Done. The new configuration is /nix/store/abc-nixos-system-pluto-24.05"
+echo "haumea | Activation successful" >&2
+echo "       | All done!" >&2
 """
 
 GIT = f"""
@@ -54,6 +163,20 @@ esac
 """
 
 
+# nixpkgs nixos/modules/installer/tools/nixos-version.sh: `echo "@version@ (@codeName@)"`.
+NIXOS_VERSION = "echo '24.05.20241125.1925c60 (Uakari)'\n"
+# Nix src/libstore/profiles.cc switchLink: a generation link in the profile's directory is
+# stored relative, so `readlink /nix/var/nix/profiles/system` prints "system-142-link".
+READLINK = "echo system-142-link\n"
+# systemd src/systemctl/systemctl-list-units.c: `systemctl --failed --no-legend --plain`
+# prints UNIT LOAD ACTIVE SUB DESCRIPTION per unit (columns padded to the widest value).
+SYSTEMCTL = (
+    "echo 'borgbackup-job-state.service         loaded failed failed BorgBackup job state'\n"
+    "echo 'systemd-networkd-wait-online.service loaded failed failed Wait for Network to be "
+    "Configured'\n"
+)
+
+
 @pytest.fixture
 async def deploy_env(tmp_path: Path) -> AsyncIterator[tuple[LocalSshServer, Path, Path]]:
     host = LocalSshServer(tmp_path / "ssh")
@@ -63,14 +186,11 @@ async def deploy_env(tmp_path: Path) -> AsyncIterator[tuple[LocalSshServer, Path
     (checkout / "build").mkdir(parents=True)
     os.environ["DATA"] = str(data)  # the SSH server's commands inherit this
     host.script("nixos-rebuild", NIXOS_REBUILD)
-    host.script("colmena", NIXOS_REBUILD.replace("nixos-system-pluto", "nixos-system-haumea"))
+    host.script("colmena", COLMENA)
     host.script("git", GIT)
-    host.script("nixos-version", "echo '24.05.20241125.abcdef (Uakari)'\n")
-    host.script("readlink", "echo /nix/var/nix/profiles/system-142-link\n")
-    host.script(
-        "systemctl",
-        "echo 'borgbackup-job-state.service loaded failed failed BorgBackup job state'\n",
-    )
+    host.script("nixos-version", NIXOS_VERSION)
+    host.script("readlink", READLINK)
+    host.script("systemctl", SYSTEMCTL)
     await host.start()
     yield host, data, checkout
     await host.stop()
@@ -78,7 +198,10 @@ async def deploy_env(tmp_path: Path) -> AsyncIterator[tuple[LocalSshServer, Path
 
 
 def _deploy_config(
-    host: LocalSshServer, checkout: Path, known_hosts: Path | None = None, **extra: Any
+    host: LocalSshServer | OpenSshServer,
+    checkout: Path,
+    known_hosts: Path | None = None,
+    **extra: Any,
 ) -> Callable[[dict[str, Any]], None]:
     def edit(raw: dict[str, Any]) -> None:
         raw["permissions"]["roles"]["deploy"] = {"min_power_level": 50}
@@ -138,7 +261,7 @@ async def _final(user: RoomUser, bot: str, host: str, after: int, timeout: float
         lambda e: (
             (e.content.get("m.relates_to") or {}).get("event_id") == status.event_id
             and (e.content.get("m.relates_to") or {}).get("rel_type") == "m.replace"
-            and _new(e)["body"][:2] in ("✅ ", "❌ ", "🛑 ", "⏱️")
+            and _new(e)["body"].startswith(("✅ ", "❌ ", "🛑 ", "⏱️", "⚠️"))
         ),
         timeout=timeout,
         after=after,
@@ -160,7 +283,10 @@ async def test_deploy_streams_progress_and_records_history(
     final = await _final(alice, bot.user_id, "pluto", mark)
     body = _new(final)["body"]
     assert body.startswith("✅ pluto (switch) deployed after") and f"at {SHA[:12]}" in body
-    assert "requested by @bob:localhost" in body and "Done. The new configuration" in body
+    assert (
+        "requested by @bob:localhost" in body
+        and "restarting the following units: nginx.service" in body
+    )
     await alice.wait_for(
         lambda e: (
             e.source.get("type") == "m.reaction"
@@ -223,7 +349,7 @@ async def test_failure_flood_and_bad_requests(
     await bob.send(room, "!deploy pluto")
     body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
     assert body.startswith("❌ pluto (switch) failed after") and "exit 1" in body
-    assert "1 dependencies of derivation failed to build" in body
+    assert "failed to build" in body and "1 dependencies of derivation" in body
 
     (data / "mode").write_text("flood")
     mark = alice.mark()
@@ -278,7 +404,9 @@ async def test_lock_cancel_and_dropped_connection(
     mark = alice.mark()
     await bob.send(room, "!deploy pluto")
     await alice.wait_for(
-        lambda e: e.sender == bot.user_id and "still building" in e.body, after=mark, timeout=20
+        lambda e: e.sender == bot.user_id and "building '/nix/store/x-" in e.body,
+        after=mark,
+        timeout=20,
     )
     locked = await alice.ask(room, "!deploy pluto boot", bot.user_id)
     assert "pluto is being deployed by @bob:localhost since" in locked.body
@@ -298,7 +426,9 @@ async def test_lock_cancel_and_dropped_connection(
     mark = alice.mark()
     await bob.send(room, "!deploy pluto")
     await alice.wait_for(
-        lambda e: e.sender == bot.user_id and "still building" in e.body, after=mark, timeout=20
+        lambda e: e.sender == bot.user_id and "building '/nix/store/x-" in e.body,
+        after=mark,
+        timeout=20,
     )
     host.drop_connections()
     body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
@@ -410,7 +540,9 @@ async def test_host_key_mismatch_timeout_restart_and_status(
     mark = alice.mark()
     await bob.send(room, "!deploy pluto")
     await alice.wait_for(
-        lambda e: e.sender == timed.user_id and "still building" in e.body, after=mark, timeout=20
+        lambda e: e.sender == timed.user_id and "building '/nix/store/x-" in e.body,
+        after=mark,
+        timeout=20,
     )
     await timed.stop()
     again = make_bot(edit=_deploy_config(host, checkout))
@@ -423,8 +555,257 @@ async def test_host_key_mismatch_timeout_restart_and_status(
     assert "interrupted" in history.body and "timeout" in history.body
 
     status = await alice.ask(room, "!status local", again.user_id)
-    assert "NixOS: 24.05.20241125.abcdef (Uakari)" in status.body
-    assert "system: /nix/var/nix/profiles/system-142-link" in status.body
-    assert "failed units: borgbackup-job-state.service" in status.body and "uptime: " in status.body
+    assert "NixOS: 24.05.20241125.1925c60 (Uakari)" in status.body
+    assert "system: generation 142 (system-142-link)" in status.body
+    assert (
+        "failed units: borgbackup-job-state.service, systemd-networkd-wait-online.service"
+        in status.body
+    )
+    assert "uptime: " in status.body
     unknown = await alice.ask(room, "!status nowhere", again.user_id)
     assert "Unknown host `nowhere`" in unknown.body
+
+
+def _statuses(user: RoomUser, bot: str, host: str, after: int) -> list[SeenEvent]:
+    return [
+        e
+        for e in user.seen[after:]
+        if e.sender == bot
+        and e.body.startswith(f"🚀 deploying {host} ")
+        and "m.new_content" not in e.content
+    ]
+
+
+def _incoming(room: str, sender: str, event_id: str, body: str) -> IncomingMessage:
+    return IncomingMessage(room, sender, event_id, body, int(time.time() * 1000), None)
+
+
+async def test_two_deploys_of_one_host_at_once_run_once(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_deploy_config(host, checkout))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+    (data / "mode").write_text("slow")
+
+    # Sent back to back through Synapse: usually one sync batch, else two close ones.
+    mark = alice.mark()
+    first, second = await asyncio.gather(
+        bob.send(room, "!deploy pluto"), alice.send(room, "!deploy pluto")
+    )
+    loser = await alice.wait_for(
+        lambda e: (
+            e.sender == bot.user_id
+            and "is being deployed by" in e.body
+            and (e.replies_to(first) or e.replies_to(second))
+        ),
+        after=mark,
+    )
+    winner = "@alice:localhost" if "@alice:localhost" in loser.body else "@bob:localhost"
+    assert f"pluto is being deployed by {winner} since" in loser.body
+    cancelled = await bob.ask(room, "!deploy cancel pluto", bot.user_id)
+    assert "cancelling" in cancelled.body
+    await _final(alice, bot.user_id, "pluto", mark)
+    # The final edit is the barrier: a second deploy's status would have been posted before it.
+    assert len(_statuses(alice, bot.user_id, "pluto", mark)) == 1
+    assert len((data / "args.log").read_text().splitlines()) == 1
+
+    # Driven in one event-loop turn, as two commands of one sync batch are.
+    plain = [await bob.send(room, f"(same turn {i})") for i in (1, 2)]
+    mark = alice.mark()
+    dispatcher = Dispatcher(bot.rt)
+    dispatcher.on_message(_incoming(room, "@bob:localhost", plain[0], "!deploy pluto"))
+    dispatcher.on_message(_incoming(room, "@alice:localhost", plain[1], "!deploy pluto boot"))
+    loser = await alice.reply_to(plain[1], bot.user_id)
+    assert "pluto is being deployed by @bob:localhost since" in loser.body
+    await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "building '/nix/store/x-" in e.body, after=mark
+    )
+    await bob.ask(room, "!deploy cancel pluto", bot.user_id)
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("🛑 pluto (switch) cancelled")
+    assert len(_statuses(alice, bot.user_id, "pluto", mark)) == 1
+    assert len((data / "args.log").read_text().splitlines()) == 2
+
+
+async def test_confirmations_arriving_together_confirm_once(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_deploy_config(host, checkout))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+    prompt = await bob.ask(room, "!deploy mimas", bot.user_id)
+    confirm_id = prompt.body.split("!confirm ", 1)[1].split("`")[0]
+    plain = [await bob.send(room, f"(confirm {i})") for i in (1, 2)]
+    mark = alice.mark()
+    # A `!confirm`, a ✅ and another `!confirm` in one event-loop turn.
+    dispatcher = Dispatcher(bot.rt)
+    dispatcher.on_message(_incoming(room, "@alice:localhost", plain[0], f"!confirm {confirm_id}"))
+    dispatcher.on_message(
+        IncomingReaction(
+            room, "@bob:localhost", "$reaction", prompt.event_id, "✅", int(time.time() * 1000)
+        )
+    )
+    dispatcher.on_message(_incoming(room, "@bob:localhost", plain[1], f"!confirm {confirm_id}"))
+    ok = await alice.reply_to(plain[0], bot.user_id)
+    assert "confirmed by @alice:localhost" in ok.body
+    again = await alice.reply_to(plain[1], bot.user_id)
+    assert f"Deploy request {confirm_id} was already confirmed by @alice:localhost" in again.body
+    await alice.wait_for(
+        lambda e: (
+            e.sender == bot.user_id
+            and f"{confirm_id} was already confirmed by @alice:localhost" in e.body
+            and "m.relates_to" not in e.content
+        ),
+        after=mark,
+    )
+    assert _new(await _final(alice, bot.user_id, "mimas", mark))["body"].startswith("✅ mimas")
+    assert len(_statuses(alice, bot.user_id, "mimas", mark)) == 1
+    assert len((data / "args.log").read_text().splitlines()) == 1
+
+
+async def test_switched_but_units_failed(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_deploy_config(host, checkout))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+    expected = (
+        "⚠️ {host} switched; the new generation is active, but 1 unit failed: "
+        "systemd-networkd-wait-online.service"
+    )
+    # nixos-rebuild exits 1 after switch-to-configuration's 4; the same warning with exit 0;
+    # colmena's "Activation failed: Child process exited with error code: 4".
+    for mode, hostname, code in [
+        ("units-failed", "pluto", "exit 1"),
+        ("units-failed-exit-0", "pluto", "exit 0"),
+        ("units-failed", "haumea", "exit 1"),
+    ]:
+        (data / "mode").write_text(mode)
+        mark = alice.mark()
+        await bob.send(room, f"!deploy {hostname}")
+        body = _new(await _final(alice, bot.user_id, hostname, mark))["body"]
+        assert body.startswith(expected.format(host=hostname)), (mode, body)
+        assert "— switch after" in body and code in body, body
+    history = await alice.ask(room, "!deploy history", bot.user_id)
+    assert "units_failed" in history.body
+
+
+async def test_no_terminal_prompts_sudo_and_silence(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_deploy_config(host, checkout, silence_timeout="1s"))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+
+    (data / "mode").write_text("sudo")
+    mark = alice.mark()
+    await bob.send(room, "!deploy pluto")
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("❌ pluto (switch) failed") and "sudo: a password is required" in body
+    assert "💡 sudo on the runner wants a password" in body
+    assert "passwordless sudo (NOPASSWD), or deploy as root" in body
+
+    # A prompt without a newline is shown, and a run that then prints nothing is stopped.
+    (data / "mode").write_text("prompt")
+    mark = alice.mark()
+    await bob.send(room, "!deploy pluto")
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("⏱️ pluto (switch) stopped after"), body
+    assert "stopped after 1 s without output while building" in body
+    assert body.rstrip().endswith("[sudo] password for deploy:")
+    pid = int((data / "pid").read_text())
+    await _gone(pid)
+
+    # Silence is normal while activating: only the overall timeout applies there.
+    (data / "mode").write_text("quiet-activation")
+    mark = alice.mark()
+    await bob.send(room, "!deploy pluto")
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("✅ pluto (switch) deployed"), body
+
+
+async def _gone(pid: int) -> None:
+    """Wait until a remote process has ended (liveness only: the deadline is a safety net)."""
+    deadline = time.monotonic() + 30
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"remote process {pid} kept running"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def openssh_env(tmp_path: Path) -> AsyncIterator[tuple[OpenSshServer, Path, Path]]:
+    """The real OpenSSH sshd (Debian openssh-server) with the same fake tools."""
+    data = tmp_path / "data"
+    data.mkdir()
+    checkout = tmp_path / "infra"
+    (checkout / "build").mkdir(parents=True)
+    host = OpenSshServer(tmp_path / "openssh", env={"DATA": str(data)})
+    host.script("nixos-rebuild", NIXOS_REBUILD)
+    host.script("git", GIT)
+    await host.start()
+    yield host, data, checkout
+    await host.stop()
+
+
+async def test_real_sshd_no_terminal_and_timeouts_end_the_remote_command(
+    openssh_env: tuple[OpenSshServer, Path, Path],
+) -> None:
+    host, data, _ = openssh_env
+    client = SshClient(host.known_hosts, [host.client_key])
+    target = parse_target(host.target)
+    # No terminal, stdin closed: a prompt reading stdin gets EOF at once.
+    result = await client.run(target, 'tty; read answer; echo "read exit $?"', 30)
+    assert "not a tty" in result.stdout and "read exit 1" in result.stdout
+    # A timed-out command is ended on the host, not abandoned (backup checks, !status).
+    with pytest.raises(RemoteError, match="timed out after 2 s and was stopped there"):
+        await client.run(target, f"echo $$ > {data}/run.pid; exec sleep 600", 2)
+    await _gone(int((data / "run.pid").read_text()))
+
+
+async def test_real_sshd_deploy_cancel_and_timeout_end_the_remote_process(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    openssh_env: tuple[OpenSshServer, Path, Path],
+) -> None:
+    host, data, checkout = openssh_env
+    bot = make_bot(edit=_deploy_config(host, checkout, timeout="20s"))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+    (data / "mode").write_text("slow")
+    mark = alice.mark()
+    await bob.send(room, "!deploy pluto")
+    await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "building '/nix/store/x-" in e.body,
+        after=mark,
+        timeout=30,
+    )
+    pid = int((data / "pid").read_text())
+    await bob.ask(room, "!deploy cancel pluto", bot.user_id)
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("🛑 pluto (switch) cancelled")
+    await _gone(pid)
+
+    (data / "mode").write_text("silent")
+    mark = alice.mark()
+    await bob.send(room, "!deploy pluto")
+    body = _new(await _final(alice, bot.user_id, "pluto", mark, timeout=60))["body"]
+    assert body.startswith("⏱️ pluto (switch) timed out")
+    await _gone(int((data / "pid").read_text()))

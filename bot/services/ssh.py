@@ -2,13 +2,26 @@
 
 Every failure becomes a RemoteError that names the host and says what went wrong, fit to be
 shown in the room; an unknown or changed host key is an error, never a prompt.
+
+Commands run without a terminal and with their stdin closed, so a remote prompt (sudo's
+password prompt, a host key question) fails at once instead of waiting for an answer that
+never comes. Without a terminal there is no SIGHUP when we go away, so every command runs
+under `guarded()`: a small POSIX sh wrapper that ends the command's process group when the
+SSH channel closes. Measured against OpenSSH 9.2 (Debian 12): closing a channel gives the
+session's stdin EOF, but a command without a terminal keeps running; and sshd refuses
+the SSH `signal` request for a root login ("session signalling requires privilege
+separation", session.c session_signal_req), while it honours it for other users (killpg of
+the session). So ending a command sends `signal TERM` (where sshd honours it) AND closes
+the channel (which the wrapper turns into a TERM of the whole process group).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import shlex
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -123,23 +136,81 @@ class SshClient:
             conn.close()
 
     async def run(self, target: Target, command: str, timeout_s: float) -> Result:
-        """Run a command (already quoted by the caller) and collect its output."""
+        """Run a command (already quoted by the caller) and collect its output.
+
+        Raises RemoteError when the host cannot be reached or the command outlives
+        `timeout_s` seconds; a timed-out command is ended on the host, not abandoned.
+        """
         import asyncssh
 
         async with self.connect(target) as conn:
             try:
-                proc = await asyncio.wait_for(conn.run(command, check=False), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    return await run_on(conn, command)
             except TimeoutError:
                 raise RemoteError(
-                    f"`{command.split()[0]}` on {target} timed out after {timeout_s:.0f} s"
+                    f"`{command.split()[0]}` on {target} timed out after {timeout_s:.0f} s "
+                    "and was stopped there"
                 ) from None
             except (OSError, asyncssh.Error) as exc:
                 raise RemoteError(f"SSH to {target} failed: {exc}") from None
-        return Result(
-            exit_status=proc.exit_status if proc.exit_status is not None else -1,
-            stdout=_text(proc.stdout),
-            stderr=_text(proc.stderr),
-        )
+
+
+# The wrapper every remote command runs under ($1 is the command). The channel's stdin is
+# kept as fd 3 for a watcher that waits for its EOF (the channel closed: cancel, timeout,
+# lost connection) and then TERMs the session's process group; the command itself gets
+# /dev/null as stdin. The watcher is stopped when the command ends on its own.
+_GUARD = (
+    'exec 3<&0 </dev/null; sh -c "$1" 3<&- & c=$!; '
+    "(while read -r _; do :; done; kill -TERM 0) <&3 >/dev/null 2>&1 & w=$!; "
+    "exec 3<&-; wait $c; s=$?; kill $w 2>/dev/null; exit $s"
+)
+
+
+def guarded(command: str) -> str:
+    """`command` (a POSIX shell command line) wrapped to end when its SSH channel closes."""
+    return f"sh -c {shlex.quote(_GUARD)} sh {shlex.quote(command)}"
+
+
+def end_remote(proc: asyncssh.SSHClientProcess[bytes]) -> None:
+    """Stop a remote command started with `guarded()`: TERM it and close its channel."""
+    with contextlib.suppress(Exception):
+        proc.send_signal("TERM")
+    proc.close()
+
+
+@asynccontextmanager
+async def remote_process(
+    conn: asyncssh.SSHClientConnection, command: str, merge_stderr: bool = False
+) -> AsyncIterator[asyncssh.SSHClientProcess[bytes]]:
+    """A guarded remote process (bytes, no terminal) that is ended if the block is left early.
+
+    With `merge_stderr` its stderr arrives in stdout, as one stream. Leaving the block by an
+    exception or a cancellation before the process exited ends it on the host.
+    """
+    import asyncssh
+
+    proc = await conn.create_process(
+        guarded(command),
+        encoding=None,
+        stderr=asyncssh.STDOUT if merge_stderr else asyncssh.PIPE,
+    )
+    try:
+        yield proc
+    except BaseException:
+        end_remote(proc)
+        raise
+
+
+async def run_on(conn: asyncssh.SSHClientConnection, command: str) -> Result:
+    """Run a command on an open connection and collect its output (ended if cancelled)."""
+    async with remote_process(conn, command) as proc:
+        stdout, stderr = await proc.communicate()
+    return Result(
+        exit_status=proc.exit_status if proc.exit_status is not None else -1,
+        stdout=_text(stdout),
+        stderr=_text(stderr),
+    )
 
 
 def _text(value: object) -> str:

@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -54,6 +54,8 @@ class DeployConfig(Section):
     checkout: str
     ssh: SshSettings = SshSettings()
     timeout: Duration = timedelta(minutes=30)
+    # A run that prints nothing for this long is stopped (not while it activates).
+    silence_timeout: Duration = timedelta(minutes=10)
     max_parallel: int = Field(default=2, ge=1, le=32)
     confirm_timeout: Duration = timedelta(minutes=5)
     progress_interval_s: float = Field(default=3, gt=0)
@@ -122,11 +124,19 @@ class Pending:
 
 @dataclass
 class DeployState:
-    """Per-bot deploy state: running deploys by host, pending confirmations, the slot limit."""
+    """Per-bot deploy state: running deploys by host, pending confirmations, the slot limit.
+
+    Check-then-act: a lock (a host in `running`) or a confirmation (an id leaving `pending`)
+    is taken in the same synchronous step as its check, with no await in between, so two
+    requests in one sync batch or one event-loop turn cannot both pass the check.
+    """
 
     running: dict[str, DeployRun]
     pending: dict[str, Pending]
     slots: asyncio.Semaphore
+    # confirm id → (who confirmed it, its prompt's outbox id), so that a second confirmation
+    # (typed or a ✅) is told who was first; the newest 200 are kept.
+    confirmed: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def _state(rt: Runtime) -> DeployState:
@@ -135,6 +145,19 @@ def _state(rt: Runtime) -> DeployState:
         state = DeployState({}, {}, asyncio.Semaphore(_deploy_config(rt).max_parallel))
         rt.extras["deploy"] = state
     return state
+
+
+def _busy_error(state: DeployState, hosts: list[HostConfig]) -> UserError | None:
+    """Who holds the lock of the first busy host, as the answer to the request that lost."""
+    busy = [h.name for h in hosts if h.name in state.running]
+    if not busy:
+        return None
+    run = state.running[busy[0]]
+    since = datetime.fromtimestamp(run.started_wall, UTC)
+    return UserError(
+        f"{busy[0]} is being deployed by {run.requested_by} since {since:%H:%M} UTC "
+        f"({human_duration(run.elapsed())} ago); `!deploy cancel {busy[0]}` stops it."
+    )
 
 
 def _deploy_config(rt: Runtime) -> DeployConfig:
@@ -161,6 +184,7 @@ def _runner(rt: Runtime) -> Runner:
         cfg.timeout.total_seconds(),
         cfg.progress_interval_s,
         cfg.thread_interval_s,
+        cfg.silence_timeout.total_seconds(),
     )
     return Runner(rt, SshClient.from_settings(cfg.ssh), spec)
 
@@ -208,14 +232,9 @@ async def deploy_cmd(ctx: Context) -> None:
     """Deploy hosts: `!deploy pluto[,haumea] [switch|boot|test|dry-activate|build] [--ref REF]`."""
     hosts, action, ref_ = parse_request(ctx.rt, ctx.args)
     state = _state(ctx.rt)
-    busy = [h.name for h in hosts if h.name in state.running]
-    if busy:
-        run = state.running[busy[0]]
-        since = datetime.fromtimestamp(run.started_wall, UTC)
-        raise UserError(
-            f"{busy[0]} is being deployed by {run.requested_by} since {since:%H:%M} UTC "
-            f"({human_duration(run.elapsed())} ago); `!deploy cancel {busy[0]}` stops it."
-        )
+    busy = _busy_error(state, hosts)
+    if busy is not None:
+        raise busy
     protected = [h.name for h in hosts if h.protected]
     if protected:
         cfg = _deploy_config(ctx.rt)
@@ -240,8 +259,10 @@ async def deploy_cmd(ctx: Context) -> None:
         )
         ctx.rt.tasks.spawn(_expire(ctx.rt, confirm_id, timeout), name=f"confirm:{confirm_id}")
         return
-    await ctx.react("👀")
+    # The locks are taken here, before the first await: a second request that is already
+    # waiting in this loop turn sees them.
     start_deploys(ctx.rt, hosts, action, ref_, ctx.sender, ctx.room_id)
+    await ctx.react("👀")
 
 
 async def _expire(rt: Runtime, confirm_id: str, timeout: float) -> None:
@@ -255,16 +276,24 @@ async def _expire(rt: Runtime, confirm_id: str, timeout: float) -> None:
 
 
 def _confirm(rt: Runtime, confirm_id: str, user: str, room_id: str) -> str:
+    # Synchronous from the check to `del state.pending[...]`: a ✅ and a `!confirm` (or two of
+    # either) arriving together confirm once; the others are told who was first.
     state = _state(rt)
     pending = state.pending.get(confirm_id)
     if pending is None or pending.room_id != room_id:
+        first = state.confirmed.get(confirm_id)
+        if first is not None:
+            raise UserError(f"Deploy request {confirm_id} was already confirmed by {first[0]}.")
         raise UserError(f"No deploy request {confirm_id} is waiting (it may have expired).")
     if not rt.permissions.has_role(user, room_id, DEPLOY_ROLE):
         raise UserError(f"Confirming needs the {DEPLOY_ROLE} role.")
-    busy = [h.name for h in pending.hosts if h.name in state.running]
-    if busy:
-        raise UserError(f"{busy[0]} is already being deployed; try again when it is done.")
+    busy = _busy_error(state, pending.hosts)
+    if busy is not None:
+        raise UserError(f"{busy} Confirm again when it is done.")
     del state.pending[confirm_id]
+    state.confirmed[confirm_id] = (user, pending.prompt_outbox_id)
+    while len(state.confirmed) > 200:
+        del state.confirmed[next(iter(state.confirmed))]
     rt.outbox.post(room_id, messages.reaction(pending.command_event, "👀"), "m.reaction")
     start_deploys(
         rt,
@@ -289,8 +318,10 @@ async def _prompt_reacted_to(rt: Runtime, reaction: IncomingReaction) -> str | N
     state = rt.extras.get("deploy")
     if not isinstance(state, DeployState):
         return None
-    for confirm_id, pending in list(state.pending.items()):
-        if rt.outbox.event_id(pending.prompt_outbox_id) == reaction.reacts_to:
+    prompts = {p.confirm_id: p.prompt_outbox_id for p in state.pending.values()}
+    prompts.update({cid: prompt for cid, (_, prompt) in state.confirmed.items()})
+    for confirm_id, prompt_outbox_id in prompts.items():
+        if rt.outbox.event_id(prompt_outbox_id) == reaction.reacts_to:
             return confirm_id
     return None
 
@@ -417,12 +448,38 @@ async def hosts_cmd(ctx: Context) -> None:
     await ctx.reply(text, html)
 
 
+# What each part prints (the fakes in tests/test_deploy_e2e.py copy these):
+# - `nixos-version`: "@version@ (@codeName@)", e.g. "24.05.20241125.1925c60 (Uakari)"
+#   (nixpkgs nixos/modules/installer/tools/nixos-version.sh).
+# - `readlink /nix/var/nix/profiles/system`: the generation link's name, relative,
+#   e.g. "system-142-link" (Nix src/libstore/profiles.cc, switchLink makes the target
+#   relative when it is in the profile's directory).
+# - `systemctl --failed --no-legend --plain`: one line per failed unit, columns UNIT LOAD
+#   ACTIVE SUB DESCRIPTION (systemd src/systemctl/systemctl-list-units.c); without --plain
+#   (older systemctl ignoring it, or a wrapper) each line starts with "●" or "*".
 STATUS_SCRIPT = (
     "echo '== version'; nixos-version 2>&1; "
     "echo '== generation'; readlink /nix/var/nix/profiles/system 2>&1; "
     "echo '== uptime'; uptime 2>&1; "
     "echo '== failed'; systemctl --failed --no-legend --plain --no-pager 2>&1; true"
 )
+
+
+_GENERATION = re.compile(r"(?:^|/)system-(\d+)-link$")
+_UNIT = re.compile(
+    r"^[A-Za-z0-9:_.\\@-]+\.(?:service|socket|mount|automount|swap|target|path|timer|slice|scope|device)$"
+)
+
+
+def failed_unit_names(lines: list[str]) -> list[str]:
+    """Unit names from `systemctl --failed --no-legend [--plain]` lines ("●" tolerated)."""
+    names = []
+    for line in lines:
+        for word in line.split()[:2]:
+            if _UNIT.match(word):
+                names.append(word)
+                break
+    return names
 
 
 @router.command("status", params=[arg("host", text)])
@@ -444,11 +501,14 @@ async def status_cmd(ctx: Context) -> None:
             sections[current] = []
         elif current:
             sections[current].append(line.strip())
-    failed = [u.split()[0] for u in sections.get("failed", []) if u.strip()]
+    failed = failed_unit_names(sections.get("failed", []))
+    link = " ".join(sections.get("generation", []))
+    gen = _GENERATION.search(link)
+    system = f"generation {gen.group(1)} ({link})" if gen else link or "?"
     lines = [
         f"{host.name} ({host.target})",
         f"NixOS: {' '.join(sections.get('version', [])) or '?'}",
-        f"system: {' '.join(sections.get('generation', [])) or '?'}",
+        f"system: {system}",
         f"uptime: {' '.join(sections.get('uptime', [])) or '?'}",
         f"failed units: {', '.join(failed) if failed else 'none'}",
     ]

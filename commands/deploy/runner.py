@@ -2,6 +2,27 @@
 
 Everything the user typed has been checked against the inventory before it gets here, and
 every word that reaches the remote shell goes through shlex.quote.
+
+The deploy runs without a terminal and with stdin closed (bot.services.ssh.guarded), so a
+prompt fails at once; cancel, timeout and a run silent for `silence_timeout` end it on the
+runner. The texts recognised below are the tools' own:
+- nixos-rebuild: nixpkgs pkgs/os-specific/linux/nixos-rebuild/nixos-rebuild.sh (commit
+  00409d13, 24.05): `log "building the system configuration..."`, and after a failed
+  switch-to-configuration `log "warning: error(s) occurred while switching to the new
+  configuration"` with exit 1.
+- Nix (libstore/store-api.cc, libutil/logging.cc SimpleLogger, 2.18): activities print as
+  "copying 12 paths...", "copying path '/nix/store/…' to 'ssh://…'...", "building '…drv'...".
+- switch-to-configuration-ng: nixpkgs pkgs/by-name/sw/switch-to-configuration-ng/src/src/
+  main.rs (commit 17358245): "activating the configuration...", "stopping/restarting/
+  starting the following units: a, b", "Failed to run activate script" (exit 2), and
+  "warning: the following units failed: a, b" followed by `systemctl status` and exit 4 —
+  the new generation is active by then.
+- colmena (zhaofengli/colmena src/job.rs, src/progress/plain.rs, src/error.rs, 0.4):
+  without a terminal every line is "{node:>width} | {text}": "Building pluto", "Pushing
+  system closure", "Activating system profile", "Activation successful", and a failed
+  activation "Activation failed: Child process exited with error code: 4".
+- sudo 1.9 without a terminal: "sudo: a terminal is required to read the password; …" and
+  with -n "sudo: a password is required" (older: "no tty present and no askpass program").
 """
 
 from __future__ import annotations
@@ -21,7 +42,7 @@ from bot.context import Runtime
 from bot.errors import RemoteError
 from bot.messages import escape, human_duration
 from bot.outbox import ref
-from bot.services.ssh import SshClient, parse_target
+from bot.services.ssh import SshClient, end_remote, parse_target, remote_process, run_on
 
 if TYPE_CHECKING:
     import asyncssh
@@ -33,13 +54,17 @@ MAX_LOG_BYTES = 20 * 2**20  # keep head and tail beyond this
 MAX_CHUNK_CHARS = 12_000
 MAX_LINE_CHARS = 400
 PHASES = (
+    (re.compile(r"\| Evaluating "), "evaluating"),
     (
-        re.compile(r"building the system configuration|building '/nix/store|these \d+ derivations"),
+        re.compile(
+            r"building the system configuration|building '/nix/store|"
+            r"these \d+ derivations|this derivation will be built|\| Building "
+        ),
         "building",
     ),
-    (re.compile(r"copying (path|\d+ paths)|copying closure"), "copying"),
+    (re.compile(r"copying (path|\d+ paths)|\| Pushing system closure"), "copying"),
     (
-        re.compile(r"activating the configuration|switching to system configuration|Activating"),
+        re.compile(r"activating the configuration|\| Activating system profile"),
         "activating",
     ),
     (re.compile(r"updating GRUB|installing bootloader|Installing bootloader"), "bootloader"),
@@ -48,6 +73,79 @@ PHASES = (
         "restarting units",
     ),
 )
+# Phases in which a long silence is normal (a unit taking minutes to stop or start, a
+# bootloader being written): only the overall timeout applies there.
+QUIET_PHASES = frozenset({"activating", "bootloader", "restarting units"})
+_FAILED_UNITS = re.compile(r"warning: the following units failed: (.+?)\s*$")
+_ACTIVATE_BROKEN = re.compile(
+    r"Failed to run activate script|Activation script snippet '[^']*' failed"
+)
+_COLMENA_EXIT_4 = re.compile(r"Activation failed: Child process exited with error code: 4\b")
+_REBUILD_SWITCH_ERRORS = "warning: error(s) occurred while switching to the new configuration"
+_SUDO_PROMPT = re.compile(
+    r"sudo: a terminal is required to read the password|sudo: a password is required|"
+    r"sudo: no tty present and no askpass program specified"
+)
+_VERDICT = re.compile(
+    "|".join(
+        (
+            _FAILED_UNITS.pattern,
+            _ACTIVATE_BROKEN.pattern,
+            _COLMENA_EXIT_4.pattern,
+            r"Activation failed: ",
+            re.escape(_REBUILD_SWITCH_ERRORS),
+        )
+    )
+)
+SUDO_HINT = (
+    "💡 sudo on the runner wants a password, and a deploy has no terminal to type it in: "
+    "give the deploy user passwordless sudo (NOPASSWD), or deploy as root."
+)
+
+
+def silence_exceeded(phase: str, silent_for_s: float, limit_s: float) -> bool:
+    """Whether a run that printed nothing for `silent_for_s` seconds should be stopped.
+
+    Activation, bootloader and unit restarts may be quiet for long: never there.
+    """
+    return phase not in QUIET_PHASES and silent_for_s >= limit_s
+
+
+def failed_units(lines: list[str]) -> list[str]:
+    """Units named by switch-to-configuration's "warning: the following units failed: …"."""
+    found: list[str] = []
+    for line in lines:
+        m = _FAILED_UNITS.search(line)
+        if m:
+            found.extend(u.strip() for u in m.group(1).split(",") if u.strip())
+    return list(dict.fromkeys(found))
+
+
+def classify(host: str, action: str, code: int, lines: list[str]) -> tuple[str, str]:
+    """(state, summary) of a finished deploy command from its exit code and output.
+
+    A switch whose only fault is failed units (switch-to-configuration's exit 4, seen as
+    colmena's "error code: 4" or nixos-rebuild's "error(s) occurred while switching") is
+    'units_failed': the new generation is active. Otherwise 0 is 'ok', anything else
+    'failed'.
+    """
+    units = failed_units(lines)
+    broken = any(_ACTIVATE_BROKEN.search(x) for x in lines)
+    if units and action in ("switch", "test") and not broken:
+        switch_exit_4 = any(_COLMENA_EXIT_4.search(x) for x in lines) or any(
+            _REBUILD_SWITCH_ERRORS in x for x in lines
+        )
+        if code == 0 or switch_exit_4:
+            word = "switched" if action == "switch" else "activated the configuration (test)"
+            n = len(units)
+            return (
+                "units_failed",
+                f"{host} {word}; the new generation is active, but {n} "
+                f"unit{'' if n == 1 else 's'} failed: {', '.join(units)}",
+            )
+    if code == 0:
+        return "ok", "done"
+    return "failed", f"exit code {code}"
 
 
 @dataclass(frozen=True)
@@ -71,6 +169,7 @@ class RunnerSpec:
     timeout_s: float
     progress_interval_s: float
     thread_interval_s: float
+    silence_timeout_s: float = 600
 
 
 def deploy_command(host: HostSpec, action: str, checkout: str) -> str:
@@ -85,7 +184,7 @@ def deploy_command(host: HostSpec, action: str, checkout: str) -> str:
             f"cd {q(checkout)} && nixos-rebuild {q(action)} --flake {q('.#' + host.attr)} "
             f"--target-host {q(host.target)} --use-substitutes"
         )
-    return f"{cmd} {extra}".strip() + " 2>&1"
+    return f"{cmd} {extra}".strip()
 
 
 def checkout_command(checkout: str, ref_: str | None) -> str:
@@ -123,10 +222,20 @@ class DeployRun:
     thread_skipped: int = 0
     task: asyncio.Task[None] | None = None
     cancelled_by: str | None = None
+    # The last line while it has no newline yet (a prompt such as "[sudo] password for x: ").
+    partial: str = ""
+    last_output: float = field(default_factory=time.monotonic)
+    sudo_prompt: bool = False
+    # Lines that decide the outcome (see classify), wherever they are in a long log.
+    verdict_lines: deque[str] = field(default_factory=lambda: deque(maxlen=200))
 
     def add_line(self, line: str) -> None:
         """Record one output line (bounded memory however long the log)."""
         self.tail.append(line[:MAX_LINE_CHARS])
+        if _VERDICT.search(line):
+            self.verdict_lines.append(line)
+        if _SUDO_PROMPT.search(line):
+            self.sudo_prompt = True
         for pattern, phase in PHASES:
             if pattern.search(line):
                 self.phase = phase
@@ -165,12 +274,18 @@ class DeployRun:
 
 def _status_content(run: DeployRun, final: str | None = None) -> messages.Content:
     tail = list(run.tail)[-5:] if final is None else list(run.tail)[-15:]
+    if run.partial.strip():
+        tail = [*tail[-4:], run.partial] if final is None else [*tail, run.partial]
     head = final or f"🚀 {run.headline()} — {run.phase}, {human_duration(run.elapsed())}"
     by = f"requested by {run.requested_by}"
-    text = "\n".join([head, by, *tail])
+    hint = [SUDO_HINT] if final is not None and run.sudo_prompt else []
+    text = "\n".join([head, *hint, by, *tail])
     code = escape("\n".join(tail))
-    html = f"<b>{escape(head)}</b><br>{escape(by)}" + (
-        f"<pre><code>{code}</code></pre>" if tail else ""
+    html = (
+        f"<b>{escape(head)}</b><br>"
+        + "".join(f"{escape(h)}<br>" for h in hint)
+        + escape(by)
+        + (f"<pre><code>{code}</code></pre>" if tail else "")
     )
     return messages.notice(text, html)
 
@@ -218,10 +333,10 @@ class Runner:
             async with asyncio.timeout(self.spec.timeout_s):
                 async with self.ssh.connect(target) as conn:
                     run.phase = "updating checkout" if run.ref else "reading revision"
-                    rev = await conn.run(checkout_command(self.spec.checkout, run.ref), check=False)
-                    out = str(rev.stdout or "").strip()
+                    rev = await run_on(conn, checkout_command(self.spec.checkout, run.ref))
+                    out = rev.stdout.strip()
                     if rev.exit_status != 0:
-                        err = (str(rev.stderr or "") or out).strip().splitlines()[-1:] or ["?"]
+                        err = (rev.stderr or out).strip().splitlines()[-1:] or ["?"]
                         if run.ref:
                             return (
                                 "failed",
@@ -238,9 +353,15 @@ class Runner:
                     command = deploy_command(run.host, run.action, self.spec.checkout)
                     log.info("deploy %d: %s", run.deploy_id, command)
                     code = await self._stream(conn, command, run)
-            if code == 0:
-                return "ok", 0, "done"
-            return "failed", code, f"exit code {code}"
+            if code is None:
+                return (
+                    "silent",
+                    None,
+                    f"stopped after {human_duration(self.spec.silence_timeout_s)} without output "
+                    f"while {run.phase}",
+                )
+            state, summary = classify(run.host.name, run.action, code, list(run.verdict_lines))
+            return state, code, summary
         except TimeoutError:
             return (
                 "timeout",
@@ -256,30 +377,53 @@ class Runner:
 
     async def _stream(
         self, conn: asyncssh.SSHClientConnection, command: str, run: DeployRun
-    ) -> int:
-        # A pty makes the remote command receive SIGHUP when we go away (cancel, timeout).
-        proc = await conn.create_process(command, term_type="dumb", encoding=None)
-        buffer = b""
-        try:
-            while True:
-                chunk = await proc.stdout.read(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-                *complete, buffer = buffer.split(b"\n")
-                for raw in complete:
-                    run.add_line(raw.decode("utf-8", "replace").rstrip("\r"))
-            if buffer:
-                run.add_line(buffer.decode("utf-8", "replace").rstrip("\r"))
-            await proc.wait()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                proc.send_signal("TERM")
-            proc.close()
-            raise
+    ) -> int | None:
+        """The command's exit code, or None when it was stopped for its silence."""
+        async with remote_process(conn, command, merge_stderr=True) as proc:
+            run.last_output = time.monotonic()
+            reader = asyncio.get_running_loop().create_task(self._read(proc, run))
+            watch = asyncio.get_running_loop().create_task(self._watch_silence(run))
+            try:
+                done, _ = await asyncio.wait({reader, watch}, return_when="FIRST_COMPLETED")
+            finally:
+                watch.cancel()
+                if not reader.done():
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+            if reader not in done:
+                end_remote(proc)
+                return None
+            reader.result()
+            await proc.wait_closed()
         if proc.exit_status is None and proc.exit_signal is None:
             raise RemoteError("SSH connection to the runner lost before the deploy finished")
         return proc.exit_status if proc.exit_status is not None else -1
+
+    @staticmethod
+    async def _read(proc: asyncssh.SSHClientProcess[bytes], run: DeployRun) -> None:
+        buffer = b""
+        while chunk := await proc.stdout.read(65536):
+            run.last_output = time.monotonic()
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for raw in complete:
+                run.add_line(raw.decode("utf-8", "replace").rstrip("\r"))
+            run.partial = buffer[-MAX_LINE_CHARS:].decode("utf-8", "replace").rstrip("\r")
+        if buffer:
+            run.add_line(buffer.decode("utf-8", "replace").rstrip("\r"))
+        run.partial = ""
+
+    async def _watch_silence(self, run: DeployRun) -> None:
+        limit = self.spec.silence_timeout_s
+        while True:
+            silent_for = time.monotonic() - run.last_output
+            if silence_exceeded(run.phase, silent_for, limit):
+                return
+            # Wake when the limit would be reached; in a quiet phase, check now and then
+            # whether it has ended.
+            wait = 1.0 if run.phase in QUIET_PHASES else min(limit - silent_for, 1.0)
+            await asyncio.sleep(max(0.05, wait))
 
     async def _report(self, run: DeployRun) -> None:
         last_edit = last_thread = 0.0
@@ -295,16 +439,29 @@ class Runner:
 
     async def finish(self, run: DeployRun, state: str, code: int | None, summary: str) -> None:
         """Final status edit, last output to the thread, and the full log as a file."""
+        if run.partial:
+            # A prompt the command was left waiting at belongs to the record too.
+            run.add_line(run.partial)
+            run.partial = ""
         self._flush_thread(run)
-        icon = {"ok": "✅", "cancelled": "🛑", "timeout": "⏱️"}.get(state, "❌")
         code_text = f", exit {code}" if code is not None else ""
-        word = {"ok": "deployed", "cancelled": "cancelled", "timeout": "timed out"}.get(
-            state, "failed"
-        )
-        final = (
-            f"{icon} {run.host.name} ({run.action}) {word} after {human_duration(run.elapsed())}"
-            f"{code_text}{' at ' + run.revision[:12] if run.revision else ''} — {summary}"
-        )
+        at = f" at {run.revision[:12]}" if run.revision else ""
+        if state == "units_failed":
+            final = (
+                f"⚠️ {summary} — {run.action} after {human_duration(run.elapsed())}{code_text}{at}"
+            )
+        else:
+            icon = {"ok": "✅", "cancelled": "🛑", "timeout": "⏱️", "silent": "⏱️"}.get(state, "❌")
+            word = {
+                "ok": "deployed",
+                "cancelled": "cancelled",
+                "timeout": "timed out",
+                "silent": "stopped",
+            }.get(state, "failed")
+            final = (
+                f"{icon} {run.host.name} ({run.action}) {word} after "
+                f"{human_duration(run.elapsed())}{code_text}{at} — {summary}"
+            )
         self._edit_status(run, final)
         data = run.full_log().encode()
         try:
