@@ -143,7 +143,8 @@ def bind(params: Sequence[Param[Any]], words: Sequence[str], rt: Runtime) -> Bou
     while i < len(words):
         word = words[i]
         option, eq, inline = word.partition("=")
-        if word.startswith("--") and len(word) > 2:
+        # A command that declares no options takes `--words` as ordinary words.
+        if flags and word.startswith("--") and len(word) > 2:
             param = flags.get(option)
             if param is None:
                 known = ", ".join(sorted(flags)) or "none"
