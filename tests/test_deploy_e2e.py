@@ -663,7 +663,8 @@ async def test_confirmations_arriving_together_confirm_once(
         lambda e: (
             e.sender == bot.user_id
             and f"{confirm_id} was already confirmed by @alice:localhost" in e.body
-            and "m.relates_to" not in e.content
+            # The ✅ is answered in the prompt's thread, as any reaction acting as a command.
+            and e.content.get("m.relates_to", {}).get("event_id") == prompt.event_id
         ),
         after=mark,
     )
