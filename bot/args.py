@@ -174,6 +174,11 @@ def bind(params: Sequence[Param[Any]], words: Sequence[str], rt: Runtime) -> Bou
             keep = sum(1 for p in after if p.required and not p.greedy)
             if any(p.greedy for p in after):
                 taken = _greedy_prefix(param, positional[: len(positional) - keep], rt)
+                if taken == 0 and param.required and positional:
+                    # A required run takes at least one word; if it refuses it, why is the
+                    # answer, rather than "missing" (then the later ones say what is missing).
+                    param.convert(positional[:1], rt)
+                    taken = 1
             else:
                 taken = len(positional) - keep
             chunk, positional = positional[:taken], positional[taken:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
 import re
@@ -15,11 +16,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bot.clock import ManualClock
 from bot.context import Runtime
 from bot.dispatch import Dispatcher
 from bot.http import read_body
 from bot.matrix import IncomingReaction
 from bot.registry import Router
+from commands.alerts import ALERTS, db
 from commands.alerts.render import REMINDER
 from devstack.alertmanager import LocalAlertmanager
 from devstack.client import RoomUser, SeenEvent
@@ -163,7 +166,8 @@ async def test_silence_from_chat(
     bad = await bob.ask(room, "!silence alertname=NotUp forever", bot.user_id)
     assert "not a duration" in bad.body
     bad = await bob.ask(room, "!silence 2h because", bot.user_id)
-    assert "start with matchers" in bad.body
+    assert "`2h` is not a matcher" in bad.body
+    assert "usage: `!silence <matchers…> <duration> [comment…]`" in bad.body
     bad = await bob.ask(room, '!silence instance=~"pluto(" 2h', bot.user_id)
     assert "not a valid regular expression" in bad.body
 
@@ -241,7 +245,8 @@ async def _post(
     url = f"http://127.0.0.1:{bot.rt.http_port}{path}"
     async with (
         aiohttp.ClientSession() as session,
-        session.post(url, data=data, headers=headers) as r,
+        # A stream, not raw bytes: aiohttp warns (ResourceWarning) about a large bytes body.
+        session.post(url, data=io.BytesIO(data), headers=headers) as r,
     ):
         return r.status, await r.text()
 
@@ -669,9 +674,28 @@ async def test_a_bell_reaction_on_the_message_silences_its_group(
 
 
 async def test_alerts_in_a_storm_are_summarised_most_severe_first(
-    alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, tmp_path: Path
 ) -> None:
-    bot, am = alerting
+    port = free_port()
+    am = LocalAlertmanager(
+        tmp_path / "am", f"http://127.0.0.1:{port}/alertmanager", bearer_token=TOKEN
+    )
+    am.start()
+    try:
+        await _storm_listed_with_another_prefix(make_bot, people, room, port, am)
+    finally:
+        am.stop()
+
+
+async def _storm_listed_with_another_prefix(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, port: int, am: LocalAlertmanager
+) -> None:
+    def edit(raw: dict[str, Any]) -> None:
+        _alerting(port, am.url)(raw)
+        raw["commands"] = {"prefix": "?"}
+
+    bot = make_bot(edit=edit)
+    await bot.start()
     now = datetime.now(UTC)
     storm = [
         {
@@ -687,10 +711,12 @@ async def test_alerts_in_a_storm_are_summarised_most_severe_first(
         for i in range(90)
     ]
     am.api("POST", "/alerts", storm)
-    listed = await people["bob"].ask(room, "!alerts", bot.user_id, timeout=20)
+    listed = await people["bob"].ask(room, "?alerts", bot.user_id, timeout=20)
     head, *rows = listed.body.splitlines()
     assert head.startswith("90 active alert(s); by name: NodeDown ×60, ZfsPoolDegraded ×30.")
-    assert "`!alerts alertname=NodeDown`" in head
+    assert "`?alerts alertname=NodeDown`" in head, "the configured prefix, not `!`"
+    bad = await people["bob"].ask(room, "?silence 2h", bot.user_id)
+    assert "usage: `?silence <matchers…> <duration> [comment…]`" in bad.body
     assert len(rows) == 1 + 40, "a header row and the 40 listed"
     assert all("ZfsPoolDegraded" in row and "critical" in row for row in rows[1:31])
     assert all("NodeDown" in row for row in rows[31:])
@@ -843,11 +869,10 @@ async def test_truncated_alerts_are_counted_and_never_resolve_the_group(
         await alice.ask(room, "!ping", bot.user_id)  # after anything the edit brought along
         said = [e.body for e in alice.seen[mark:] if e.sender == bot.user_id]
         assert not [b for b in said if b.startswith("✅ resolved")], said
-        row = bot.rt.store.execute(
-            "SELECT open FROM alert_groups WHERE outbox_id = ?",
-            (bot.rt.outbox.row_of(message.event_id),),
-        ).fetchone()
-        assert row["open"] == 1
+        outbox_id = bot.rt.outbox.row_of(message.event_id)
+        assert outbox_id is not None
+        (group,) = db.groups_of_message(bot.rt.store, outbox_id, room)
+        assert group.open
     finally:
         am.stop()
 
@@ -1058,3 +1083,63 @@ async def test_two_bells_at_once_make_one_silence(
         found = re.search(r"\(id ([0-9a-f-]{36})\)", made)
         assert made.startswith("🔕 silenced alertname=") and found is not None, made
         assert "was already silenced" in told and f"(id {found.group(1)})" in told, told
+
+
+async def test_dedupe_window_and_reminders_follow_the_bots_clock(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    """The window, the reminder and "open for" come from rt.clock: no waiting in the test."""
+    clock = ManualClock(datetime.now(UTC))
+    bot = make_bot(edit=_alerting(free_port(), dedupe_window_s=600), clock=clock)
+    await bot.start()
+    alice = people["alice"]
+    mark = alice.mark()
+    once = _payload("Clocked")
+
+    async def results(body: dict[str, Any]) -> list[str]:
+        status, text = await _post(bot, body)
+        assert status == 200, text
+        return list(json.loads(text)["results"])
+
+    assert await results(once) == ["posted"]
+    first = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "· Clocked" in e.body, timeout=20, after=mark
+    )
+    await clock.advance(timedelta(minutes=9))
+    assert await results(once) == ["duplicate"], "inside the 10 min window"
+    await clock.advance(timedelta(minutes=2))
+    assert await results(once) == ["reminded"], "after the window: Alertmanager's reminder"
+    reminder = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and e.body.startswith(REMINDER), timeout=20, after=mark
+    )
+    assert reminder.event_id != first.event_id
+    await clock.advance(timedelta(minutes=30))
+    assert await results(_payload("Clocked", status="resolved")) == ["resolved"]
+    note = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and e.body.startswith("✅ resolved: Clocked"),
+        timeout=20,
+        after=mark,
+    )
+    assert "open for 41 min)" in note.body, note.body
+    assert note.content["m.relates_to"]["event_id"] == reminder.event_id
+    # The lifespan's state is there while the bot runs, and gone (closed) after it stops.
+    assert bot.rt[ALERTS].api is None
+    rt = bot.rt
+    await bot.stop()
+    with pytest.raises(KeyError):
+        rt[ALERTS]
+
+
+async def test_the_alertmanager_client_is_one_session_closed_at_shutdown(
+    alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
+) -> None:
+    bot, _am = alerting
+    api = bot.rt[ALERTS].alertmanager()
+    for _ in range(2):
+        await people["bob"].ask(room, "!silences", bot.user_id)
+    session = api._session
+    assert session is not None and not session.closed
+    await people["bob"].ask(room, "!alerts", bot.user_id)
+    assert api._session is session, "one session for every call"
+    await bot.stop()
+    assert session.closed and api._session is None

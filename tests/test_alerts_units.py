@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot import messages
+from bot.context import Runtime
 from bot.errors import UserError
 from bot.mentions import NOBODY, Mentions
+from bot.registry import Command
+from bot.store import Store
+from commands.alerts import db
+from commands.alerts import router as alerts_router
+from commands.alerts.config import AlertsConfig
 from commands.alerts.matchers import Matcher, parse_duration, parse_matchers
 from commands.alerts.payload import Notification, WebhookError, parse_notification
 from commands.alerts.render import (
@@ -25,6 +33,7 @@ from commands.alerts.render import (
     render_batch,
     with_reminder,
 )
+from commands.alerts.rules import Decision, Drop, Edit, Post, Previous, decide
 from commands.alerts.silencing import (
     could_be_silence_id,
     decode_plan,
@@ -305,3 +314,285 @@ def test_silence_ids_are_uuids_or_their_prefixes() -> None:
         assert could_be_silence_id(good), good
     for bad in ("", "../x", "3f2a9c1g", "3f2a9c1e1", "3f2a9c1e-1234-4abc-8def-0123456789abc", "x"):
         assert not could_be_silence_id(bad), bad
+
+
+# --- the relay's rules: one pure function, one row per rule --------------------------------
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+OPENED = NOW - timedelta(hours=1)
+ONCALL = Mentions(["@oncall:x"])
+CFG = AlertsConfig.model_validate(
+    {"dedupe_window_s": 600, "mentions": [{"severity": ["critical"], "users": ["@oncall:x"]}]}
+)
+
+
+def _n(status: str = "firing", count: int = 1, **more: Any) -> Notification:
+    alerts = [
+        _alert({"alertname": "Disk", "instance": f"h{i}", "severity": "critical"})
+        | ({"status": "resolved", "endsAt": "2026-11-25T11:00:00Z"} if status == "resolved" else {})
+        for i in range(count)
+    ]
+    return _notification(alerts, status=status, commonLabels={"severity": "critical"}, **more)
+
+
+def _before(n: Notification, ago: timedelta, **more: Any) -> Previous:
+    """The group as it was after `n`, `ago` before NOW."""
+    state: dict[str, Any] = {
+        "open": not n.all_resolved,
+        "digest": n.state_digest(),
+        "created_at": OPENED,
+        "updated_at": NOW - ago,
+    }
+    return Previous(**(state | more))
+
+
+FIRING, FIRING2, RESOLVED = _n(), _n(count=2), _n("resolved")
+CUT = _n("resolved", truncatedAlerts=3)
+RULES: list[tuple[str, Previous | None, Notification, AlertsConfig, Decision]] = [
+    ("new firing group pings", None, FIRING, CFG, Post("posted", ONCALL, False, False, NOW, True)),
+    (
+        "new group seen resolved",
+        None,
+        RESOLVED,
+        CFG,
+        Post("posted", NOBODY, False, False, NOW, False),
+    ),
+    (
+        "HA twin of a resolve",
+        _before(RESOLVED, timedelta(seconds=1)),
+        RESOLVED,
+        CFG,
+        Drop("resolved already"),
+    ),
+    (
+        "late resolve of a closed group, days later",
+        _before(RESOLVED, timedelta(days=3)),
+        RESOLVED,
+        CFG,
+        Drop("resolved already"),
+    ),
+    (
+        "fires again after a resolve: a new group",
+        _before(RESOLVED, timedelta(minutes=5)),
+        FIRING,
+        CFG,
+        Post("posted", ONCALL, False, False, NOW, True),
+    ),
+    (
+        "duplicate in the window",
+        _before(FIRING, timedelta(minutes=9)),
+        FIRING,
+        CFG,
+        Drop("same state"),
+    ),
+    (
+        "duplicate in the window, reminders off",
+        _before(FIRING, timedelta(minutes=9)),
+        FIRING,
+        CFG.model_copy(update={"reminders": False}),
+        Drop("same state"),
+    ),
+    (
+        "reminder after the window: posted again, no pings",
+        _before(FIRING, timedelta(minutes=11)),
+        FIRING,
+        CFG,
+        Post("reminded", NOBODY, True, True, OPENED, True),
+    ),
+    (
+        "reminders off: dropped at any age",
+        _before(FIRING, timedelta(days=1)),
+        FIRING,
+        CFG.model_copy(update={"reminders": False}),
+        Drop("reminders off"),
+    ),
+    (
+        "change: the message is edited",
+        _before(FIRING, timedelta(minutes=1)),
+        FIRING2,
+        CFG,
+        Edit("updated", True, None),
+    ),
+    (
+        "resolve: edited, with a reply saying how long",
+        _before(FIRING2, timedelta(minutes=1)),
+        RESOLVED,
+        CFG,
+        Edit("resolved", False, NOW - OPENED),
+    ),
+    (
+        "resolve without resolved_reply",
+        _before(FIRING2, timedelta(minutes=1)),
+        RESOLVED,
+        CFG.model_copy(update={"resolved_reply": False}),
+        Edit("resolved", False, None),
+    ),
+    (
+        "truncatedAlerts: a resolve of the visible part leaves it open",
+        _before(FIRING, timedelta(minutes=1)),
+        CUT,
+        CFG,
+        Edit("updated", True, None),
+    ),
+    (
+        "change before the first send: changed in that message, ping kept",
+        _before(FIRING, timedelta(seconds=5), unsent=True, pings=ONCALL),
+        FIRING2,
+        CFG,
+        Post("updated", ONCALL, False, True, OPENED, True),
+    ),
+    (
+        "resolve before the first send",
+        _before(FIRING, timedelta(seconds=5), unsent=True, pings=ONCALL),
+        RESOLVED,
+        CFG,
+        Post("resolved", ONCALL, False, True, OPENED, False),
+    ),
+    (
+        "unchanged after the window, still unsent: not a reminder",
+        _before(FIRING, timedelta(minutes=11), unsent=True, pings=ONCALL),
+        FIRING,
+        CFG,
+        Post("updated", ONCALL, False, True, OPENED, True),
+    ),
+    (
+        "change of a group sharing a message: its own message, no pings",
+        _before(FIRING, timedelta(minutes=1), shared=True),
+        FIRING2,
+        CFG,
+        Post("updated", NOBODY, False, True, OPENED, True),
+    ),
+    (
+        "reminder of a group sharing a message",
+        _before(FIRING, timedelta(minutes=11), shared=True),
+        FIRING,
+        CFG,
+        Post("reminded", NOBODY, True, True, OPENED, True),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("previous", "n", "cfg", "expected"),
+    [case[1:] for case in RULES],
+    ids=[case[0] for case in RULES],
+)
+def test_the_relays_rules(
+    previous: Previous | None, n: Notification, cfg: AlertsConfig, expected: Decision
+) -> None:
+    assert decide(previous, n, cfg, NOW) == expected
+
+
+# --- declared arguments ---------------------------------------------------------------------
+
+ALERTS_RT = cast(Runtime, SimpleNamespace(prefix="?"))
+
+
+def _command(name: str) -> Command:
+    (cmd,) = [c for c in alerts_router.commands if c.name == name]
+    return cmd
+
+
+def test_silence_arguments_are_declared_and_converted() -> None:
+    silence = _command("silence")
+    assert silence.usage("?") == "?silence <matchers…> <duration> [comment…]"
+    bound = silence.bind(
+        ["alertname=NotUp,job!=node", "instance=~pluto.*", "2h", "planned", "x"], ALERTS_RT
+    )
+    assert bound.values == {
+        "matchers": [
+            Matcher("alertname", "=", "NotUp"),
+            Matcher("job", "!=", "node"),
+            Matcher("instance", "=~", "pluto.*"),
+        ],
+        "duration": timedelta(hours=2),
+        "comment": "planned x",
+    }
+    wrong = {
+        ("2h", "because"): "matchers: `2h` is not a matcher",
+        ("instance=~pluto(", "2h"): "matchers: `pluto(` is not a valid regular expression",
+        ("a=b", "instance=~pluto(", "2h"): "matchers: `pluto(` is not a valid regular expression",
+        ("a=b", "c=d"): "say how long after the matchers",
+        ("a=b", "forever"): "duration: `forever` is not a duration",
+        ("a=b", "30s"): "at least 1 minute",
+        ("a=b",): "missing duration",
+    }
+    for words, reason in wrong.items():
+        with pytest.raises(UserError) as caught:
+            silence.bind(list(words), ALERTS_RT)
+        assert reason in str(caught.value), (words, str(caught.value))
+        assert "usage: `?silence <matchers…> <duration> [comment…]`" in str(caught.value)
+
+
+def test_alerts_and_unsilence_arguments() -> None:
+    alerts = _command("alerts")
+    assert alerts.usage("!") == "!alerts [matchers…]"
+    assert alerts.bind([], ALERTS_RT).values == {"matchers": []}
+    assert alerts.bind(["{severity=warning,job=node}"], ALERTS_RT).values["matchers"] == [
+        Matcher("severity", "=", "warning"),
+        Matcher("job", "=", "node"),
+    ]
+    with pytest.raises(UserError, match="`warning` is not a matcher"):
+        alerts.bind(["warning"], ALERTS_RT)
+    unsilence = _command("unsilence")
+    assert unsilence.bind(["3F2A9C1E"], ALERTS_RT).values == {"id": "3f2a9c1e"}
+    for bad in ("../../status", "3f2a9c1g", "x" * 40):
+        with pytest.raises(UserError) as caught:
+            unsilence.bind([bad], ALERTS_RT)
+        assert "cannot be a silence id" in str(caught.value)
+        assert "`?silences` lists the active ones" in str(caught.value)
+
+
+def test_no_help_text_hard_codes_the_prefix() -> None:
+    for cmd in alerts_router.commands:
+        assert "!" not in cmd.help and "!" not in cmd.usage("?"), cmd.name
+    for reaction in alerts_router.reactions:
+        assert "!" not in reaction.help
+
+
+# --- the feature's table, through its one module ------------------------------------------
+
+
+def test_alert_groups_through_the_db_module(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db", alerts_router.migrations)
+    try:
+        plan = encode_plan([Matcher("alertname", "=", "Disk")])
+        firing = db.GroupState("d1", "firing", 2, True, plan)
+        first = db.open_group(
+            store,
+            "!r:x",
+            "k",
+            7,
+            firing,
+            created_at=OPENED,
+            updated_at=NOW,
+            shared=False,
+            labels='{"alertname": "Disk"}',
+        )
+        row = db.newest_group(store, "!r:x", "k")
+        assert row == db.GroupRow(
+            first, "!r:x", "k", True, 7, "d1", "firing", 2, OPENED, NOW, False,
+            '{"alertname": "Disk"}', plan,
+        )  # fmt: skip
+        assert db.newest_group(store, "!other:x", "k") is None
+        db.mark_shared(store, 7)
+        later = NOW + timedelta(hours=1)
+        db.update_group(store, first, db.GroupState("d2", "resolved", 2, False, plan), later)
+        (closed,) = db.groups_of_message(store, 7, "!r:x")
+        assert (closed.open, closed.in_digest, closed.digest, closed.updated_at) == (
+            False, True, "d2", later,
+        )  # fmt: skip
+        # It fires again: a new row, which is now the group's newest.
+        second = db.open_group(
+            store, "!r:x", "k", 8, firing, created_at=later, updated_at=later, shared=True,
+            labels="{}",
+        )  # fmt: skip
+        newest = db.newest_group(store, "!r:x", "k")
+        assert newest is not None and newest.id == second and newest.in_digest
+        assert db.groups_of_message(store, 7, "!elsewhere:x") == []
+        assert db.prune_closed(store, later) == 0, "updated at `later`, not before"
+        assert db.prune_closed(store, later + timedelta(seconds=1)) == 1
+        db.delete_group(store, second)
+        assert db.newest_group(store, "!r:x", "k") is None
+    finally:
+        store.close()

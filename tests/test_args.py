@@ -109,8 +109,11 @@ def test_greedy_matchers_leave_the_words_later_parameters_need() -> None:
     assert "comment" in bound.given
     bound = SILENCE.bind(["alertname=NotUp", "30m"], RT)
     assert bound.values["comment"] == "" and "comment" not in bound.given
-    with pytest.raises(UserError, match="missing matchers"):
+    # A required run that refuses its first word says why, rather than "missing".
+    with pytest.raises(UserError, match="matchers: `2h` is not a matcher"):
         SILENCE.bind(["2h", "why"], RT)
+    with pytest.raises(UserError, match="missing duration"):
+        SILENCE.bind(["alertname=NotUp"], RT)
     with pytest.raises(UserError, match="duration: 'soon' is not a duration"):
         SILENCE.bind(["alertname=NotUp", "soon"], RT)
 

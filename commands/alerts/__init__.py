@@ -13,29 +13,33 @@ import hmac
 import logging
 import re
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter as MetricCounter
 
-from bot.args import arg, args, text
+from bot.args import arg, rest
 from bot.context import Context, ReactionContext, Runtime
 from bot.errors import RemoteError, UserError
 from bot.http import BodyTooLarge, read_body
 from bot.matrix import IncomingReaction
 from bot.messages import escape, human_duration, table
-from bot.registry import Router
+from bot.registry import Router, StateKey
+from commands.alerts import db
 from commands.alerts.api import AlertmanagerAPI
 from commands.alerts.config import AlertRoute, AlertsConfig, alerts_config
 from commands.alerts.intake import Intake
-from commands.alerts.matchers import Matcher, looks_like_matcher, parse_duration, parse_matchers
+from commands.alerts.matchers import Matcher, matcher_run, silence_length
 from commands.alerts.payload import Notification, WebhookError, parse_notification
 from commands.alerts.silence_ops import InFlight, create_verified, mismatch_note
 from commands.alerts.silencing import (
-    could_be_silence_id,
     decode_plan,
     key_of,
+    silence_id,
     stored_key,
     stored_matchers,
 )
@@ -45,53 +49,47 @@ router = Router("alerts")
 
 
 router.section("alertmanager", AlertsConfig)
-router.migration(
-    1,
-    """
-    CREATE TABLE alert_groups (
-        id INTEGER PRIMARY KEY,
-        room_id TEXT NOT NULL,
-        group_key TEXT NOT NULL,
-        open INTEGER NOT NULL DEFAULT 1,
-        outbox_id INTEGER NOT NULL,
-        digest TEXT NOT NULL,
-        status TEXT NOT NULL,
-        alerts INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE UNIQUE INDEX alert_groups_open ON alert_groups(room_id, group_key) WHERE open = 1
-    """,
-)
-router.migration(
-    2,
-    """
-    ALTER TABLE alert_groups ADD COLUMN in_digest INTEGER NOT NULL DEFAULT 0
-    """,
-)
-# A group's newest row, open or not (a resolved group's HA twin must find it), and the rows
-# of one message (marked shared when a second group joins it).
-router.migration(
-    3,
-    """
-    CREATE INDEX alert_groups_newest ON alert_groups(room_id, group_key, id);
-    CREATE INDEX alert_groups_message ON alert_groups(outbox_id)
-    """,
-)
-# What silences a group from chat (🔕): its group labels, or its common ones.
-router.migration(
-    4,
-    """
-    ALTER TABLE alert_groups ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'
-    """,
-)
-# The matchers a 🔕 uses, or why there are none (silencing.group_matchers); NULL: use labels.
-router.migration(
-    5,
-    """
-    ALTER TABLE alert_groups ADD COLUMN silence TEXT
-    """,
-)
+for _version, _sql in db.MIGRATIONS:
+    router.migration(_version, _sql)
+
+
+@dataclass
+class AlertsState:
+    """The relay's state for one running bot, created and closed by `alerts_state`."""
+
+    intake: Intake
+    notifications: MetricCounter  # webhooks by what was done
+    silencing: InFlight  # silences being created from chat now
+    api: AlertmanagerAPI | None  # None without `alertmanager.url`
+
+    def alertmanager(self) -> AlertmanagerAPI:
+        """The API client; UserError when no URL is configured."""
+        if self.api is None:
+            raise UserError("Alertmanager's API is not configured (`alertmanager.url`).")
+        return self.api
+
+
+ALERTS = StateKey("alerts", AlertsState)
+
+
+@router.lifespan(ALERTS)
+@asynccontextmanager
+async def alerts_state(rt: Runtime) -> AsyncIterator[AlertsState]:
+    """The intake, the webhook counter and one Alertmanager API session, closed at shutdown."""
+    cfg = alerts_config(rt)
+    counter = MetricCounter(
+        "infrabot_alert_notifications_total",
+        "Alertmanager notifications by what was done (posted, coalesced, updated, resolved,"
+        " reminded, duplicate, rejected).",
+        ["result"],
+        registry=rt.metrics.registry,
+    )
+    api = AlertmanagerAPI(cfg.url, cfg.api_timeout_s) if cfg.url else None
+    try:
+        yield AlertsState(Intake(cfg, rt.store, rt.outbox, rt.clock), counter, InFlight(), api)
+    finally:
+        if api is not None:
+            await api.close()
 
 
 # --- webhook -------------------------------------------------------------------------------
@@ -143,29 +141,8 @@ def rooms_for(rt: Runtime, cfg: AlertsConfig, n: Notification, path: str | None)
     return list(dict.fromkeys(rooms))
 
 
-def _intake(rt: Runtime) -> Intake:
-    intake = rt.extras.get("alerts.intake")
-    if not isinstance(intake, Intake):
-        intake = rt.extras["alerts.intake"] = Intake(rt)
-    return intake
-
-
-def _webhook_counter(rt: Runtime) -> MetricCounter:
-    counter = rt.extras.get("alerts.counter")
-    if not isinstance(counter, MetricCounter):
-        counter = MetricCounter(
-            "infrabot_alert_notifications_total",
-            "Alertmanager notifications by what was done (posted, coalesced, updated, resolved,"
-            " reminded, duplicate, rejected).",
-            ["result"],
-            registry=rt.metrics.registry,
-        )
-        rt.extras["alerts.counter"] = counter
-    return counter
-
-
 def _reject(status: int, reason: str, request: web.Request, rt: Runtime) -> web.Response:
-    _webhook_counter(rt).labels("rejected").inc()
+    rt[ALERTS].notifications.labels("rejected").inc()
     log.warning("rejected webhook from %s: %d %s", request.remote, status, reason)
     return web.json_response({"status": "rejected", "reason": reason}, status=status)
 
@@ -187,9 +164,10 @@ async def _webhook(rt: Runtime, request: web.Request, path: str | None) -> web.R
         n = parse_notification(body)
     except WebhookError as exc:
         return _reject(exc.status, exc.reason, request, rt)
-    results = await _intake(rt).submit(rooms_for(rt, cfg, n, path), n)
+    state = rt[ALERTS]
+    results = await state.intake.submit(rooms_for(rt, cfg, n, path), n)
     for result in results:
-        _webhook_counter(rt).labels(result).inc()
+        state.notifications.labels(result).inc()
     log.info("webhook %s (%s, %d alerts): %s", n.groupKey[:60], n.status, len(n.alerts), results)
     return web.json_response({"status": "accepted", "results": results})
 
@@ -209,28 +187,33 @@ async def webhook_routed(rt: Runtime, request: web.Request) -> web.StreamRespons
 # --- chat commands (Alertmanager API v2) ---------------------------------------------------
 
 
-def _api(rt: Runtime) -> AlertmanagerAPI:
-    cfg = alerts_config(rt)
-    if not cfg.url:
-        raise UserError("Alertmanager's API is not configured (`alertmanager.url`).")
-    return AlertmanagerAPI(cfg.url, cfg.api_timeout_s)
-
-
-def _ago(iso: str) -> str:
+def _moment(iso: str) -> datetime | None:
     try:
-        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+        return datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except ValueError:
-        return iso
-    return human_duration(max(0.0, (datetime.now(UTC) - moment).total_seconds()))
+        return None
 
 
-def _until(iso: str) -> str:
-    try:
-        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
+def _ago(iso: str, now: datetime) -> str:
+    moment = _moment(iso)
+    if moment is None:
         return iso
-    left = (moment - datetime.now(UTC)).total_seconds()
+    return human_duration(max(0.0, (now - moment).total_seconds()))
+
+
+def _until(iso: str, now: datetime) -> str:
+    moment = _moment(iso)
+    if moment is None:
+        return iso
+    left = (moment - now).total_seconds()
     return f"{moment:%Y-%m-%d %H:%M} UTC (in {human_duration(max(0.0, left))})"
+
+
+def _since(iso: str, now: datetime) -> str:
+    moment = _moment(iso)
+    if moment is None:
+        return iso
+    return f"{moment:%Y-%m-%d %H:%M} UTC, {_ago(iso, now)} ago"
 
 
 def _ending(ends: datetime, duration: timedelta) -> str:
@@ -243,11 +226,18 @@ MAX_LISTED = 40
 _SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 
 
-@router.command("alerts", params=[args("matchers", text, required=False)])
+FILTER = matcher_run("matchers", required=False)
+MATCHERS = matcher_run("matchers", required=True)
+LENGTH = arg("duration", silence_length)
+COMMENT = rest("comment")
+SILENCE_ID = arg("id", silence_id)
+
+
+@router.command("alerts", params=[FILTER])
 async def alerts_cmd(ctx: Context) -> None:
     """List active alerts, optionally filtered by matchers (e.g. severity=warning)."""
-    matchers = parse_matchers(",".join(ctx.args)) if ctx.args else []
-    found = await _api(ctx.rt).alerts(matchers)
+    matchers = ctx[FILTER]
+    found = await ctx.rt[ALERTS].alertmanager().alerts(matchers)
     if not found:
         await ctx.reply("No active alerts" + (" match." if matchers else ". All quiet."))
         return
@@ -263,6 +253,7 @@ async def alerts_cmd(ctx: Context) -> None:
             a.get("startsAt", ""),
         ),
     )
+    now = ctx.rt.clock.now()
     rows = []
     for alert in ordered[:MAX_LISTED]:
         state = alert.get("status", {}).get("state", "?")
@@ -272,7 +263,7 @@ async def alerts_cmd(ctx: Context) -> None:
                 labels(alert).get("instance") or labels(alert).get("host") or "",
                 labels(alert).get("severity", ""),
                 state,
-                _ago(alert.get("startsAt", "")),
+                _ago(alert.get("startsAt", ""), now),
                 alert.get("annotations", {}).get("summary", "")[:80],
             ]
         )
@@ -290,30 +281,15 @@ async def alerts_cmd(ctx: Context) -> None:
     await ctx.reply(f"{head}:\n{text}", f"<p>{escape(head)}:</p>{html}")
 
 
-@router.command(
-    "silence",
-    params=[arg("matchers", text), arg("duration", text), args("comment", text, required=False)],
-    role="operator",
-)
+@router.command("silence", params=[MATCHERS, LENGTH, COMMENT], role="operator")
 async def silence_cmd(ctx: Context) -> None:
-    """Silence matching alerts for a while, e.g. `!silence alertname=NotUp 2h reboot`."""
-    args = list(ctx.args)
-    matcher_args: list[str] = []
-    while args and looks_like_matcher(args[0]):
-        matcher_args.append(args.pop(0))
-    if not matcher_args:
-        raise UserError(
-            "start with matchers, e.g. "
-            f"`{ctx.rt.prefix}silence alertname=NotUp instance=pluto 2h why`"
-        )
-    if not args:
-        raise UserError("say how long, e.g. 2h, 30m or 1d, after the matchers")
-    matchers = parse_matchers(",".join(matcher_args))
-    duration = parse_duration(args.pop(0))
-    comment = " ".join(args) or f"silenced from Matrix by {ctx.sender}"
-    starts = datetime.now(UTC)
+    """Silence matching alerts for a while, e.g. alertname=NotUp instance=pluto 2h reboot."""
+    matchers, duration = ctx[MATCHERS], ctx[LENGTH]
+    comment = ctx[COMMENT] or f"silenced from Matrix by {ctx.sender}"
+    starts = ctx.rt.clock.now()
     ends = starts + duration
-    created = await create_verified(_api(ctx.rt), matchers, starts, ends, ctx.sender, comment)
+    api = ctx.rt[ALERTS].alertmanager()
+    created = await create_verified(api, matchers, starts, ends, ctx.sender, comment)
     if not created.kept:
         await ctx.reply(mismatch_note(matchers, created))
         return
@@ -336,12 +312,12 @@ def _matcher_text(m: dict[str, Any]) -> str:
 @router.command("silences")
 async def silences_cmd(ctx: Context) -> None:
     """List active and pending silences."""
-    silences = [
-        s for s in await _api(ctx.rt).silences() if s.get("status", {}).get("state") != "expired"
-    ]
+    api = ctx.rt[ALERTS].alertmanager()
+    silences = [s for s in await api.silences() if s.get("status", {}).get("state") != "expired"]
     if not silences:
         await ctx.reply("No active silences.")
         return
+    now = ctx.rt.clock.now()
     rows = []
     for s in sorted(silences, key=lambda s: s.get("endsAt", "")):
         matchers = ", ".join(_matcher_text(m) for m in s.get("matchers", []))
@@ -349,7 +325,7 @@ async def silences_cmd(ctx: Context) -> None:
             [
                 str(s.get("id", ""))[:8],
                 matchers,
-                _until(s.get("endsAt", "")),
+                _until(s.get("endsAt", ""), now),
                 str(s.get("createdBy", "")),
                 str(s.get("comment", ""))[:60],
             ]
@@ -358,26 +334,12 @@ async def silences_cmd(ctx: Context) -> None:
     await ctx.reply(text, html)
 
 
-def _since(iso: str) -> str:
-    try:
-        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return iso
-    return f"{moment:%Y-%m-%d %H:%M} UTC, {_ago(iso)} ago"
-
-
-@router.command("unsilence", params=[arg("id", text)], role="operator")
+@router.command("unsilence", params=[SILENCE_ID], role="operator")
 async def unsilence_cmd(ctx: Context) -> None:
     """Expire a silence now (a unique prefix of its id is enough)."""
-    wanted = ctx.args[0].lower()
+    wanted = ctx[SILENCE_ID]
     listing = f"`{ctx.rt.prefix}silences` lists the active ones"
-    if not could_be_silence_id(wanted):
-        # Checked before any call: the id goes into Alertmanager's URL path.
-        raise UserError(
-            f"`{ctx.args[0][:80]}` cannot be a silence id: Alertmanager's ids are UUIDs "
-            f"(like 3f2a9c1e-…); {listing}."
-        )
-    api = _api(ctx.rt)
+    api = ctx.rt[ALERTS].alertmanager()
     matches = [s for s in await api.silences() if str(s.get("id", "")).startswith(wanted)]
     if not matches:
         raise UserError(f"No such silence: `{wanted}`; {listing}.")
@@ -388,57 +350,47 @@ async def unsilence_cmd(ctx: Context) -> None:
                 f"The {len(matches)} silences starting with `{wanted}` are all expired."
             )
         gone = matches[0]
-        await ctx.reply(
-            f"🔔 silence {gone['id']} is already expired (since {_since(str(gone.get('endsAt')))})."
-        )
+        since = _since(str(gone.get("endsAt")), ctx.rt.clock.now())
+        await ctx.reply(f"🔔 silence {gone['id']} is already expired (since {since}).")
         return
     if len(live) > 1:
         raise UserError(f"`{wanted}` matches {len(live)} active silences; give more of the id.")
-    silence_id = str(live[0]["id"])
+    found = str(live[0]["id"])
     try:
-        await api.expire_silence(silence_id)
+        await api.expire_silence(found)
     except RemoteError as exc:
-        raise RemoteError(f"could not expire silence {silence_id}: {exc}") from None
-    await ctx.reply(f"🔔 silence {silence_id} expired; its alerts notify again.")
+        raise RemoteError(f"could not expire silence {found}: {exc}") from None
+    await ctx.reply(f"🔔 silence {found} expired; its alerts notify again.")
 
 
-def _inflight(rt: Runtime) -> InFlight:
-    found = rt.extras.get("alerts.silencing")
-    if not isinstance(found, InFlight):
-        found = rt.extras["alerts.silencing"] = InFlight()
-    return found
-
-
-async def _groups_reacted_to(rt: Runtime, reaction: IncomingReaction) -> list[Any] | None:
+async def _groups_reacted_to(rt: Runtime, reaction: IncomingReaction) -> list[db.GroupRow] | None:
     """The open alert groups shown by the message reacted to, or None if it shows none."""
     if alerts_config(rt).silence_on_reaction is None:
         return None
     outbox_id = rt.outbox.row_of(reaction.reacts_to)
     if outbox_id is None:
         return None  # not the bot's message
-    rows = rt.store.execute(
-        "SELECT labels, silence FROM alert_groups WHERE outbox_id = ? AND room_id = ? AND open = 1",
-        (outbox_id, reaction.room_id),
-    ).fetchall()
+    rows = [g for g in db.groups_of_message(rt.store, outbox_id, reaction.room_id) if g.open]
     return rows or None  # none: not the message of an open alert group, an ordinary reaction
 
 
 @router.reaction("silence", ("🔕",), target=_groups_reacted_to, role="operator")
-async def silence_by_reaction(rctx: ReactionContext, rows: list[Any]) -> None:
+async def silence_by_reaction(rctx: ReactionContext, rows: list[db.GroupRow]) -> None:
     """A 🔕 on a group's message silences the group(s) it shows."""
     rt, reaction = rctx.rt, rctx.reaction
     cfg = alerts_config(rt)
     assert cfg.silence_on_reaction is not None
+    state = rt[ALERTS]
 
     def answer(text: str, html: str | None = None) -> None:
         rctx.answer(text, html)
 
     try:
-        api = _api(rt)
+        api = state.alertmanager()
     except UserError as exc:
         answer(f"🔕 cannot silence: {exc}")
         return
-    plans = [decode_plan(row["silence"], row["labels"]) for row in rows]
+    plans = [decode_plan(row.silence, row.labels) for row in rows]
     refusals = [p for p in plans if isinstance(p, str)]
     wanted = [p for p in plans if not isinstance(p, str)]
     if refusals:
@@ -449,7 +401,7 @@ async def silence_by_reaction(rctx: ReactionContext, rows: list[Any]) -> None:
     if not wanted:
         return
     # Claimed before the first await: a 🔕 handled in the same loop turn sees the claim.
-    flights = _inflight(rt)
+    flights = state.silencing
     owned: list[list[Matcher]] = []
     waiting: list[tuple[list[Matcher], asyncio.Future[tuple[str, str] | None]]] = []
     for matchers in wanted:
@@ -460,7 +412,7 @@ async def silence_by_reaction(rctx: ReactionContext, rows: list[Any]) -> None:
         else:
             waiting.append((matchers, running))
     duration = cfg.silence_on_reaction
-    starts = datetime.now(UTC)
+    starts = rt.clock.now()
     ends = starts + duration
     done: list[tuple[str, str, str, bool]] = []  # matchers shown, silence id, until, already
     live: list[dict[str, Any]] = []
@@ -474,7 +426,7 @@ async def silence_by_reaction(rctx: ReactionContext, rows: list[Any]) -> None:
             if same is not None:
                 shown = ", ".join(str(m) for m in stored_matchers(same))
                 ends_at = str(same.get("endsAt", ""))
-                done.append((shown, str(same["id"]), _until(ends_at), True))
+                done.append((shown, str(same["id"]), _until(ends_at, rt.clock.now()), True))
                 flights.release(key, (str(same["id"]), ends_at))
                 continue
             created = await create_verified(
@@ -505,7 +457,7 @@ async def silence_by_reaction(rctx: ReactionContext, rows: list[Any]) -> None:
                 f"🔕 {shown}: another 🔕 on it at the same moment did not silence it (see above)."
             )
             continue
-        done.append((shown, result[0], _until(result[1]), True))
+        done.append((shown, result[0], _until(result[1], rt.clock.now()), True))
     if not done:
         return
 

@@ -16,19 +16,32 @@ class NotFound(RemoteError):
 
 
 class AlertmanagerAPI:
-    """Each call has a timeout; failures raise RemoteError with a message fit for the room."""
+    """Each call has a timeout; failures raise RemoteError with a message fit for the room.
+
+    One HTTP session (and its connection pool) for every call, opened on the first call;
+    `close` ends it (the feature's lifespan does, at shutdown).
+    """
 
     def __init__(self, base_url: str, timeout_s: float) -> None:
         self.base = base_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session; a later call would open a new one."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         url = f"{self.base}/api/v2{path}"
         try:
-            async with (
-                aiohttp.ClientSession(timeout=self.timeout) as session,
-                session.request(method, url, **kwargs) as resp,
-            ):
+            async with self._open().request(method, url, **kwargs) as resp:
                 text = await resp.text()
                 if resp.status == 404:
                     raise NotFound(f"Alertmanager has no {path}")

@@ -10,7 +10,6 @@ from bot.config import Section
 from bot.context import Runtime
 from bot.durations import Duration
 from bot.mentions import MentionRule
-from commands.alerts.render import Renderer
 
 
 class WebhookAuth(Section):
@@ -59,13 +58,3 @@ class AlertsConfig(Section):
 def alerts_config(rt: Runtime) -> AlertsConfig:
     """The section as configured, or its defaults."""
     return rt.config.section("alertmanager", AlertsConfig) or AlertsConfig()
-
-
-def renderer(rt: Runtime) -> Renderer:
-    """The one Renderer for this runtime, built on first use from the configured templates."""
-    found = rt.extras.get("alerts.renderer")
-    if not isinstance(found, Renderer):
-        cfg = alerts_config(rt)
-        found = Renderer(cfg.templates.text, cfg.templates.html)
-        rt.extras["alerts.renderer"] = found
-    return found

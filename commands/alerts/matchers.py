@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from bot import durations
+from bot.args import ArgError, Param
 from bot.errors import UserError
+
+if TYPE_CHECKING:
+    from bot.context import Runtime
 
 _MATCHER = re.compile(
     r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(.*?))\s*$'
@@ -109,3 +115,43 @@ def parse_duration(text: str) -> timedelta:
     if delta > MAX_SILENCE:
         raise UserError("a silence may last at most 90 days")
     return delta
+
+
+# --- converters for declared arguments (bot.args) ------------------------------------------
+
+
+def matcher_run(name: str, *, required: bool) -> Param[list[Matcher]]:
+    """A run of words, each one matcher or several separated by commas → one flat list.
+
+    Usage `<name…>`; a word that is not a matcher ends the run (e.g. the duration after it).
+    Quotes are taken off by the command line's shell-like splitting: `instance=~"a.*"` and
+    `instance=~a.*` are the same.
+    """
+
+    def convert(words: Sequence[str], rt: Runtime) -> list[Matcher]:
+        out: list[Matcher] = []
+        for word in words:
+            if not looks_like_matcher(word):
+                raise ArgError(
+                    f"{name}: `{word[:80]}` is not a matcher; write name=value, name!=value, "
+                    "name=~regex or name!~regex"
+                )
+            try:
+                out += parse_matchers(word)
+            except UserError as exc:
+                raise ArgError(f"{name}: {exc}") from None
+        return out
+
+    return Param(name, name, convert, required, greedy=True, default=[])
+
+
+def silence_length(word: str, rt: Runtime) -> timedelta:
+    """How long a silence lasts: 1 minute to 90 days (`2h`, `1h30m`, `3d`)."""
+    if looks_like_matcher(word):
+        # A matcher where the duration goes: the run of matchers ended at it, so say why.
+        try:
+            parse_matchers(word)
+        except UserError as exc:
+            raise ArgError(f"matchers: {exc}") from None
+        raise ArgError(f"say how long after the matchers, e.g. 2h, 30m or 1d, not `{word[:80]}`")
+    return parse_duration(word)

@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from commands.alerts.matchers import Matcher
 from commands.alerts.payload import Notification
+
+if TYPE_CHECKING:
+    from bot.context import Runtime
 
 # Alertmanager's silence ids are UUIDs (api/v2/openapi.yaml, 0.25: `silenceID` is
 # `format: uuid`); chat may give a prefix of one.
@@ -35,6 +38,17 @@ def could_be_silence_id(text: str) -> bool:
         elif char not in "0123456789abcdef":
             return False
     return True
+
+
+def silence_id(word: str, rt: Runtime) -> str:
+    """A silence id or a prefix of one, lower-cased; anything else is refused before any
+    call (the id goes into Alertmanager's URL path)."""
+    if not could_be_silence_id(word):
+        raise ValueError(
+            f"`{word[:80]}` cannot be a silence id: Alertmanager's ids are UUIDs "
+            f"(like 3f2a9c1e-…); `{rt.prefix}silences` lists the active ones"
+        )
+    return word.lower()
 
 
 def _literal(value: str) -> str:
