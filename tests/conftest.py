@@ -109,6 +109,23 @@ class BotHandle:
                 await self.task
             self.task = None
 
+    async def barrier(self, user: RoomUser, room: str) -> None:
+        """Return once `user` has seen everything the bot queued for `room` before now.
+
+        The outbox sends a room's messages in order and a member sees the timeline in order,
+        so the answer to a ping sent now comes after all of them: "nothing else arrived"
+        is then checked against what was seen, without sleeping.
+        """
+        await user.ask(room, f"{self.rt.prefix}ping", self.user_id, timeout=60)
+
+    async def wait_metric(self, line: str, timeout: float = 30) -> None:
+        """Wait until /metrics shows `line` (e.g. a counter reaching a value)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if line in (await self.http("/metrics"))[1]:
+                    return
+                await asyncio.sleep(0.1)
+
     async def http(self, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.rt.http_port}{path}"
         async with aiohttp.ClientSession() as session, session.get(url) as resp:
