@@ -54,6 +54,8 @@ class Runtime:
     metrics: Metrics
     health: Health
     permissions: Permissions
+    # On the real clock, not `clock`: the scheduler compares a claim's start with the
+    # homeserver's timestamp of a request (see bot.matrix.Transport on why).
     claims: Claims = field(default_factory=Claims)
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = field(init=False)  # Unix seconds, from `clock`

@@ -208,13 +208,12 @@ async def test_survives_a_homeserver_restart(
 
     synapse.stop()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            status, body = await bot.http("/healthz")
-            if status == 503:
-                break
-            assert time.monotonic() < deadline, "healthz never reported the lost homeserver"
-            await asyncio.sleep(0.2)
+        async with asyncio.timeout(120):  # a guard against a hang, not a measure of speed
+            while True:
+                status, body = await bot.http("/healthz")
+                if status == 503:
+                    break
+                await asyncio.sleep(0.2)
         assert "failing" in body and "sync" in body
     finally:
         synapse.start()
