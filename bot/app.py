@@ -74,7 +74,7 @@ class Bot:
         async with AsyncExitStack() as stack:
             store = Store(core.state.db_path, self.registry.migrations)
             stack.callback(store.close)
-            metrics, health = Metrics(), Health()
+            metrics, health = Metrics(), Health(self.clock)
             transport = Transport(core.matrix, store, metrics, health)
             stack.push_async_callback(transport.close)
             tasks = TaskOwner()
@@ -84,7 +84,7 @@ class Bot:
                 registry=self.registry,
                 store=store,
                 transport=transport,
-                outbox=Outbox(store, transport, metrics),
+                outbox=Outbox(store, transport, metrics, self.clock),
                 tasks=tasks,
                 metrics=metrics,
                 health=health,

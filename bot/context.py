@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections.abc import Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -55,9 +54,11 @@ class Runtime:
     metrics: Metrics
     health: Health
     permissions: Permissions
+    # On the real clock, not `clock`: the scheduler compares a claim's start with the
+    # homeserver's timestamp of a request (see bot.matrix.Transport on why).
     claims: Claims = field(default_factory=Claims)
     clock: Clock = field(default_factory=SystemClock)
-    started_at: float = field(default_factory=time.time)
+    started_at: float = field(init=False)  # Unix seconds, from `clock`
     http_port: int | None = None
     scheduler: Scheduler = field(init=False)
     # Each feature's state, created by its lifespan; read through typed keys (`rt[KEY]`).
@@ -68,6 +69,7 @@ class Runtime:
     def __post_init__(self) -> None:
         from bot.scheduler import Scheduler  # the scheduler runs jobs with this runtime
 
+        self.started_at = self.clock.time()
         self.scheduler = Scheduler(self)
 
     def __getitem__(self, key: StateKey[T]) -> T:

@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from bot import audit
 from bot.context import CURRENT_MESSAGE, Context, ReactionContext, Runtime, answer_to, error_ref
 from bot.errors import BotError, PermissionDenied, UserError
 from bot.matrix import Incoming, IncomingMessage, IncomingReaction
@@ -73,7 +74,7 @@ class Dispatcher:
                 self.on_message(event)
             elif self._is_command(event):
                 skipped.setdefault(event.room_id, []).append(event)
-        now_ms = int(time.time() * 1000)
+        now_ms = self.rt.transport.now_ms()  # compared with the server's timestamps
         for room_id, late in skipped.items():
             recent = [e for e in late if now_ms - e.server_ts <= LATE_NOTICE_WINDOW_MS]
             if recent:
@@ -140,7 +141,15 @@ class Dispatcher:
                 raise UserError(self._unknown(tokens[0]))
             cmd, args = found
             name = cmd.name
-            audit_id = self.rt.store.audit_start(msg.sender, msg.room_id, msg.event_id, name, args)
+            audit_id = audit.start(
+                self.rt.store,
+                sender=msg.sender,
+                room_id=msg.room_id,
+                event_id=msg.event_id,
+                command=name,
+                args=args,
+                now=self.rt.clock.time(),
+            )
             if not self.rt.permissions.may_run(msg.sender, msg.room_id, cmd):
                 role = self.rt.permissions.required_role(cmd)
                 log.warning(
@@ -170,7 +179,7 @@ class Dispatcher:
             )
         finally:
             if audit_id is not None:
-                self.rt.store.audit_end(audit_id, outcome, detail)
+                audit.end(self.rt.store, audit_id, outcome, detail, now=self.rt.clock.time())
             known = name if name in self.rt.registry.commands else "(unknown)"
             self.rt.metrics.commands.labels(known, outcome).inc()
             self.rt.metrics.command_seconds.labels(known).observe(time.monotonic() - started)
@@ -192,8 +201,14 @@ class Dispatcher:
         if target is None:
             return
         name = reaction.name
-        audit_id = self.rt.store.audit_start(
-            event.sender, event.room_id, event.event_id, name, ["reaction", event.key]
+        audit_id = audit.start(
+            self.rt.store,
+            sender=event.sender,
+            room_id=event.room_id,
+            event_id=event.event_id,
+            command=name,
+            args=["reaction", event.key],
+            now=self.rt.clock.time(),
         )
         outcome, detail = "ok", None
         try:
@@ -220,7 +235,7 @@ class Dispatcher:
             log.exception("reaction %s from %s failed (ref %s)", name, event.sender, ref)
             ctx.answer(f"❌ {event.key} failed unexpectedly (ref {ref}; details in the bot's log).")
         finally:
-            self.rt.store.audit_end(audit_id, outcome, detail)
+            audit.end(self.rt.store, audit_id, outcome, detail, now=self.rt.clock.time())
             self.rt.metrics.commands.labels(name, outcome).inc()
             self.rt.metrics.command_seconds.labels(name).observe(time.monotonic() - started)
 

@@ -4,33 +4,42 @@ from __future__ import annotations
 
 import time
 
+from bot.clock import Clock, SystemClock
+
 
 class Health:
-    """Mutable health state, written by the transport and read by the HTTP server."""
+    """Mutable health state, written by the transport and read by the HTTP server.
 
-    def __init__(self) -> None:
+    `since` (Unix seconds from `clock`) is when the state last changed; how long ago the
+    last sync succeeded is measured on `time.monotonic`, which no clock setting moves.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
         self.ok = False
         self.reason = "starting"
-        self.since = time.time()
-        self.last_ok = 0.0
+        self.since = self.clock.time()
+        self._last_ok: float | None = None  # monotonic
 
     def set_ok(self, reason: str) -> None:
         """Mark healthy (e.g. after a successful sync)."""
         if not self.ok:
-            self.since = time.time()
+            self.since = self.clock.time()
         self.ok = True
         self.reason = reason
-        self.last_ok = time.time()
+        self._last_ok = time.monotonic()
 
     def set_failing(self, reason: str) -> None:
         """Mark unhealthy with a reason fit for an operator."""
         if self.ok:
-            self.since = time.time()
+            self.since = self.clock.time()
         self.ok = False
         self.reason = reason
 
     def check(self, stale_after_s: float) -> tuple[bool, str]:
         """(healthy, reason); a sync loop that went quiet too long counts as unhealthy."""
-        if self.ok and time.time() - self.last_ok > stale_after_s:
-            return False, f"no successful sync for {time.time() - self.last_ok:.0f} s"
+        if self.ok and self._last_ok is not None:
+            quiet = time.monotonic() - self._last_ok
+            if quiet > stale_after_s:
+                return False, f"no successful sync for {quiet:.0f} s"
         return self.ok, self.reason

@@ -164,7 +164,10 @@ def _raise_for(resp: Any, what: str) -> None:
 class Transport:
     """The bot's one Matrix connection.
 
-    `clock` gives the bot's time in seconds (tests may pass their own).
+    `clock` gives the Unix seconds that the homeserver's `origin_server_ts` are compared
+    with (horizons, lateness, lag). It is the machine's real clock, not the runtime's
+    settable one: a test that sets the runtime's clock to another day still talks to a
+    homeserver that stamps events with today, and its commands must not all count as late.
     """
 
     def __init__(
@@ -194,7 +197,7 @@ class Transport:
                 encryption_enabled=False,
             ),
         )
-        self.started_ms = self._now_ms()
+        self.started_ms = self.now_ms()
         self.display_name: str | None = None
         # Per room: the moment (ms) from which the bot could see it, i.e. its (re)join.
         self._joined_ms: dict[str, int] = {}
@@ -202,7 +205,8 @@ class Transport:
         self._blind_until_ms = self.started_ms
         self._seen_ms: dict[str, int] = {}
 
-    def _now_ms(self) -> int:
+    def now_ms(self) -> int:
+        """The bot's time in ms, as compared with the homeserver's event timestamps."""
         return int(self.clock() * 1000)
 
     async def close(self) -> None:
@@ -289,7 +293,7 @@ class Transport:
     def _serve(self, room_id: str) -> None:
         """The bot has just joined `room_id`: anything sent there before now is late."""
         self.served_rooms.add(room_id)
-        self._joined_ms[room_id] = self._now_ms()
+        self._joined_ms[room_id] = self.now_ms()
 
     def horizon(self, room_id: str) -> int:
         """The moment (ms) from which the bot has seen `room_id` without a gap."""
@@ -346,7 +350,7 @@ class Transport:
                     raise MatrixError("unexpected sync response", transient=True)
                 events = await self._incoming(resp, since)
             except (MatrixError, aiohttp.ClientError, TimeoutError) as exc:
-                self._blind_until_ms = self._now_ms()
+                self._blind_until_ms = self.now_ms()
                 if isinstance(exc, MatrixError) and exc.errcode == "M_UNKNOWN_TOKEN":
                     await self._relogin_or_wait(exc)
                     continue
@@ -389,7 +393,7 @@ class Transport:
         log.error("%s", reason)
         if self.cfg.password is not None and self.cfg.access_token is None:
             self.client.access_token = ""
-            self.store.execute("DELETE FROM kv WHERE key LIKE 'matrix.session:%'")
+            self.store.delete_prefix("matrix.session:")
             await self.connect()
         else:
             await asyncio.sleep(self.cfg.max_backoff_s)
@@ -408,7 +412,7 @@ class Transport:
     async def _incoming(self, resp: SyncResponse, since: str | None) -> list[Incoming]:
         """The batch's messages and reactions in served rooms, each marked late or not."""
         out: list[Incoming] = []
-        now_ms = self._now_ms()
+        now_ms = self.now_ms()
         for room_id, info in resp.rooms.join.items():
             if room_id not in self.served_rooms:
                 continue

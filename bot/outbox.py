@@ -33,10 +33,13 @@ import re
 import time
 from typing import Any
 
+from bot import outbox_db as db
 from bot.backoff import Backoff
+from bot.clock import Clock, SystemClock
 from bot.matrix import MatrixError, Transport, new_txn_id
 from bot.messages import MAX_CONTENT_BYTES, fit
 from bot.metrics import Metrics
+from bot.outbox_db import FAILED, SENT, OutboxRow
 from bot.store import Store
 from bot.tasks import TaskOwner
 
@@ -73,12 +76,19 @@ class _NotYetSent(Exception):
 
 
 class Outbox:
-    """Queue of events to send, backed by the `outbox` table."""
+    """Queue of events to send, backed by the `outbox` table (through bot.outbox_db).
 
-    def __init__(self, store: Store, transport: Transport, metrics: Metrics) -> None:
+    `clock` dates the rows (and so their pruning); waits between attempts are measured on
+    `time.monotonic`, as the homeserver's rate limiter counts real seconds.
+    """
+
+    def __init__(
+        self, store: Store, transport: Transport, metrics: Metrics, clock: Clock | None = None
+    ) -> None:
         self.store = store
         self.transport = transport
         self.metrics = metrics
+        self.clock: Clock = clock or SystemClock()
         self._wake = asyncio.Event()
         self._waiters: dict[int, asyncio.Future[str]] = {}
         self._retry_at: dict[str, float] = {}
@@ -94,29 +104,22 @@ class Outbox:
         coalesce_key: str | None = None,
     ) -> int:
         """Commit an event for delivery; returns its outbox id."""
-        with self.store.transaction() as db:
+        with self.store.transaction():
             if coalesce_key is not None:
-                stale = db.execute(
-                    "SELECT id FROM outbox WHERE coalesce_key = ? AND state = 'pending'",
-                    (coalesce_key,),
-                ).fetchall()
-                for row in stale:
-                    if row["id"] not in self._in_flight:
-                        db.execute("DELETE FROM outbox WHERE id = ?", (row["id"],))
-            cur = db.execute(
-                "INSERT INTO outbox(room_id, event_type, content, txn_id, created_at, "
-                "coalesce_key) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    room_id,
-                    event_type,
-                    _encode(content),
-                    new_txn_id(),
-                    time.time(),
-                    coalesce_key,
-                ),
+                for stale in db.pending_with_key(self.store, coalesce_key):
+                    if stale not in self._in_flight:
+                        db.delete(self.store, stale)
+            outbox_id = db.insert(
+                self.store,
+                room_id=room_id,
+                event_type=event_type,
+                content=_encode(content),
+                txn_id=new_txn_id(),
+                now=self.clock.time(),
+                coalesce_key=coalesce_key,
             )
         self._wake.set()
-        return int(cur.lastrowid or 0)
+        return outbox_id
 
     def amend(self, outbox_id: int, content: dict[str, Any]) -> bool:
         """Replace the content of a row never tried yet; False if too late.
@@ -127,46 +130,33 @@ class Outbox:
         """
         if outbox_id in self._in_flight:
             return False
-        cur = self.store.execute(
-            "UPDATE outbox SET content = ? WHERE id = ? AND state = 'pending' AND attempts = 0",
-            (_encode(content), outbox_id),
-        )
-        return cur.rowcount == 1
+        return db.amend_untried(self.store, outbox_id, _encode(content))
 
     def waiting(self, outbox_id: int) -> bool:
         """Whether the row is queued and was never tried (so `amend` would succeed)."""
         if outbox_id in self._in_flight:
             return False
-        row = self.store.execute(
-            "SELECT 1 FROM outbox WHERE id = ? AND state = 'pending' AND attempts = 0",
-            (outbox_id,),
-        ).fetchone()
-        return row is not None
+        return db.untried(self.store, outbox_id)
 
     def event_id(self, outbox_id: int) -> str | None:
         """The event id of a delivered row, or None."""
-        row = self.store.execute(
-            "SELECT event_id FROM outbox WHERE id = ?", (outbox_id,)
-        ).fetchone()
-        return None if row is None or row["event_id"] is None else str(row["event_id"])
+        row = db.get(self.store, outbox_id)
+        return None if row is None else row.event_id
 
     def row_of(self, event_id: str) -> int | None:
         """The row that was delivered as `event_id`, or None (e.g. not the bot's event)."""
-        row = self.store.execute("SELECT id FROM outbox WHERE event_id = ?", (event_id,)).fetchone()
-        return None if row is None else int(row["id"])
+        return db.id_of_event(self.store, event_id)
 
     def _fill_refs(self, value: Any) -> Any:
         if isinstance(value, str):
             match = _REF.match(value)
             if match is None:
                 return value
-            target = self.store.execute(
-                "SELECT state, event_id FROM outbox WHERE id = ?", (int(match.group(1)),)
-            ).fetchone()
+            target = db.get(self.store, int(match.group(1)))
             if (
                 target is None
-                or target["state"] == "failed"
-                or (target["state"] == "sent" and target["event_id"] is None)
+                or target.state == FAILED
+                or (target.state == SENT and target.event_id is None)
             ):
                 # What it refers to will never exist (given up, or coalesced away).
                 raise MatrixError(
@@ -174,9 +164,9 @@ class Outbox:
                     transient=False,
                     errcode=REF_GONE,
                 )
-            if target["event_id"] is None:
+            if target.event_id is None:
                 raise _NotYetSent(value)
-            return str(target["event_id"])
+            return target.event_id
         if isinstance(value, dict):
             return {k: self._fill_refs(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -185,13 +175,11 @@ class Outbox:
 
     async def wait_sent(self, outbox_id: int) -> str:
         """Wait until the row is delivered; returns its event id (raises if it was given up)."""
-        row = self.store.execute(
-            "SELECT state, event_id, last_error FROM outbox WHERE id = ?", (outbox_id,)
-        ).fetchone()
-        if row is not None and row["state"] == "sent":
-            return str(row["event_id"] or "")
-        if row is not None and row["state"] == "failed":
-            raise MatrixError(f"message not delivered: {row['last_error']}", transient=False)
+        row = db.get(self.store, outbox_id)
+        if row is not None and row.state == SENT:
+            return row.event_id or ""
+        if row is not None and row.state == FAILED:
+            raise MatrixError(f"message not delivered: {row.last_error}", transient=False)
         fut = self._waiters.get(outbox_id)
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
@@ -206,21 +194,20 @@ class Outbox:
 
     def pending(self) -> int:
         """How many rows wait for delivery."""
-        row = self.store.execute("SELECT COUNT(*) AS n FROM outbox WHERE state = 'pending'")
-        return int(row.fetchone()["n"])
+        return db.count(self.store, db.PENDING)
 
-    def _ready(self) -> tuple[list[Any], list[str]]:
+    def failed(self) -> int:
+        """How many rows were given up."""
+        return db.count(self.store, FAILED)
+
+    def _ready(self) -> tuple[list[OutboxRow], list[str]]:
         """Each room's oldest pending row unless it is being sent, and rooms waiting a retry."""
-        rows = self.store.execute(
-            "SELECT * FROM outbox WHERE id IN "
-            "(SELECT MIN(id) FROM outbox WHERE state = 'pending' GROUP BY room_id)"
-        ).fetchall()
         now = time.monotonic()
         ready, waiting = [], []
-        for row in rows:
-            if self._retry_at.get(row["room_id"], 0) > now:
-                waiting.append(row["room_id"])
-            elif row["id"] not in self._in_flight:
+        for row in db.room_heads(self.store):
+            if self._retry_at.get(row.room_id, 0) > now:
+                waiting.append(row.room_id)
+            elif row.id not in self._in_flight:
                 ready.append(row)
         return ready, waiting
 
@@ -230,12 +217,7 @@ class Outbox:
         The rows themselves stay: a later edit (an alert group open for weeks) still needs
         the event id its `outbox:N` placeholder stands for.
         """
-        cur = self.store.execute(
-            "UPDATE outbox SET content = '{}' WHERE state != 'pending' AND created_at < ? "
-            "AND content != '{}'",
-            (time.time() - KEEP_SENT_S,),
-        )
-        return cur.rowcount
+        return db.prune_content(self.store, before=self.clock.time() - KEEP_SENT_S)
 
     async def run(self) -> None:
         """Deliver forever: per room in order, rooms in parallel, with backoff."""
@@ -254,8 +236,8 @@ class Outbox:
                 )
                 for row in ready:
                     # Marked before the first await: from here on nobody may amend or drop it.
-                    self._in_flight.add(row["id"])
-                    task = sending.spawn(self._deliver(row), f"outbox:{row['id']}")
+                    self._in_flight.add(row.id)
+                    task = sending.spawn(self._deliver(row), f"outbox:{row.id}")
                     task.add_done_callback(lambda _: self._wake.set())
                 wait = min((self._retry_at[r] for r in waiting), default=None)
                 try:
@@ -266,7 +248,7 @@ class Outbox:
         finally:
             await sending.shutdown()
 
-    async def _deliver(self, row: Any) -> None:
+    async def _deliver(self, row: OutboxRow | None) -> None:
         """Send the row, then the room's next ones while they keep succeeding."""
         while row is not None:
             delivered = False
@@ -274,16 +256,16 @@ class Outbox:
                 delivered = await self._deliver_one(row)
             except Exception:
                 # A bug, not the homeserver: keep the row, back off the room, and say so.
-                log.exception("outbox message %d: unexpected error; will retry", row["id"])
+                log.exception("outbox message %d: unexpected error; will retry", row.id)
                 self.metrics.errors.labels("outbox").inc()
-                self._retry_at[row["room_id"]] = (
-                    time.monotonic() + self._backoff_for(row["room_id"]).next()
+                self._retry_at[row.room_id] = (
+                    time.monotonic() + self._backoff_for(row.room_id).next()
                 )
             finally:
-                self._in_flight.discard(row["id"])
+                self._in_flight.discard(row.id)
             if not delivered:
                 break
-            room_id = row["room_id"]
+            room_id = row.room_id
             # Straight on to the next, without a turn through `run`: under load each loop
             # turn costs milliseconds that a burst would otherwise pay per message.
             row = self._next_in_room(room_id)
@@ -291,59 +273,51 @@ class Outbox:
                 if row is None:
                     del self._pace[room_id]  # the backlog is gone, and so is the hurry
                 else:
-                    self._in_flight.discard(row["id"])
+                    self._in_flight.discard(row.id)
                     self._retry_at[room_id] = time.monotonic() + self._pace[room_id]
                     break
 
-    def _next_in_room(self, room_id: str) -> Any:
+    def _next_in_room(self, room_id: str) -> OutboxRow | None:
         """The room's oldest pending row, marked in flight, unless it is being sent already."""
-        row = self.store.execute(
-            "SELECT * FROM outbox WHERE state = 'pending' AND room_id = ? ORDER BY id LIMIT 1",
-            (room_id,),
-        ).fetchone()
-        if row is None or row["id"] in self._in_flight:
+        row = db.oldest_pending(self.store, room_id)
+        if row is None or row.id in self._in_flight:
             return None
-        self._in_flight.add(row["id"])
+        self._in_flight.add(row.id)
         return row
 
     def _backoff_for(self, room_id: str) -> Backoff:
         return self._backoff.setdefault(room_id, Backoff(0.5, 60))
 
-    async def _deliver_one(self, row: Any) -> bool:
-        room_id = row["room_id"]
+    async def _deliver_one(self, row: OutboxRow) -> bool:
+        room_id = row.room_id
         started = time.monotonic()
         try:
-            content = self._fill_refs(json.loads(row["content"]))
-            event_id = await self.transport.send_event(
-                room_id, row["event_type"], content, row["txn_id"]
-            )
+            content = self._fill_refs(json.loads(row.content))
+            event_id = await self.transport.send_event(room_id, row.event_type, content, row.txn_id)
         except _NotYetSent as missing:
             # The referenced message is still queued (e.g. in flight, or in another room).
             self._retry_at[room_id] = time.monotonic() + 1
-            log.info("outbox message %d waits for %s", row["id"], missing)
+            log.info("outbox message %d waits for %s", row.id, missing)
             return False
         except MatrixError as exc:
-            if exc.errcode == DUPLICATE and row["event_type"] == "m.reaction":
+            if exc.errcode == DUPLICATE and row.event_type == "m.reaction":
                 return await self._already_there(row, content)
-            attempts = row["attempts"] + 1
+            attempts = row.attempts + 1
             give_up = not exc.transient and (
                 exc.errcode not in WAIT_ON or attempts >= MAX_PERMANENT_ATTEMPTS
             )
-            self.store.execute(
-                "UPDATE outbox SET attempts = ?, last_error = ?, state = ? WHERE id = ?",
-                (attempts, str(exc), "failed" if give_up else "pending", row["id"]),
-            )
+            db.record_refusal(self.store, row.id, attempts, str(exc), give_up=give_up)
             self.metrics.errors.labels("outbox").inc()
             if give_up:
                 log.error(
                     "giving up outbox message %d to %s after %d attempt(s): %s",
-                    row["id"],
+                    row.id,
                     room_id,
                     attempts,
                     exc,
                 )
                 self.metrics.outbox_refused.labels(exc.errcode or str(exc.status), "given_up").inc()
-                self._resolve(row["id"], error=exc)
+                self._resolve(row.id, error=exc)
                 # The refusal was about this row alone: the room's next one goes now.
                 self._retry_at.pop(room_id, None)
                 return True
@@ -354,46 +328,36 @@ class Outbox:
                 pace = time.monotonic() - started + exc.retry_after
                 self._pace[room_id] = min(pace, PACE_MAX_S)
             self._retry_at[room_id] = time.monotonic() + wait
-            log.warning(
-                "outbox message %d to %s: %s; retry in %.1f s", row["id"], room_id, exc, wait
-            )
+            log.warning("outbox message %d to %s: %s; retry in %.1f s", row.id, room_id, exc, wait)
             return False
-        self.store.execute(
-            "UPDATE outbox SET state = 'sent', event_id = ?, sent_at = ?, attempts = attempts + 1 "
-            "WHERE id = ?",
-            (event_id, time.time(), row["id"]),
-        )
+        db.mark_sent(self.store, row.id, event_id, now=self.clock.time())
         self._retry_at.pop(room_id, None)
         if room_id in self._backoff:
             self._backoff[room_id].reset()
-        self._resolve(row["id"], event_id=event_id)
+        self._resolve(row.id, event_id=event_id)
         return True
 
-    async def _already_there(self, row: Any, content: dict[str, Any]) -> bool:
+    async def _already_there(self, row: OutboxRow, content: dict[str, Any]) -> bool:
         """A reaction the server already holds: delivered, as the reaction that is there."""
         rel = content.get("m.relates_to") or {}
         event_id: str | None = None
         try:
             event_id = await self.transport.own_reaction(
-                row["room_id"], str(rel.get("event_id", "")), str(rel.get("key", ""))
+                row.room_id, str(rel.get("event_id", "")), str(rel.get("key", ""))
             )
         except MatrixError as exc:
             log.warning("could not look up the reaction already sent: %s", exc)
         log.warning(
             "outbox message %d to %s: the same reaction %s is already there (%s); delivered",
-            row["id"],
-            row["room_id"],
+            row.id,
+            row.room_id,
             rel.get("key"),
             event_id or "event id unknown",
         )
         self.metrics.outbox_refused.labels(DUPLICATE, "already_delivered").inc()
-        self.store.execute(
-            "UPDATE outbox SET state = 'sent', event_id = ?, sent_at = ?, attempts = attempts + 1,"
-            " last_error = ? WHERE id = ?",
-            (event_id, time.time(), DUPLICATE, row["id"]),
-        )
-        self._retry_at.pop(row["room_id"], None)
-        self._resolve(row["id"], event_id=event_id or "")
+        db.mark_sent(self.store, row.id, event_id, now=self.clock.time(), note=DUPLICATE)
+        self._retry_at.pop(row.room_id, None)
+        self._resolve(row.id, event_id=event_id or "")
         return True
 
     def _resolve(

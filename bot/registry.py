@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -46,13 +47,17 @@ class Command:
         """The usage line, e.g. `!jobs run <name>`."""
         return usage_line(prefix, self.name, self.params)
 
+    def help_text(self, prefix: str) -> str:
+        """The help line as shown: commands quoted in it with the default `!` get `prefix`."""
+        return with_prefix(self.help, prefix)
+
     def bind(self, words: Sequence[str], rt: Runtime) -> Bound:
         """Convert the arguments; raises UserError with what is wrong and the usage line."""
         try:
             return bind(self.params, words, rt)
         except ArgError as exc:
             raise UserError(
-                f"{exc} — usage: `{self.usage(rt.prefix)}` ({self.help}). "
+                f"{exc} — usage: `{self.usage(rt.prefix)}` ({self.help_text(rt.prefix)}). "
                 f"`{rt.prefix}help {self.name}` says more."
             ) from None
 
@@ -221,9 +226,7 @@ class Router:
 
         return deco
 
-    def lifespan(
-        self, key: StateKey[T]
-    ) -> Callable[[Lifespan[T]], Lifespan[T]]:
+    def lifespan(self, key: StateKey[T]) -> Callable[[Lifespan[T]], Lifespan[T]]:
         """Declare the async context manager that creates `rt[key]` at start and closes it.
 
         Lifespans are entered in router order after the core is up (store, outbox, HTTP
@@ -315,6 +318,19 @@ class Registry:
 def normalize_key(key: str) -> str:
     """A reaction key without variation selectors: "✅" and "✅\ufe0f" are the same key."""
     return key.replace("\ufe0f", "").replace("\ufe0e", "").strip()
+
+
+# A command quoted in a help text: a backtick, the default prefix, a word.
+_QUOTED_COMMAND = re.compile(r"(?<=`)!(?=[a-z])")
+
+
+def with_prefix(help_text: str, prefix: str) -> str:
+    """`help_text` with each quoted command (`` `!silence …` ``) written with `prefix`.
+
+    Help texts (docstrings) write commands with the default prefix, as the README does; the
+    room sees the prefix its config sets.
+    """
+    return _QUOTED_COMMAND.sub(lambda _: prefix, help_text)
 
 
 def first_line(doc: str | None) -> str:

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from bot import job_runs
 from bot.claims import Busy, Claim
 from bot.context import CURRENT_MESSAGE, JobContext, Runtime, error_ref
 from bot.cron import CronSchedule
@@ -58,18 +59,12 @@ class Scheduler:
         return {n for n in self.schedules if self.rt.claims.holder(_key(n)) is not None}
 
     def _last_scheduled(self, name: str) -> datetime | None:
-        row = self.rt.store.execute(
-            "SELECT MAX(scheduled_for) AS t FROM job_runs WHERE job = ? AND trigger != 'manual'",
-            (name,),
-        ).fetchone()
-        return None if row["t"] is None else datetime.fromtimestamp(row["t"], UTC)
+        last = job_runs.last_scheduled(self.rt.store, name)
+        return None if last is None else datetime.fromtimestamp(last, UTC)
 
     async def run(self) -> None:
         """Drive every enabled schedule until cancelled."""
-        self.rt.store.execute(
-            "UPDATE job_runs SET outcome = 'interrupted', ended_at = ? WHERE outcome = 'running'",
-            (self.rt.clock.time(),),
-        )
+        job_runs.interrupt_running(self.rt.store, now=self.rt.clock.time())
         now = self.rt.clock.now()
         for name, sched in self.schedules.items():
             if not sched.enabled:
@@ -114,7 +109,7 @@ class Scheduler:
         started after the request was sent (that run answered it).
         """
         if name not in self.schedules:
-            raise UserError(f"No job named {name!r}; `!jobs` lists them.")
+            raise UserError(f"No job named {name!r}; `{self.rt.prefix}jobs` lists them.")
         msg = CURRENT_MESSAGE.get()
         last = self._last_start.get(name)
         # No await from here to the claim: a second request cannot slip in between.
@@ -145,11 +140,9 @@ class Scheduler:
         room = self.rt.transport.resolve_room(sched.room) if sched.room else self.rt.default_room()
         stored_for = scheduled_for.timestamp()
         # Manual runs are stored with their trigger so they never move the schedule's last run.
-        cur = self.rt.store.execute(
-            "INSERT INTO job_runs(job, scheduled_for, trigger, started_at) VALUES (?, ?, ?, ?)",
-            (name, stored_for, trigger, self.rt.clock.time()),
+        run_id = job_runs.start(
+            self.rt.store, name, scheduled_for=stored_for, trigger=trigger, now=self.rt.clock.time()
         )
-        run_id = int(cur.lastrowid or 0)
         ctx = JobContext(self.rt, sched, room, stored_for, trigger)
         outcome, detail = "ok", ""
         try:
@@ -164,10 +157,7 @@ class Scheduler:
             self.rt.post(room, f"⚠️ scheduled job {name} failed unexpectedly (ref {ref})")
         finally:
             self._last_outcome[name] = outcome
-            self.rt.store.execute(
-                "UPDATE job_runs SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
-                (self.rt.clock.time(), outcome, detail[:500], run_id),
-            )
+            job_runs.end(self.rt.store, run_id, outcome, detail, now=self.rt.clock.time())
             self.rt.metrics.job_runs.labels(name, outcome).inc()
         return f"{outcome}: {detail}" if detail else outcome
 
@@ -175,11 +165,7 @@ class Scheduler:
         """Every configured job with its last run and next run."""
         out = []
         for name, sched in self.schedules.items():
-            row = self.rt.store.execute(
-                "SELECT started_at, outcome, detail FROM job_runs WHERE job = ? "
-                "ORDER BY started_at DESC LIMIT 1",
-                (name,),
-            ).fetchone()
+            last = job_runs.latest(self.rt.store, name)
             out.append(
                 JobStatus(
                     name=name,
@@ -189,10 +175,10 @@ class Scheduler:
                     running=name in self.running,
                     next_run=self.next_run.get(name),
                     last_started=None
-                    if row is None
-                    else datetime.fromtimestamp(row["started_at"], UTC),
-                    last_outcome=None if row is None else row["outcome"],
-                    last_detail=None if row is None else row["detail"],
+                    if last is None
+                    else datetime.fromtimestamp(last.started_at, UTC),
+                    last_outcome=None if last is None else last.outcome,
+                    last_detail=None if last is None else last.detail,
                 )
             )
         return out

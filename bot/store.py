@@ -1,7 +1,14 @@
-"""SQLite state (WAL) with versioned migrations per component.
+"""SQLite state (WAL) with versioned migrations per component, and the key/value table.
 
 Calls are synchronous on purpose: each statement is a sub-millisecond local write, cheaper than
 a hop to a thread, and keeping one connection on the loop thread serialises writers for free.
+
+Each table has one owner, the only module that reads or writes it, through named functions and
+row dataclasses: `kv` here (`get`, `put`, `delete_prefix`), `audit` in bot.audit, `job_runs` in
+bot.job_runs, `outbox` in bot.outbox_db, and each feature's tables in the feature's own database
+module. `execute` and `transaction` are the primitive those modules use. SQL stays plain (`?`
+parameters, no SQLite-only syntax where a portable form costs nothing) for a later PostgreSQL
+store.
 """
 
 from __future__ import annotations
@@ -9,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,13 +27,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Migration:
-    """One schema step of a component; versions count up from 1 without gaps."""
+    """One schema step of a component; versions count up from 1 without gaps.
+
+    `sql` holds one or more statements separated by ';' (a ';' inside a string literal,
+    a quoted name or a comment is no separator: see `split_statements`).
+    """
 
     component: str
     version: int
     sql: str
 
 
+# The core's tables, each owned by one module (see the module docstring). Their history stays
+# one component: databases in the field are at its versions, and re-splitting it would re-run it.
 CORE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "core",
@@ -133,7 +145,7 @@ class Store:
                 )
             log.info("applying schema migration %s v%d", mig.component, mig.version)
             with self.transaction():
-                for statement in _split_sql(mig.sql):
+                for statement in split_statements(mig.sql):
                     self.db.execute(statement)
                 self.db.execute(
                     "INSERT INTO schema_version(component, version) VALUES (?, ?) "
@@ -195,32 +207,33 @@ class Store:
         """Set a JSON value."""
         self.put(key, json.dumps(value))
 
-    # --- audit -------------------------------------------------------------------------------
-    def audit_start(
-        self, sender: str, room_id: str, event_id: str, command: str, args: Sequence[str]
-    ) -> int:
-        """Record that a command started; returns the row id for `audit_end`."""
-        cur = self.db.execute(
-            "INSERT INTO audit(started_at, sender, room_id, event_id, command, args) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), sender, room_id, event_id, command, json.dumps(list(args))),
-        )
-        return int(cur.lastrowid or 0)
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key that starts with `prefix`; returns how many.
 
-    def audit_end(self, audit_id: int, outcome: str, detail: str | None = None) -> None:
-        """Record how a command ended."""
-        self.db.execute(
-            "UPDATE audit SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
-            (time.time(), outcome, detail, audit_id),
-        )
-
-    def audit_recent(self, limit: int = 20) -> list[sqlite3.Row]:
-        """The newest audit rows, newest first."""
-        return list(
-            self.db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        )
+        Compared with `substr`, not LIKE, so '%' and '_' in a prefix mean themselves.
+        """
+        cur = self.db.execute("DELETE FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+        return cur.rowcount
 
 
-def _split_sql(script: str) -> list[str]:
-    """Split a migration script into statements (none of ours has ';' inside a literal)."""
-    return [s.strip() for s in script.split(";") if s.strip()]
+def split_statements(script: str) -> list[str]:
+    """The statements of a migration script, in order.
+
+    A ';' ends a statement only where SQLite agrees the text so far is complete
+    (`sqlite3.complete_statement`), so a ';' inside a string literal, a quoted name, a
+    comment or a trigger body stays inside its statement. A last statement may omit its ';'.
+    """
+    out: list[str] = []
+    start = 0
+    for end, char in enumerate(script):
+        if char == ";" and sqlite3.complete_statement(script[start : end + 1]):
+            _keep(out, script[start : end + 1])
+            start = end + 1
+    _keep(out, script[start:])
+    return out
+
+
+def _keep(out: list[str], statement: str) -> None:
+    text = statement.strip()
+    if text.rstrip(";").strip():
+        out.append(text)

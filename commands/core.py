@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import time
 from datetime import UTC, datetime
 
 from pydantic import Field
 
-from bot.args import arg, args, text
+from bot import audit as audit_log
+from bot.args import arg, args, integer, text
 from bot.config import Section
-from bot.context import Context, JobContext
+from bot.context import Context, JobContext, Runtime
 from bot.errors import UserError
 from bot.messages import escape, human_duration, table
 from bot.registry import Router
@@ -18,31 +17,47 @@ from bot.registry import Router
 router = Router("core")
 
 
+def job_name(word: str, rt: Runtime) -> str:
+    """A configured job's name; the error names the jobs there are."""
+    if word in rt.scheduler.schedules:
+        return word
+    known = ", ".join(sorted(rt.scheduler.schedules)) or "none are configured"
+    raise UserError(f"no job named `{word}` (jobs: {known})")
+
+
+COMMAND = args("command", text, required=False)
+COUNT = arg("count", integer(1, 100), default=10)
+JOB = arg("name", job_name)
+
+
 @router.command("ping")
 async def ping(ctx: Context) -> None:
     """Check that the bot is alive and how quickly it hears you."""
-    heard_ms = max(0, int(time.time() * 1000) - ctx.msg.server_ts)
-    up = human_duration(time.time() - ctx.rt.started_at)
+    # The server stamped the message with the real clock: compare it with the transport's.
+    heard_ms = max(0, ctx.rt.transport.now_ms() - ctx.msg.server_ts)
+    up = human_duration(ctx.rt.clock.time() - ctx.rt.started_at)
     await ctx.reply(f"pong — heard you {heard_ms} ms after you sent it; up {up}")
 
 
-@router.command("help", params=[args("command", text, required=False)])
+@router.command("help", params=[COMMAND])
 async def help_(ctx: Context) -> None:
     """List the commands you may run, or show how to use one."""
     prefix = ctx.rt.prefix
-    if ctx.args:
-        found = ctx.rt.registry.find([a.lower() for a in ctx.args])
+    # `help !deploy` (with the prefix, as the list shows it) means `help deploy`.
+    words = [w.removeprefix(prefix) for w in ctx[COMMAND]]
+    if words:
+        found = ctx.rt.registry.find([w.lower() for w in words])
         if found is None:
-            raise UserError(f"No command `{' '.join(ctx.args)}`. Send `{prefix}help` for the list.")
+            raise UserError(f"No command `{' '.join(words)}`. Send `{prefix}help` for the list.")
         cmd, _ = found
         role = ctx.rt.permissions.required_role(cmd)
-        lines = [f"{cmd.usage(prefix)}", cmd.help]
+        lines = [f"{cmd.usage(prefix)}", cmd.help_text(prefix)]
         if cmd.aliases:
             lines.append("aliases: " + ", ".join(cmd.aliases))
         lines.append(f"needs role: {role}")
         text = "\n".join(lines)
         html = (
-            f"<code>{escape(cmd.usage(prefix))}</code><br>{escape(cmd.help)}"
+            f"<code>{escape(cmd.usage(prefix))}</code><br>{escape(cmd.help_text(prefix))}"
             f"<br>needs role: {escape(role)}"
         )
         await ctx.reply(text, html)
@@ -52,9 +67,12 @@ async def help_(ctx: Context) -> None:
         for c in ctx.rt.registry.unique_commands()
         if ctx.rt.permissions.may_run(ctx.sender, ctx.room_id, c)
     ]
-    text = "Commands you may run:\n" + "\n".join(f"{c.usage(prefix)} — {c.help}" for c in mine)
+    text = "Commands you may run:\n" + "\n".join(
+        f"{c.usage(prefix)} — {c.help_text(prefix)}" for c in mine
+    )
     items = "".join(
-        f"<li><code>{escape(c.usage(prefix))}</code> — {escape(c.help)}</li>" for c in mine
+        f"<li><code>{escape(c.usage(prefix))}</code> — {escape(c.help_text(prefix))}</li>"
+        for c in mine
     )
     hidden = len(ctx.rt.registry.unique_commands()) - len(mine)
     tail = f"\n({hidden} more need a role you do not have.)" if hidden else ""
@@ -66,10 +84,10 @@ async def help_(ctx: Context) -> None:
     )
 
 
-def _when(moment: datetime | None) -> str:
+def _when(moment: datetime | None, now: datetime) -> str:
     if moment is None:
         return "—"
-    delta = (moment - datetime.now(UTC)).total_seconds()
+    delta = (moment - now).total_seconds()
     rel = f"in {human_duration(delta)}" if delta >= 0 else f"{human_duration(-delta)} ago"
     return f"{moment:%Y-%m-%d %H:%M} UTC ({rel})"
 
@@ -77,8 +95,8 @@ def _when(moment: datetime | None) -> str:
 @router.command("jobs")
 async def jobs(ctx: Context) -> None:
     """List scheduled jobs with their last and next run."""
-    assert ctx.rt.scheduler is not None
     status = ctx.rt.scheduler.status()
+    now = ctx.rt.clock.now()
     if not status:
         await ctx.reply("No scheduled jobs are configured (see `schedules:` in the config).")
         return
@@ -87,8 +105,8 @@ async def jobs(ctx: Context) -> None:
             s.name,
             s.cron,
             "running" if s.running else (s.last_outcome or "never run"),
-            _when(s.last_started),
-            _when(s.next_run) if s.enabled else "disabled",
+            _when(s.last_started, now),
+            _when(s.next_run, now) if s.enabled else "disabled",
         ]
         for s in status
     ]
@@ -96,33 +114,26 @@ async def jobs(ctx: Context) -> None:
     await ctx.reply(text, html)
 
 
-@router.command("jobs run", params=[arg("name", text)], role="operator")
+@router.command("jobs run", params=[JOB], role="operator")
 async def jobs_run(ctx: Context) -> None:
     """Run a scheduled job now."""
-    assert ctx.rt.scheduler is not None
-    name = ctx.args[0]
+    name = ctx[JOB]
     await ctx.react("👀")
     outcome = await ctx.rt.scheduler.run_now(name)
     await ctx.reply(f"job {name}: {outcome}")
 
 
-@router.command("audit", params=[arg("count", text, required=False)], role="admin")
+@router.command("audit", params=[COUNT], role="admin")
 async def audit(ctx: Context) -> None:
-    """Show the newest entries of the command audit log."""
-    try:
-        count = int(ctx.args[0]) if ctx.args else 10
-    except ValueError:
-        raise UserError("count must be a whole number, e.g. `!audit 20`") from None
-    if not 1 <= count <= 100:
-        raise UserError("count must be between 1 and 100")
+    """Show the newest entries of the command audit log (10 unless a count up to 100 is given)."""
     rows = [
         [
-            datetime.fromtimestamp(r["started_at"], UTC).strftime("%m-%d %H:%M:%S"),
-            r["sender"],
-            " ".join([r["command"], *json.loads(r["args"])]),
-            r["outcome"],
+            datetime.fromtimestamp(r.started_at, UTC).strftime("%m-%d %H:%M:%S"),
+            r.sender,
+            " ".join([r.command, *r.args]),
+            r.outcome,
         ]
-        for r in ctx.rt.store.audit_recent(count)
+        for r in audit_log.recent(ctx.rt.store, ctx[COUNT])
     ]
     text, html = table(["when (UTC)", "who", "command", "outcome"], rows)
     await ctx.reply(text, html)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from bot import messages
+from bot import audit, job_runs, messages
+from bot.clock import ManualClock
 from bot.context import Context, JobContext
 from bot.errors import RemoteError
 from bot.registry import Router
@@ -19,8 +22,28 @@ from devstack.client import RoomUser, SeenEvent
 from devstack.synapse import LocalSynapse
 from tests.conftest import Accounts, BotFactory
 
+# The core's command checks run with the default prefix and with another one: every answer
+# that names a command must name it with the prefix the config sets.
+PREFIXES = pytest.mark.parametrize("p", ["!", "?"])
 
+
+def _with_prefix(p: str) -> Callable[[dict[str, Any]], None]:
+    def edit(raw: dict[str, Any]) -> None:
+        raw["commands"] = {"prefix": p}
+
+    return edit
+
+
+def _names_commands_with(body: str, p: str) -> None:
+    """No command in `body` is written with a prefix other than `p`."""
+    for other in {"!", "?"} - {p}:
+        wrong = re.findall(rf"(?:^|[\s`(]){re.escape(other)}[a-z]+", body)
+        assert not wrong, f"{wrong} in {body!r}"
+
+
+@PREFIXES
 async def test_ping_and_help(
+    p: str,
     make_bot: BotFactory,
     people: dict[str, RoomUser],
     room: str,
@@ -28,71 +51,102 @@ async def test_ping_and_help(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    bot = make_bot()
+    bot = make_bot(edit=_with_prefix(p))
     await bot.start()
     alice = people["alice"]
 
-    pong = await alice.ask(room, "!ping", bot.user_id)
+    pong = await alice.ask(room, f"{p}ping", bot.user_id)
     assert pong.body.startswith("pong — heard you")
     assert pong.content["msgtype"] == "m.notice"
     assert "formatted_body" in pong.content
 
-    helped = await alice.ask(room, "!help", bot.user_id)
-    assert "!ping" in helped.body and "!audit" in helped.body
+    helped = await alice.ask(room, f"{p}help", bot.user_id)
+    assert f"{p}ping" in helped.body and f"{p}audit [count]" in helped.body
+    assert f"`{p}help <command>` shows one in detail" in helped.body
+    _names_commands_with(helped.body, p)
 
     # mallory has no role: the admin-only command is not offered to her.
-    theirs = await people["mallory"].ask(room, "!help", bot.user_id)
-    assert "!ping" in theirs.body and "!audit" not in theirs.body
+    theirs = await people["mallory"].ask(room, f"{p}help", bot.user_id)
+    assert f"{p}ping" in theirs.body and f"{p}audit" not in theirs.body
     assert "need a role you do not have" in theirs.body
 
-    usage = await alice.ask(room, "!help jobs run", bot.user_id)
-    assert "!jobs run <name>" in usage.body and "operator" in usage.body
+    usage = await alice.ask(room, f"{p}help jobs run", bot.user_id)
+    assert f"{p}jobs run <name>" in usage.body and "operator" in usage.body
+    # As the list writes it, with the prefix, and with more words than the name.
+    again = await alice.ask(room, f"{p}help {p}jobs run reminder", bot.user_id)
+    assert again.body == usage.body
+    helped_help = await alice.ask(room, f"{p}help help", bot.user_id)
+    assert f"{p}help [command…]" in helped_help.body
+    nothing = await alice.ask(room, f"{p}help nosuch", bot.user_id)
+    assert f"No command `nosuch`. Send `{p}help` for the list." in nothing.body
 
     # Mentioning the bot works like the prefix.
     mentioned = await alice.ask(room, f"{accounts.bot.localpart}: ping", bot.user_id)
     assert mentioned.body.startswith("pong")
+    for answer in (pong, theirs, usage, helped_help, nothing):
+        _names_commands_with(answer.body, p)
 
     # The access token never reaches the log.
     assert accounts.bot.access_token not in caplog.text
 
 
+@PREFIXES
 async def test_unknown_command_bad_quoting_and_bad_arguments(
-    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+    p: str, make_bot: BotFactory, people: dict[str, RoomUser], room: str
 ) -> None:
-    bot = make_bot()
+    bot = make_bot(edit=_with_prefix(p))
     await bot.start()
     alice = people["alice"]
 
-    unknown = await alice.ask(room, "!pnig", bot.user_id)
+    unknown = await alice.ask(room, f"{p}pnig", bot.user_id)
     assert "Unknown command `pnig`" in unknown.body
-    assert "Did you mean `!ping`" in unknown.body and "!help" in unknown.body
+    assert f"Did you mean `{p}ping`" in unknown.body and f"`{p}help`" in unknown.body
 
-    quoting = await alice.ask(room, '!jobs run "reminder', bot.user_id)
+    quoting = await alice.ask(room, f'{p}jobs run "reminder', bot.user_id)
     assert "could not read that command" in quoting.body
     assert "quote" in quoting.body
 
-    missing = await alice.ask(room, "!jobs run", bot.user_id)
-    assert "usage: `!jobs run <name>`" in missing.body
+    missing = await alice.ask(room, f"{p}jobs run", bot.user_id)
+    assert f"usage: `{p}jobs run <name>`" in missing.body
+    assert f"`{p}help jobs run` says more" in missing.body
 
-    wrong = await alice.ask(room, "!jobs run nosuchjob", bot.user_id)
-    assert "No job named 'nosuchjob'" in wrong.body
+    wrong = await alice.ask(room, f"{p}jobs run nosuchjob", bot.user_id)
+    assert "name: no job named `nosuchjob` (jobs: reminder)" in wrong.body
+    assert f"usage: `{p}jobs run <name>`" in wrong.body
 
-    count = await alice.ask(room, "!audit lots", bot.user_id)
-    assert "whole number" in count.body
+    count = await alice.ask(room, f"{p}audit lots", bot.user_id)
+    assert "count: `lots` is not a whole number" in count.body
+    assert f"usage: `{p}audit [count]`" in count.body
+    too_many = await alice.ask(room, f"{p}audit 500", bot.user_id)
+    assert "count: must be between 1 and 100, not 500" in too_many.body
+    extra = await alice.ask(room, f"{p}ping now", bot.user_id)
+    assert "unexpected `now`" in extra.body and f"usage: `{p}ping`" in extra.body
+
+    for answer in (unknown, quoting, missing, wrong, count, too_many, extra):
+        _names_commands_with(answer.body, p)
+    # Each bad argument is audited as such.
+    outcomes = [r.outcome for r in audit.of_command(bot.rt.store, "audit")]
+    assert outcomes == ["bad_input", "bad_input"]
 
 
+@PREFIXES
 async def test_roles_outsider_refused_and_audited(
-    make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
+    p: str,
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    accounts: Accounts,
 ) -> None:
-    bot = make_bot()
+    bot = make_bot(edit=_with_prefix(p))
     await bot.start()
 
-    refused = await people["mallory"].ask(room, "!jobs run reminder", bot.user_id)
-    assert "needs the operator role" in refused.body
+    refused = await people["mallory"].ask(room, f"{p}jobs run reminder", bot.user_id)
+    assert f"Sorry, `{p}jobs run` needs the operator role" in refused.body
+    _names_commands_with(refused.body, p)
 
     # bob holds "operator" through his power level (50) in the room.
     mark = people["alice"].mark()
-    ran = await people["bob"].ask(room, "!jobs run reminder", bot.user_id)
+    ran = await people["bob"].ask(room, f"{p}jobs run reminder", bot.user_id)
     assert ran.body == "job reminder: ok: posted"
     posted = await people["alice"].wait_for(
         lambda e: e.sender == bot.user_id and "rotate the on-call pager" in e.body, after=mark
@@ -100,14 +154,16 @@ async def test_roles_outsider_refused_and_audited(
     assert posted.content["msgtype"] == "m.notice"
 
     # alice is admin: she may read the audit log, which holds both attempts.
-    audit = await people["alice"].ask(room, "!audit 5", bot.user_id)
-    assert accounts.outsider.user_id in audit.body and "denied" in audit.body
-    assert accounts.member.user_id in audit.body
-    rows = bot.rt.store.audit_recent(10)
-    outcomes = {(r["sender"], r["command"]): r["outcome"] for r in rows}
+    log = await people["alice"].ask(room, f"{p}audit 5", bot.user_id)
+    assert accounts.outsider.user_id in log.body and "denied" in log.body
+    assert accounts.member.user_id in log.body
+    assert "jobs run reminder" in log.body
+    rows = audit.recent(bot.rt.store, 10)
+    outcomes = {(r.sender, r.command): r.outcome for r in rows}
     assert outcomes[(accounts.outsider.user_id, "jobs run")] == "denied"
     assert outcomes[(accounts.member.user_id, "jobs run")] == "ok"
-    assert all(r["ended_at"] is not None for r in rows if r["command"] != "audit")
+    assert all(r.ended_at is not None for r in rows if r.command != "audit")
+    assert [r.args for r in rows if r.command == "jobs run"] == [("reminder",), ("reminder",)]
 
 
 async def test_command_sent_while_bot_is_down_is_never_run(
@@ -121,17 +177,22 @@ async def test_command_sent_while_bot_is_down_is_never_run(
 
     stale_job = await alice.send(room, "!jobs run reminder")
     stale_ping = await alice.send(room, "!ping")
-    await asyncio.sleep(1)
+    # The server stamped both before answering; the next start must be a later millisecond.
+    await asyncio.sleep(0.01)
 
     restarted = make_bot()
     await restarted.start()
     fresh = await alice.ask(room, "!ping", restarted.user_id)
     assert fresh.body.startswith("pong")
-    await asyncio.sleep(1)  # give a wrongly replayed command time to show up
+    # Barrier: the stale commands came in the same or an earlier sync batch than the fresh
+    # one, so had they been run, their audit rows, their 👀 and their replies (posted before
+    # any await, and delivered in order) would all have come before this answer.
     replies = [e for e in alice.seen if e.sender == restarted.user_id and e.room_id == room]
+    about = {(e.content.get("m.relates_to") or {}).get("event_id") for e in replies}
     assert not any(e.replies_to(stale_job) or e.replies_to(stale_ping) for e in replies)
+    assert stale_job not in about and stale_ping not in about
     assert not any("rotate the on-call pager" in e.body for e in replies)
-    events = {r["event_id"] for r in restarted.rt.store.audit_recent(50)}
+    events = {r.event_id for r in audit.recent(restarted.rt.store, 50)}
     assert stale_job not in events and stale_ping not in events
 
 
@@ -147,13 +208,12 @@ async def test_survives_a_homeserver_restart(
 
     synapse.stop()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            status, body = await bot.http("/healthz")
-            if status == 503:
-                break
-            assert time.monotonic() < deadline, "healthz never reported the lost homeserver"
-            await asyncio.sleep(0.2)
+        async with asyncio.timeout(120):  # a guard against a hang, not a measure of speed
+            while True:
+                status, body = await bot.http("/healthz")
+                if status == 503:
+                    break
+                await asyncio.sleep(0.2)
         assert "failing" in body and "sync" in body
     finally:
         synapse.start()
@@ -168,42 +228,57 @@ async def test_survives_a_homeserver_restart(
 async def test_scheduled_job_posts_and_missed_run_runs_once(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str
 ) -> None:
-    def every_two_seconds(raw: dict[str, object]) -> None:
+    def two_jobs(raw: dict[str, object]) -> None:
         raw["schedules"] = [
-            {"name": "tick", "cron": "*/2 * * * * *", "job": "message", "params": {"text": "tick"}},
+            {"name": "tick", "cron": "30 9 * * *", "job": "message", "params": {"text": "tick"}},
             {"name": "hourly", "cron": "0 * * * *", "job": "message", "params": {"text": "hourly"}},
         ]
 
-    bot = make_bot(edit=every_two_seconds)
+    clock = ManualClock(datetime(2026, 11, 30, 9, 29, 50, tzinfo=UTC))
+    bot = make_bot(edit=two_jobs, clock=clock)
     await bot.start()
     alice = people["alice"]
-    await alice.wait_for(lambda e: e.sender == bot.user_id and e.body == "tick", timeout=10)
+    early = await alice.ask(room, "!jobs", bot.user_id)
+    assert "never run" in early.body and "2026-11-30 09:30 UTC (in 10 s)" in early.body
+    await clock.set(datetime(2026, 11, 30, 9, 30, tzinfo=UTC))
+    await alice.wait_for(lambda e: e.sender == bot.user_id and e.body == "tick")
+    await clock.advance(timedelta(minutes=1))
     listing = await alice.ask(room, "!jobs", bot.user_id)
     assert "tick" in listing.body and "ok" in listing.body and "never run" in listing.body
+    assert "2026-11-30 09:30 UTC (1 min ago)" in listing.body, "times from the bot's clock"
+    assert "2026-12-01 09:30 UTC (in 23 h 59 min)" in listing.body
     # Pretend the hourly job last ran three hours ago, i.e. it missed runs while we were down.
     await bot.stop()
     store = Store(bot.rt.config.core.state.db_path)
-    three_hours_ago = time.time() - 3 * 3600
-    store.execute(
-        "INSERT INTO job_runs(job, scheduled_for, trigger, started_at, ended_at, outcome) "
-        "VALUES ('hourly', ?, 'schedule', ?, ?, 'ok')",
-        (three_hours_ago, three_hours_ago, three_hours_ago),
+    three_hours_ago = clock.time() - 3 * 3600
+    run = job_runs.start(
+        store, "hourly", scheduled_for=three_hours_ago, trigger="schedule", now=three_hours_ago
     )
+    job_runs.end(store, run, "ok", "posted", now=three_hours_ago)
     store.close()
     mark = alice.mark()
-    again = make_bot(edit=every_two_seconds)
+    again = make_bot(edit=two_jobs, clock=clock)
     await again.start()
     await alice.wait_for(lambda e: e.sender == bot.user_id and e.body == "hourly", after=mark)
-    await asyncio.sleep(1.5)
+    # Barrier: missed runs start with the scheduler, before any command is handled, and post
+    # before their first await; a second one would have come before this answer.
+    await alice.ask(room, "!ping", bot.user_id)
     hourly = [e for e in alice.seen[mark:] if e.sender == bot.user_id and e.body == "hourly"]
     assert len(hourly) == 1, "a missed run runs once, not once per missed slot"
+    runs = job_runs.of_job(again.rt.store, "hourly")
+    assert [(r.trigger, r.outcome) for r in runs] == [("schedule", "ok"), ("missed", "ok")]
+    assert runs[1].scheduled_for == datetime(2026, 11, 30, 9, 0, tzinfo=UTC).timestamp()
     # A second restart right away does not run it again.
     await again.stop()
     mark = alice.mark()
-    third = make_bot(edit=every_two_seconds)
+    third = make_bot(edit=two_jobs, clock=clock)
     await third.start()
-    await alice.wait_for(lambda e: e.sender == bot.user_id and e.body == "tick", after=mark)
+    await alice.ask(room, "!ping", bot.user_id)  # barrier, as above
     assert not any(e.body == "hourly" for e in alice.seen[mark:])
+    assert len(job_runs.of_job(third.rt.store, "hourly")) == 2
+    # Its next slot comes when the clock gets there.
+    await clock.set(datetime(2026, 11, 30, 10, 0, tzinfo=UTC))
+    await alice.wait_for(lambda e: e.sender == bot.user_id and e.body == "hourly", after=mark)
 
 
 def _toolbox() -> Router:
@@ -328,7 +403,10 @@ async def test_commands_only_from_configured_rooms(
     ignored = await people["alice"].send(other, "!ping")
     answered = await people["alice"].ask(room, "!ping", bot.user_id)
     assert answered.body.startswith("pong")
-    await asyncio.sleep(1)
+    # Barrier: the ignored message was sent first, so it came in the same or an earlier sync
+    # batch; had it been taken for a command, its audit row would have been written before
+    # this answer was even posted.
+    assert ignored not in {r.event_id for r in audit.recent(bot.rt.store, 50)}
     assert not any(e.replies_to(ignored) for e in people["alice"].seen)
 
 
@@ -365,10 +443,9 @@ async def test_an_encrypted_room_is_reported(
 
     bot = make_bot(edit=use_it)
     await bot.start()
-    for _ in range(50):
-        if "end-to-end encrypted" in caplog.text:
-            break
-        await asyncio.sleep(0.1)
+    # The warning is logged right after the first sync, in the step that reports "syncing".
+    while bot.rt.health.reason != "syncing":  # noqa: ASYNC110 - polled state, no event to await
+        await asyncio.sleep(0.05)
     assert f"room {secret_room} is end-to-end encrypted" in caplog.text
 
 
@@ -385,8 +462,7 @@ async def test_a_message_too_large_for_matrix_arrives_cut_not_dropped(
     )
     assert seen.body.endswith(messages.CUT_NOTE)
     assert bot.rt.outbox.pending() == 0
-    failed = bot.rt.store.execute("SELECT COUNT(*) AS n FROM outbox WHERE state = 'failed'")
-    assert failed.fetchone()["n"] == 0
+    assert bot.rt.outbox.failed() == 0
 
 
 def _skip_notice(bot_user: str) -> Callable[[SeenEvent], bool]:
@@ -443,7 +519,7 @@ async def test_no_command_runs_late_after_restart_kick_and_reinvite(
     assert not any(e.source["type"] == "m.reaction" for e in mine)
     assert not any("rotate the on-call pager" in e.body for e in mine), "the job never ran"
     assert len([e for e in mine if _skip_notice(bot.user_id)(e)]) == 2
-    audited = {r["event_id"] for r in restarted.rt.store.audit_recent(50)}
+    audited = {r.event_id for r in audit.recent(restarted.rt.store, 50)}
     assert audited.isdisjoint({deploy, silence, job})
 
 
@@ -508,5 +584,4 @@ async def test_two_manual_runs_of_one_job_at_once_run_it_once(
     done = await alice.reply_to(winner_id, bot.user_id)
     assert done.body == "job slow: ok: done"
     assert len(runs) == 1
-    rows = bot.rt.store.execute("SELECT COUNT(*) AS n FROM job_runs WHERE job = 'slow'")
-    assert rows.fetchone()["n"] == 1
+    assert [r.trigger for r in job_runs.of_job(bot.rt.store, "slow")] == ["manual"]

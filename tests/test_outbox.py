@@ -4,32 +4,46 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from bot import outbox_db
+from bot.clock import ManualClock
 from bot.matrix import MatrixError, Transport, is_transient
 from bot.metrics import Metrics
 from bot.outbox import KEEP_SENT_S, PACE_MAX_S, Outbox, ref
 from bot.store import Store
 
+START = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
 
 @pytest.fixture
-def outbox(tmp_path: Path) -> Outbox:
-    return Outbox(Store(tmp_path / "state.sqlite3"), cast(Transport, None), Metrics())
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def outbox(tmp_path: Path, clock: ManualClock) -> Iterator[Outbox]:
+    store = Store(tmp_path / "state.sqlite3")
+    yield Outbox(store, cast(Transport, None), Metrics(), clock)
+    store.close()
 
 
 def _content(box: Outbox, outbox_id: int) -> dict[str, Any]:
-    row = box.store.execute("SELECT content FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
-    return cast(dict[str, Any], json.loads(row["content"]))
+    row = outbox_db.get(box.store, outbox_id)
+    assert row is not None
+    return cast(dict[str, Any], json.loads(row.content))
 
 
-async def test_coalesce_amend_prune_and_references(outbox: Outbox) -> None:
+async def test_coalesce_amend_prune_and_references(outbox: Outbox, clock: ManualClock) -> None:
     first = outbox.post("!r", {"body": "v1"}, coalesce_key="edit:1")
     second = outbox.post("!r", {"body": "v2"}, coalesce_key="edit:1")
     assert outbox.pending() == 1 and _content(outbox, second)["body"] == "v2"
-    assert outbox.store.execute("SELECT 1 FROM outbox WHERE id = ?", (first,)).fetchone() is None
+    assert outbox_db.get(outbox.store, first) is None
 
     assert outbox.amend(second, {"body": "v3"}) and _content(outbox, second)["body"] == "v3"
     outbox._in_flight.add(second)
@@ -40,20 +54,25 @@ async def test_coalesce_amend_prune_and_references(outbox: Outbox) -> None:
     edit = outbox.post("!r", {"m.relates_to": {"event_id": ref(original)}})
     with pytest.raises(Exception, match="outbox:"):
         outbox._fill_refs(json.loads(json.dumps({"x": ref(original)})))
-    outbox.store.execute(
-        "UPDATE outbox SET state = 'sent', event_id = '$abc', created_at = ? WHERE id = ?",
-        (time.time() - KEEP_SENT_S - 10, original),
-    )
+    outbox_db.mark_sent(outbox.store, original, "$abc", now=clock.time())
     assert outbox._fill_refs({"m.relates_to": {"event_id": ref(original)}}) == {
         "m.relates_to": {"event_id": "$abc"}
     }
+    assert outbox.row_of("$abc") == original
+    # Content is kept a week after the row was made, by the outbox's clock.
+    await clock.advance(timedelta(seconds=KEEP_SENT_S))
+    assert outbox.prune() == 0, "not older than a week yet"
+    await clock.advance(timedelta(seconds=1))
     assert outbox.prune() == 1
     assert _content(outbox, original) == {} and outbox.event_id(original) == "$abc"
     assert outbox.pending() == 2 and edit > original
+    sent = outbox_db.get(outbox.store, original)
+    assert sent is not None and sent.created_at == START.timestamp() and sent.attempts == 1
 
-    outbox.store.execute("UPDATE outbox SET state = 'failed' WHERE id = ?", (original,))
+    outbox_db.record_refusal(outbox.store, original, 2, "refused", give_up=True)
     with pytest.raises(MatrixError, match="was not delivered"):
         outbox._fill_refs({"event_id": ref(original)})
+    assert outbox.failed() == 1
 
 
 class _RefusesFirst:
@@ -82,12 +101,16 @@ async def test_a_long_retry_after_paces_the_backlog_at_most_pace_max(tmp_path: P
     box = Outbox(Store(tmp_path / "state.sqlite3"), cast(Transport, transport), Metrics())
     for body in ("a", "b", "c"):
         box.post("!r", {"body": body})
+    before = time.monotonic()
     await box._deliver(box._next_in_room("!r"))
-    assert box._retry_at["!r"] - time.monotonic() > 100, "the refused message waits as told"
+    assert box._retry_at["!r"] >= before + 120, "the refused message waits as told"
+    assert box._pace["!r"] == PACE_MAX_S, "but the backlog's pace is capped"
     box._retry_at.clear()  # its wait is over
+    before = time.monotonic()
     await box._deliver(box._next_in_room("!r"))
+    after = time.monotonic()
     assert transport.bodies == ["a", "a"], "the next one is not sent straight after"
-    assert 25 < box._retry_at["!r"] - time.monotonic() <= PACE_MAX_S
+    assert before + PACE_MAX_S <= box._retry_at["!r"] <= after + PACE_MAX_S
     box._retry_at.clear()
     await box._deliver(box._next_in_room("!r"))
     await box._deliver(box._next_in_room("!r"))
