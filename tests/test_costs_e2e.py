@@ -53,7 +53,7 @@ def _aws(url: str, **extra: Any) -> Callable[[dict[str, Any]], None]:
 
 def _at(*args: int) -> ManualClock:
     """The bot's clock, stopped at a UTC moment (the tests move it forward only)."""
-    return ManualClock(datetime(*args, tzinfo=UTC))  # type: ignore[misc]
+    return ManualClock(datetime(*args, tzinfo=UTC))  # type: ignore[arg-type,misc]
 
 
 def _two_weeks(today: date) -> list[dict[str, Any]]:
@@ -165,9 +165,9 @@ async def test_costs_week_service_breakdown_and_errors(
 
     # The boto3 clients were made once, on first use, and are closed when the bot stops.
     aws = bot.rt[AWS]
-    assert sorted(aws.open_clients) == [("ce", "us-east-1")] and not aws.closed
+    assert (aws.closed, aws.open_clients) == (False, [("ce", "us-east-1")])
     await bot.stop()
-    assert aws.closed and aws.open_clients == []
+    assert (aws.closed, aws.open_clients) == (True, [])
 
 
 async def test_costs_on_the_first_of_the_month_reports_the_month_just_ended(
