@@ -149,6 +149,9 @@ def bind(params: Sequence[Param[Any]], words: Sequence[str], rt: Runtime) -> Bou
             if param is None:
                 known = ", ".join(sorted(flags)) or "none"
                 raise ArgError(f"unknown option `{option}` (options: {known})")
+            if param.name in out.given:
+                # The second value would silently replace the first: say so instead.
+                raise ArgError(f"{option} given twice; give it once")
             if param.takes_value:
                 if eq:
                     value = inline

@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from bot.clock import ManualClock
 from bot.services.ssh import SshClient
-from commands import backups
 from commands.backups import checks
-from commands.backups.checks import BackupCheck, run_check
+from commands.backups.checks import BackupCheck
 from devstack.client import RoomUser, SeenEvent
 from devstack.postgres import LocalPostgres
 from devstack.ssh import LocalSshServer
@@ -101,10 +101,11 @@ def install_fakes(host: LocalSshServer, data: Path) -> None:
     )
 
 
-def snapshots(data: Path, dataset: str, ages: list[timedelta]) -> None:
-    """Give a dataset of the fake zfs these snapshots (an empty list: it has none)."""
+def snapshots(data: Path, dataset: str, ages: list[timedelta], now: datetime | None = None) -> None:
+    """Give a dataset of the fake zfs these snapshots, `ages` before `now` (default: the
+    machine's clock); an empty list: it has none."""
     path = data / "datasets" / dataset.replace("/", "%")
-    path.write_text(zfs_lines(dataset, ages, datetime.now(UTC)))
+    path.write_text(zfs_lines(dataset, ages, now or datetime.now(UTC)))
 
 
 def zrepl_out(data: Path, jobs: dict[str, Any]) -> None:
@@ -138,6 +139,11 @@ async def _until(pred: Callable[[], bool], timeout: float = 20) -> None:
     while not pred():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.2)
+
+
+def sent_by(user_id: str) -> Callable[[SeenEvent], bool]:
+    """Whether an event was sent by `user_id` (the bot under test)."""
+    return lambda e: e.sender == user_id
 
 
 async def run_job(asker: RoomUser, watcher: RoomUser, room: str, bot: str) -> SeenEvent:
@@ -228,7 +234,7 @@ async def test_backups_table_state_changes_and_no_repeat_after_restart(
     bot = make_bot(edit=_backups(config))
     await bot.start()
     alice, bob = people["alice"], people["bob"]
-    mine = lambda e: e.sender == bot.user_id  # noqa: E731
+    mine = sent_by(bot.user_id)
 
     mark = alice.mark()
     table = await alice.ask(room, "!backups", bot.user_id, timeout=30)
@@ -277,7 +283,8 @@ async def test_backups_table_state_changes_and_no_repeat_after_restart(
     details = await alice.ask(room, "!backups pg-wal", bot.user_id)
     assert "postgres_archiving" in details.body and details.body.count("UTC") >= 3
     unknown = await alice.ask(room, "!backups nosuch", bot.user_id)
-    assert "No backup check named 'nosuch'" in unknown.body
+    assert "no backup check named 'nosuch'; known: pg-zfs, root-zfs" in unknown.body
+    assert "usage: `!backups [name]`" in unknown.body
 
     # A restart does not announce again what the room already knows.
     await bot.stop()
@@ -294,12 +301,22 @@ async def test_checks_handle_empty_garbage_failures_and_bad_keys(
     data = tmp_path / "fake"
     install_fakes(ssh_host, data)
     ssh = SshClient(ssh_host.known_hosts, [ssh_host.client_key])
-    zfs = BackupCheck(
-        name="z", kind="zfs_snapshots", host=ssh_host.target, datasets=["zroot/pg"], max_age="1h"
-    )
-    zrepl = BackupCheck(name="r", kind="zrepl", host=ssh_host.target, max_age="1h")
+    # The checks judge ages at the moment they are given; the fixtures are written against it.
+    now = datetime.now(UTC)
 
-    snapshots(data, "zroot/pg", [])
+    async def run_check(check: BackupCheck, ssh: SshClient, timeout_s: float) -> list[Any]:
+        return await checks.run_check(check, ssh, timeout_s, now)
+
+    zfs = BackupCheck(
+        name="z",
+        kind="zfs_snapshots",
+        host=ssh_host.target,
+        datasets=["zroot/pg"],
+        max_age=timedelta(hours=1),
+    )
+    zrepl = BackupCheck(name="r", kind="zrepl", host=ssh_host.target, max_age=timedelta(hours=1))
+
+    snapshots(data, "zroot/pg", [], now)
     [result] = await run_check(zfs, ssh, 10)
     assert result.state == "STALE" and "no snapshots of zroot/pg" in result.detail
 
@@ -317,7 +334,6 @@ async def test_checks_handle_empty_garbage_failures_and_bad_keys(
     assert result.state == "ERROR" and result.item is None
     assert result.detail == "`zfs` exited 127: sh: 1: zfs: not found"
 
-    now = datetime.now(UTC)
     start, end = now - timedelta(minutes=5), now - timedelta(minutes=3)
     failed = fs_report("zroot/pg", end, "step-error", step_error="ssh: connection refused")
     rep = replication([attempt("filesystem-error", start, end, [failed])], start)
@@ -359,15 +375,16 @@ async def test_a_stale_backup_is_reminded_not_repeated(
     room: str,
     ssh_host: LocalSshServer,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = tmp_path / "fake"
     install_fakes(ssh_host, data)
-    snapshots(data, "zroot/pg", [timedelta(days=2)])
-    clock = [time.time()]
-    monkeypatch.setattr(backups, "clock", lambda: clock[0])
+    start = datetime(2026, 3, 10, 10, 5, tzinfo=UTC)
+    clock = ManualClock(start)
+    snapshots(data, "zroot/pg", [timedelta(days=2)], start)
     config = {
         "remind_every": "1h",
+        # No scheduled run while the test moves the clock: only `!jobs run` runs the checks.
+        "cron": "0 3 1 1 *",
         "ssh": {
             "known_hosts": str(ssh_host.known_hosts),
             "client_keys": [str(ssh_host.client_key)],
@@ -382,26 +399,34 @@ async def test_a_stale_backup_is_reminded_not_repeated(
             }
         ],
     }
-    bot = make_bot(edit=_backups(config))
+    bot = make_bot(edit=_backups(config), clock=clock)
     await bot.start()
     alice, bob = people["alice"], people["bob"]
-    mine = lambda e: e.sender == bot.user_id  # noqa: E731
+    mine = sent_by(bot.user_id)
     mark = alice.mark()
     await run_job(bob, alice, room, bot.user_id)
     await alice.wait_for(
         lambda e: mine(e) and "backup pg (zroot/pg) is STALE" in e.body, after=mark
     )
     mark = alice.mark()
-    clock[0] += 50 * 60  # within remind_every
+    await clock.advance(timedelta(minutes=50))  # within remind_every
     await run_job(bob, alice, room, bot.user_id)
     assert not any("backup pg" in e.body for e in alice.seen[mark:] if mine(e))
-    clock[0] += 20 * 60  # past remind_every
+    await clock.advance(timedelta(minutes=20))  # past remind_every
     await run_job(bob, alice, room, bot.user_id)
     reminder = await alice.wait_for(
         lambda e: mine(e) and "backup pg (zroot/pg) is still STALE (1 h 10 min)" in e.body,
         after=mark,
     )
-    assert "newest snapshot of zroot/pg is 2 d" in reminder.body
+    # The age is the bot's clock's: two days and the seventy minutes it was moved on.
+    assert "newest snapshot of zroot/pg is 2 d 1 h old" in reminder.body, reminder.body
+    details = await alice.ask(room, "!backups pg", bot.user_id)
+    runs = [line for line in details.body.splitlines() if " UTC " in line]
+    assert [line.split("  ")[0] for line in runs] == [
+        "2026-03-10 11:15 UTC",
+        "2026-03-10 10:55 UTC",
+        "2026-03-10 10:05 UTC",
+    ], details.body
 
 
 def _ssh_config(*hosts: LocalSshServer, base: Path) -> dict[str, Any]:
@@ -511,7 +536,7 @@ async def test_one_fault_never_hides_another(
         bot = make_bot(edit=_backups(config))
         await bot.start()
         alice, bob = people["alice"], people["bob"]
-        mine = lambda e: e.sender == bot.user_id  # noqa: E731
+        mine = sent_by(bot.user_id)
         mark = alice.mark()
         table = await alice.ask(room, "!backups", bot.user_id, timeout=30)
         rows = [line.split() for line in table.body.splitlines()[1:8]]
@@ -545,7 +570,11 @@ async def test_one_fault_never_hides_another(
             "❌ backup dumps is ERROR: the check failed unexpectedly (ZeroDivisionError",
         ]
         for head in expected:
-            await alice.wait_for(lambda e, h=head: mine(e) and e.body.startswith(h), after=mark)
+
+            def told(e: SeenEvent, h: str = head) -> bool:
+                return mine(e) and e.body.startswith(h)
+
+            await alice.wait_for(told, after=mark)
 
         # The hourly job reports on every check too.
         ran = await run_job(bob, alice, room, bot.user_id)
@@ -595,7 +624,7 @@ async def test_a_check_that_failed_as_a_whole_says_when_it_answers_again(
     bot = make_bot(edit=_backups(config))
     await bot.start()
     alice, bob = people["alice"], people["bob"]
-    mine = lambda e: e.sender == bot.user_id  # noqa: E731
+    mine = sent_by(bot.user_id)
     mark = alice.mark()
     await run_job(bob, alice, room, bot.user_id)
     await alice.wait_for(

@@ -1,16 +1,25 @@
-"""The pure judging of zrepl and zfs output, one case per shape the tools really print."""
+"""The pure judging of zrepl and zfs output (one case per shape the tools really print), when
+the room is told, the feature's tables and its check-name argument."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
-from bot.errors import RemoteError
-from commands.backups import zfs, zrepl
-from commands.backups.result import CheckResult, Verdicts
+from bot.context import Runtime
+from bot.errors import RemoteError, UserError
+from bot.store import Store
+from commands.backups import BackupsConfig, db, zfs, zrepl
+from commands.backups import router as backups_router
+from commands.backups.checks import BackupCheck
+from commands.backups.db import StateRow
+from commands.backups.result import CheckResult, State, Verdicts
+from commands.backups.transitions import transition
 from tests.backups_fixtures import (
     attempt,
     done_replication,
@@ -233,3 +242,107 @@ def test_a_prefix_judges_every_dataset_found_under_it() -> None:
     assert empty.item is None and empty.detail == "no snapshots under data/pluto/"
     assert zfs.list_command([], "data/pluto/").endswith("-r data/pluto")
     assert zfs.list_command(["tank", "tank/my media"], None).endswith("-d 1 tank 'tank/my media'")
+
+
+# --- when the room is told (commands.backups.transitions) --------------------------------
+
+T0 = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+def _row(state: str, since: timedelta, said: timedelta | None) -> StateRow:
+    """A stored state, `since` and `said` (announced) as offsets from T0."""
+    return StateRow("k", cast(State, state), T0 + since, None if said is None else T0 + said)
+
+
+@pytest.mark.parametrize(
+    ("prev", "state", "at", "announce", "saved", "since"),
+    [
+        # First sight: said unless OK; stored either way.
+        (None, "OK", 0, None, ("OK", 0, None), 0),
+        (None, "STALE", 0, "now", ("STALE", 0, 0), 0),
+        (None, "ERROR", 0, "now", ("ERROR", 0, 0), 0),
+        # A change is said at once, back to OK as a recovery.
+        (_row("OK", timedelta(0), None), "STALE", 2, "now", ("STALE", 2, 2), 2),
+        (_row("STALE", timedelta(0), timedelta(0)), "ERROR", 2, "now", ("ERROR", 2, 2), 2),
+        (_row("ERROR", timedelta(0), timedelta(0)), "OK", 2, "recovered", ("OK", 2, 2), 2),
+        # Unchanged: OK is never repeated; a bad state is reminded once remind_every passed
+        # since it was last said (or since it began, if it never was), counted from its start.
+        (_row("OK", timedelta(0), None), "OK", 30, None, None, 0),
+        (_row("STALE", timedelta(0), timedelta(0)), "STALE", 0.9, None, None, 0),
+        (_row("STALE", timedelta(0), timedelta(0)), "STALE", 1, "still", ("STALE", 0, 1), 0),
+        (_row("ERROR", timedelta(0), HOUR), "ERROR", 1.5, None, None, 0),
+        (_row("ERROR", timedelta(0), HOUR), "ERROR", 2, "still", ("ERROR", 0, 2), 0),
+        (_row("STALE", timedelta(0), None), "STALE", 1, "still", ("STALE", 0, 1), 0),
+    ],
+)
+def test_transitions(
+    prev: StateRow | None,
+    state: str,
+    at: float,
+    announce: str | None,
+    saved: tuple[str, float, float | None] | None,
+    since: float,
+) -> None:
+    def hours(n: float) -> datetime:
+        return T0 + timedelta(hours=n)
+
+    step = transition(prev, "k", cast(State, state), hours(at), HOUR)
+    assert step.announce == announce
+    if saved is None:
+        assert step.save is None
+    else:
+        s, begun, said = saved
+        assert step.save == StateRow(
+            "k", cast(State, s), hours(begun), None if said is None else hours(said)
+        )
+    assert step.since == hours(since)
+
+
+# --- the tables (commands.backups.db) and the check-name converter --------------------------
+
+
+def test_results_and_states_round_trip(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db", backups_router.migrations)
+    try:
+        assert db.state_of(store, "pg:tank") is None and db.recent_runs(store, "pg") == []
+        for n in range(7):
+            at = T0 + n * HOUR
+            db.add_result(store, CheckResult("pg", "OK", f"run {n}", at, {"n": n}, "tank"), at)
+            db.add_result(store, CheckResult("pg", "STALE", f"run {n}", None, {}, "media"), at)
+            db.add_result(store, CheckResult("other", "OK", "x"), at)
+        runs = db.recent_runs(store, "pg", 5)
+        assert [(r.checked_at, r.item) for r in runs[:3]] == [
+            (T0 + 6 * HOUR, "media"),
+            (T0 + 6 * HOUR, "tank"),
+            (T0 + 5 * HOUR, "media"),
+        ]
+        assert len(runs) == 10 and runs[-1].checked_at == T0 + 2 * HOUR
+        tank = runs[1]
+        assert tank.newest == T0 + 6 * HOUR and tank.facts == {"n": 6} and tank.state == "OK"
+        assert runs[0].newest is None
+
+        db.save_state(store, StateRow("pg:tank", "STALE", T0, None))
+        db.save_state(store, StateRow("pg:tank", "STALE", T0, T0 + HOUR))
+        assert db.state_of(store, "pg:tank") == StateRow("pg:tank", "STALE", T0, T0 + HOUR)
+    finally:
+        store.close()
+
+
+def test_a_check_is_named_from_the_config_with_the_usage_on_a_mistake() -> None:
+    checks = [
+        BackupCheck(name=n, kind="zfs_snapshots", host="root@h", datasets=["t"], max_age=HOUR)
+        for n in ("pg-zfs", "root-zfs")
+    ]
+    config = SimpleNamespace(
+        section=lambda key, model: BackupsConfig(checks=checks) if key == "backups" else None
+    )
+    rt = cast(Runtime, SimpleNamespace(prefix="?", config=config))
+    command = next(c for c in backups_router.commands if c.name == "backups")
+    assert command.bind(["root-zfs"], rt).values["name"] is checks[1]
+    assert command.bind([], rt).given == set()
+    with pytest.raises(UserError) as err:
+        command.bind(["nosuch"], rt)
+    assert "no backup check named 'nosuch'; known: pg-zfs, root-zfs" in str(err.value)
+    assert "usage: `?backups [name]`" in str(err.value)
+    assert "!" not in command.help

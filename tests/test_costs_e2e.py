@@ -12,7 +12,8 @@ import boto3
 import botocore.exceptions
 import pytest
 
-from commands.costs import set_clock
+from bot.clock import ManualClock
+from commands.costs import AWS
 from commands.costs.aws import describe_client_error
 from commands.costs.dates import parse_period
 from commands.costs.report import change, compare, money, parse_daily
@@ -50,9 +51,9 @@ def _aws(url: str, **extra: Any) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
-def _at(*args: int) -> Callable[[], datetime]:
-    moment = datetime(*args, tzinfo=UTC)  # type: ignore[misc]
-    return lambda: moment
+def _at(*args: int) -> ManualClock:
+    """The bot's clock, stopped at a UTC moment (the tests move it forward only)."""
+    return ManualClock(datetime(*args, tzinfo=UTC))  # type: ignore[arg-type,misc]
 
 
 def _two_weeks(today: date) -> list[dict[str, Any]]:
@@ -95,7 +96,7 @@ def _windows(moto: LocalMoto) -> list[tuple[str, str, str]]:
 
 WEEK_HEAD = "$595.00, ▲ $35.00 (+6.2 %) vs the previous 7 days"
 BASIS = "cost basis: unblended cost (Cost Explorer UnblendedCost), USD, by UTC day"
-USAGE = "usage: `!costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service S3]`"
+USAGE = "usage: `!costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service SERVICE]`"
 
 
 async def test_costs_week_service_breakdown_and_errors(
@@ -104,9 +105,8 @@ async def test_costs_week_service_breakdown_and_errors(
     moto.reset()
     today = date(2025, 11, 25)
     moto.queue_cost_results([_two_weeks(today), _monthly(date(2025, 11, 1), today, 1234.56)])
-    bot = make_bot(edit=_aws(moto.url))
+    bot = make_bot(edit=_aws(moto.url), clock=_at(2025, 11, 25, 14, 0))
     await bot.start()
-    set_clock(bot.rt, _at(2025, 11, 25, 14, 0))
     moto.start_recording()
     alice = people["alice"]
 
@@ -151,7 +151,8 @@ async def test_costs_week_service_breakdown_and_errors(
         ("!costs fortnight", "is not a period"),
         ("!costs 2026-02-10..2026-02-01", "end must come after"),
         ("!costs 2025-11-20..2025-12-20", "no figures after today (2025-11-25)"),
-        ("!costs week --service", "--service needs a name"),
+        ("!costs week --service", "--service needs a value"),
+        ("!costs --service S3 --service EC2", "--service given twice"),
         ("!costs week extra", "unexpected `extra`"),
         ("!costs --since 2025-11-01", "unknown option `--since`"),
     ]:
@@ -159,7 +160,14 @@ async def test_costs_week_service_breakdown_and_errors(
         assert expected in reply.body and USAGE in reply.body, (text, reply.body)
         assert not reply.body.startswith("❌"), "a mistyped argument is not a failure of the bot"
     bad_region = await alice.ask(room, "!aws idle 'us-east-1;'", bot.user_id)
-    assert "is not an AWS region name" in bad_region.body and "usage:" in bad_region.body
+    assert "is not an AWS region name" in bad_region.body
+    assert "usage: `!aws idle [region…]`" in bad_region.body
+
+    # The boto3 clients were made once, on first use, and are closed when the bot stops.
+    aws = bot.rt[AWS]
+    assert (aws.closed, aws.open_clients) == (False, [("ce", "us-east-1")])
+    await bot.stop()
+    assert (aws.closed, aws.open_clients) == (True, [])
 
 
 async def test_costs_on_the_first_of_the_month_reports_the_month_just_ended(
@@ -170,9 +178,10 @@ async def test_costs_on_the_first_of_the_month_reports_the_month_just_ended(
     moto.queue_cost_results(
         [_two_weeks(today), _monthly(date(2025, 11, 1), today, 2345.67, estimated=True)]
     )
-    bot = make_bot(edit=_aws(moto.url))
+    clock = _at(2025, 12, 1, 0, 30)
+    # Monday 1 December 09:00 lies ahead: a weekly summary would take the queued answers.
+    bot = make_bot(edit=_aws(moto.url, weekly_cron="0 9 1 7 *"), clock=clock)
     await bot.start()
-    set_clock(bot.rt, _at(2025, 12, 1, 0, 30))
     moto.start_recording()
 
     body = (await people["alice"].ask(room, "!costs", bot.user_id, timeout=30)).body
@@ -205,7 +214,7 @@ async def test_costs_on_the_first_of_the_month_reports_the_month_just_ended(
 
     # Half an hour into the 2nd, Cost Explorer may still have nothing for the 1st (moto
     # answers with no ResultsByTime): the same "no figures yet", never "$0.00 … below".
-    set_clock(bot.rt, _at(2025, 12, 2, 0, 30))
+    await clock.set(datetime(2025, 12, 2, 0, 30, tzinfo=UTC))
     moto.queue_cost_results([_two_weeks(date(2025, 12, 2))])
     moto.start_recording()
     body = (await people["alice"].ask(room, "!costs", bot.user_id, timeout=30)).body
@@ -226,9 +235,8 @@ async def test_costs_on_the_last_day_of_the_month_at_23_59(
     moto.reset()
     today = date(2025, 11, 30)
     moto.queue_cost_results([_two_weeks(today), _monthly(date(2025, 11, 1), today, 2900.0)])
-    bot = make_bot(edit=_aws(moto.url))
+    bot = make_bot(edit=_aws(moto.url), clock=_at(2025, 11, 30, 23, 59, 59))
     await bot.start()
-    set_clock(bot.rt, _at(2025, 11, 30, 23, 59, 59))
     moto.start_recording()
 
     body = (await people["alice"].ask(room, "!costs", bot.user_id, timeout=30)).body
@@ -259,9 +267,8 @@ async def test_weekly_summary_and_a_range_across_the_year_end_on_1_january(
             daily_results("2025-10-31", 62, lambda i: {S3: 10.0 if i < 31 else 20.0}),
         ]
     )
-    bot = make_bot(edit=_aws(moto.url))
+    bot = make_bot(edit=_aws(moto.url), clock=_at(2026, 1, 1, 9, 0))
     await bot.start()
-    set_clock(bot.rt, _at(2026, 1, 1, 9, 0))
     moto.start_recording()
     alice, bob = people["alice"], people["bob"]
 
@@ -319,11 +326,10 @@ async def test_idle_resources_and_weekly_summary_with_chart(
     stopped_id = stopped["Instances"][0]["InstanceId"]
     ec2.stop_instances(InstanceIds=[stopped_id])
 
-    bot = make_bot(edit=_aws(moto.url))
-    await bot.start()
     # A mid-month day after the resources were made (ages are counted from the bot's clock).
     later = (datetime.now(UTC) + timedelta(days=31)).replace(day=15, hour=9, minute=0)
-    set_clock(bot.rt, lambda: later)
+    bot = make_bot(edit=_aws(moto.url), clock=ManualClock(later))
+    await bot.start()
     alice, bob = people["alice"], people["bob"]
     idle = await alice.ask(room, "!aws idle", bot.user_id, timeout=30)
     body = idle.body

@@ -1,13 +1,20 @@
-"""The costs feature's pure parts: date windows, argument parsing, month lines."""
+"""The costs feature's pure parts: date windows, declared arguments, month lines."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
+from bot.args import Bound
+from bot.clock import ManualClock
+from bot.context import Runtime
 from bot.errors import UserError
-from commands.costs.args import parse_costs_args
+from bot.registry import Command
+from commands.costs import PERIOD, REGIONS, SERVICE, router
+from commands.costs.aws import AwsClients
 from commands.costs.dates import (
     MonthWindows,
     Window,
@@ -15,7 +22,6 @@ from commands.costs.dates import (
     next_month_start,
     parse_period,
     run_rate,
-    trailing,
     utc_day,
 )
 from commands.costs.explorer import Got, MonthFigures
@@ -175,6 +181,23 @@ def test_periods(
     assert p.time_period() == {"Start": span[0], "End": span[1]}
 
 
+def _runtime(prefix: str, today: str) -> Runtime:
+    """What the converters and the usage line read: the prefix and the clock."""
+    clock = ManualClock(datetime.fromisoformat(f"{today}T09:30:00+00:00"))
+    return cast(Runtime, SimpleNamespace(prefix=prefix, clock=clock))
+
+
+def _command(name: str) -> Command:
+    return next(c for c in router.commands if c.name == name)
+
+
+def _bind(words: list[str], today: str = "2025-12-01", prefix: str = "!") -> Bound:
+    return _command("costs").bind(words, _runtime(prefix, today))
+
+
+COSTS_USAGE = "`{p}costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service SERVICE]`"
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -184,29 +207,99 @@ def test_periods(
         (["2026-02-30..2026-03-01"], "day is out of range"),
         (["2024-01-01..2025-06-01"], "at most 366 days"),
         (["2025-12-01..2025-12-03"], "no figures after today (2025-12-01)"),
-        (["week", "--service"], "--service needs a name"),
-        (["--service", "--bogus"], "--service needs a name"),
-        (["--service="], "--service needs a name"),
-        (["--service", "S3", "--service", "EC2"], "one --service at a time"),
+        (["week", "--service"], "--service needs a value (SERVICE)"),
+        (["--service", "--bogus"], "--service: needs a service name"),
+        (["--service="], "--service: needs a service name"),
+        (["--service", "S3", "--service", "EC2"], "--service given twice"),
         (["--bogus"], "unknown option `--bogus`"),
         (["week", "extra"], "unexpected `extra`"),
     ],
 )
-def test_bad_arguments_answer_with_the_usage(args: list[str], expected: str) -> None:
+@pytest.mark.parametrize("prefix", ["!", "?"])
+def test_bad_arguments_answer_with_the_usage(args: list[str], expected: str, prefix: str) -> None:
     with pytest.raises(UserError) as err:
-        parse_costs_args(args, D("2025-12-01"), "!")
+        _bind(args, prefix=prefix)
     message = str(err.value)
     assert expected in message, message
-    assert "usage: `!costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service S3]`" in message
+    assert f"usage: {COSTS_USAGE.format(p=prefix)}" in message
+    assert f"`{prefix}help costs`" in message
+
+
+def _values(bound: Bound) -> tuple[Any, Any]:
+    return bound.values[PERIOD.name], bound.values[SERVICE.name]
 
 
 def test_good_arguments() -> None:
-    today = D("2026-01-01")
-    r = parse_costs_args(["month", "--service=s3"], today)
-    assert r.service == "Amazon Simple Storage Service" and r.window.label == "last 30 days"
-    r = parse_costs_args(["--service", "Amazon CloudFront", "2025-12-01..2026-01-01"], today)
-    assert r.service == "Amazon CloudFront" and _span(r.window) == ("2025-12-01", "2026-01-01")
-    assert parse_costs_args([], today).window == trailing(today, 7, "last 7 days")
+    window, service = _values(_bind(["month", "--service=s3"], "2026-01-01"))
+    assert service == "Amazon Simple Storage Service" and window.label == "last 30 days"
+    assert _span(window) == ("2025-12-02", "2026-01-01")
+    window, service = _values(
+        _bind(["--service", "Amazon CloudFront", "2025-12-01..2026-01-01"], "2026-01-01")
+    )
+    assert service == "Amazon CloudFront" and _span(window) == ("2025-12-01", "2026-01-01")
+    bound = _bind([], "2026-01-01")
+    assert _values(bound) == (None, None) and bound.given == set()
+
+
+def test_the_period_is_read_against_the_runtime_clock() -> None:
+    # The same words on another day of the bot's clock give another window.
+    assert _span(_values(_bind(["week"], "2025-11-25"))[0]) == ("2025-11-18", "2025-11-25")
+    assert _span(_values(_bind(["week"], "2026-01-01"))[0]) == ("2025-12-25", "2026-01-01")
+    with pytest.raises(UserError, match=r"no figures after today \(2025-11-25\)"):
+        _bind(["2025-11-20..2025-12-20"], "2025-11-25")
+
+
+@pytest.mark.parametrize(
+    ("words", "regions"),
+    [
+        ([], []),
+        (["eu-west-1"], ["eu-west-1"]),
+        (
+            ["US-EAST-1", "ap-southeast-3", "us-gov-west-1"],
+            ["us-east-1", "ap-southeast-3", "us-gov-west-1"],
+        ),
+    ],
+)
+def test_idle_regions(words: list[str], regions: list[str]) -> None:
+    bound = _command("aws idle").bind(words, _runtime("!", "2025-12-01"))
+    assert bound.values[REGIONS.name] == regions
+
+
+@pytest.mark.parametrize("word", ["us-east-1;", "eu_west_1", "useast1", "--all", "us-east-"])
+def test_idle_refuses_what_is_not_a_region(word: str) -> None:
+    with pytest.raises(UserError) as err:
+        _command("aws idle").bind(["eu-west-1", word], _runtime("?", "2025-12-01"))
+    message = str(err.value)
+    assert "is not an AWS region name" in message or "unknown option" in message, message
+    assert "usage: `?aws idle [region…]`" in message
+
+
+def test_help_lines_do_not_hard_code_the_prefix() -> None:
+    for command in router.commands:
+        assert "!" not in command.help, command.help
+        assert command.usage("?").startswith(f"?{command.name}")
+
+
+def test_clients_are_made_once_and_closed() -> None:
+    aws = AwsClients(
+        region="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        profile=None,
+        access_key_id="testing",
+        secret_access_key="testing",
+        timeout_s=1,
+    )
+    assert aws.open_clients == []
+    ec2 = aws.client("ec2", "eu-west-1")
+    assert aws.client("ec2", "eu-west-1") is ec2
+    aws.client("ce")
+    assert aws.open_clients == [("ec2", "eu-west-1"), ("ce", "us-east-1")]
+    aws.close()
+    assert aws.open_clients == [] and aws.closed
+    from bot.errors import RemoteError
+
+    with pytest.raises(RemoteError, match="closed"):
+        aws.client("ce")
 
 
 def _figures(

@@ -1,39 +1,39 @@
-"""Backup freshness: `!backups`, and state changes announced in the room without asking.
+"""Backup freshness: `backups`, and state changes announced in the room without asking.
 
 Every run stores each result — one per dataset, zrepl job, file glob or database a check
 watches, so one fault never hides another; the room hears only of a change (OK→STALE, →ERROR,
-back to OK) and, while a result stays bad, a reminder at `remind_every` — never every hour.
-The last announced state is stored per result (`check` or `check:item`), so a restart does not
-announce again what the room already knows.
+back to OK) and, while a result stays bad, a reminder at `remind_every` — never every hour
+(`commands.backups.transitions`). The last announced state is stored per result (`check` or
+`check:item`, `commands.backups.db`), so a restart does not announce again what the room
+already knows. Every time comes from the runtime's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import sqlite3
-import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from pydantic import Field
 
 from bot import messages
-from bot.args import arg, text
+from bot.args import arg
 from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration, format_duration
 from bot.errors import UserError
 from bot.mentions import NOBODY, MentionRule, mentions_for
 from bot.messages import escape, human_duration, table
-from bot.registry import Router
+from bot.registry import Router, StateKey
 from bot.services.ssh import SshClient, SshSettings
+from commands.backups import db
 from commands.backups.checks import BackupCheck, run_check
 from commands.backups.result import CheckResult
+from commands.backups.transitions import Announce, transition
 
 router = Router("backups")
-# The wall clock of state changes and reminders (seconds since the epoch); tests set it.
-clock: Callable[[], float] = time.time
 ICONS = {"OK": "✅", "STALE": "⚠️", "ERROR": "❌"}
 
 
@@ -48,30 +48,27 @@ class BackupsConfig(Section):
 
 
 router.section("backups", BackupsConfig)
-router.migration(
-    1,
-    """
-    CREATE TABLE backup_results (
-        id INTEGER PRIMARY KEY,
-        check_name TEXT NOT NULL,
-        checked_at REAL NOT NULL,
-        state TEXT NOT NULL,
-        newest REAL,
-        detail TEXT NOT NULL,
-        facts TEXT NOT NULL
-    );
-    CREATE INDEX backup_results_check ON backup_results(check_name, checked_at);
-    CREATE TABLE backup_state (
-        check_name TEXT PRIMARY KEY,
-        state TEXT NOT NULL,
-        since REAL NOT NULL,
-        announced_at REAL
-    )
-    """,
-)
-# Results per item (dataset, zrepl job): backup_results.item names it (NULL for a result of
-# the whole check); backup_state.check_name holds the result's key, `check` or `check:item`.
-router.migration(2, "ALTER TABLE backup_results ADD COLUMN item TEXT")
+for _version, _sql in db.MIGRATIONS:
+    router.migration(_version, _sql)
+
+
+@dataclass(frozen=True)
+class Backups:
+    """The feature's state: the SSH client its checks share (one connection per check run,
+    each closed when the run ends, so none is left open at shutdown)."""
+
+    ssh: SshClient
+
+
+BACKUPS = StateKey("backups", Backups)
+
+
+@router.lifespan(BACKUPS)
+@asynccontextmanager
+async def backups_state(rt: Runtime) -> AsyncIterator[Backups]:
+    """The SSH client, configured once from `backups.ssh` (defaults when not configured)."""
+    cfg = rt.config.section("backups", BackupsConfig) or BackupsConfig()
+    yield Backups(SshClient.from_settings(cfg.ssh))
 
 
 def _config(rt: Runtime) -> BackupsConfig:
@@ -89,90 +86,63 @@ def _hourly(config: Config) -> list[ScheduleConfig]:
     return [ScheduleConfig(name="backups", cron=cfg.cron, job="backups.check", room=cfg.room)]
 
 
-async def run_all(rt: Runtime) -> list[CheckResult]:
+@dataclass(frozen=True)
+class Run:
+    """One run of every check: when (the runtime's clock) and the results in config order."""
+
+    at: datetime
+    results: list[CheckResult]
+
+
+async def run_all(rt: Runtime) -> Run:
     """Run every check concurrently, store the results, announce state changes.
 
     Results come in config order, each check's items together.
     """
     cfg = _config(rt)
-    ssh = SshClient.from_settings(cfg.ssh)
-    per_check = await asyncio.gather(*(run_check(c, ssh, cfg.timeout_s) for c in cfg.checks))
+    ssh = rt[BACKUPS].ssh
+    now = rt.clock.now()
+    per_check = await asyncio.gather(*(run_check(c, ssh, cfg.timeout_s, now) for c in cfg.checks))
     room = rt.transport.resolve_room(cfg.room) if cfg.room else rt.default_room()
-    remind_s = cfg.remind_every.total_seconds()
-    now = clock()
-    with rt.store.transaction() as db:
+    with rt.store.transaction():
         for check, results in zip(cfg.checks, per_check, strict=True):
             for result in results:
-                db.execute(
-                    "INSERT INTO backup_results(check_name, item, checked_at, state, newest, "
-                    "detail, facts) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        result.name,
-                        result.item,
-                        now,
-                        result.state,
-                        result.newest.timestamp() if result.newest else None,
-                        result.detail,
-                        json.dumps(result.facts, default=str),
-                    ),
+                db.add_result(rt.store, result, now)
+                step = transition(
+                    db.state_of(rt.store, result.key),
+                    result.key,
+                    result.state,
+                    now,
+                    cfg.remind_every,
                 )
-                how, since = _transition(db, result.key, result.state, now, remind_s)
-                if how is not None:
-                    _announce(rt, cfg, room, check, result, how, since)
+                if step.save is not None:
+                    db.save_state(rt.store, step.save)
+                if step.announce is not None:
+                    _announce(rt, cfg, room, check, result, step.announce, now - step.since)
             if results and all(r.item is not None for r in results):
-                _whole_check_recovered(rt, db, room, check, results, now)
-    return [r for results in per_check for r in results]
-
-
-def _transition(
-    db: sqlite3.Connection, key: str, state: str, now: float, remind_s: float
-) -> tuple[str | None, float]:
-    """Store the new state of one result; what to announce ("now", "recovered", "still")."""
-    prev = db.execute("SELECT * FROM backup_state WHERE check_name = ?", (key,)).fetchone()
-    if prev is None:
-        announce = "now" if state != "OK" else None
-        db.execute(
-            "INSERT INTO backup_state(check_name, state, since, announced_at) VALUES (?, ?, ?, ?)",
-            (key, state, now, now if announce else None),
-        )
-        return announce, now
-    if prev["state"] != state:
-        db.execute(
-            "UPDATE backup_state SET state = ?, since = ?, announced_at = ? WHERE check_name = ?",
-            (state, now, now, key),
-        )
-        return ("recovered" if state == "OK" else "now"), now
-    if state != "OK" and now - (prev["announced_at"] or prev["since"]) >= remind_s:
-        db.execute("UPDATE backup_state SET announced_at = ? WHERE check_name = ?", (now, key))
-        return "still", prev["since"]
-    return None, now
+                _whole_check_recovered(rt, room, check, results, now)
+    return Run(now, [r for results in per_check for r in results])
 
 
 def _whole_check_recovered(
     rt: Runtime,
-    db: sqlite3.Connection,
     room: str,
     check: BackupCheck,
     results: list[CheckResult],
-    now: float,
+    now: datetime,
 ) -> None:
     """A check that failed as a whole (unreachable, odd output) works again: say so, once.
 
     Its items' own states are announced by their own results; this only closes the
     whole-check fault, which no later result would otherwise ever clear.
     """
-    prev = db.execute(
-        "SELECT state FROM backup_state WHERE check_name = ?", (check.name,)
-    ).fetchone()
-    if prev is None or prev["state"] == "OK":
+    prev = db.state_of(rt.store, check.name)
+    if prev is None or prev.state == "OK":
         return
-    db.execute(
-        "UPDATE backup_state SET state = 'OK', since = ?, announced_at = ? WHERE check_name = ?",
-        (now, now, check.name),
-    )
+    db.save_state(rt.store, db.StateRow(check.name, "OK", now, now))
     counts = ", ".join(f"{n} {s}" for s in ICONS if (n := sum(1 for r in results if r.state == s)))
     head = f"✅ backup {check.name} answers again"
-    detail = f"it was {prev['state']} as a whole; each of its items is judged on its own: {counts}"
+    detail = f"it was {prev.state} as a whole; each of its items is judged on its own: {counts}"
     text = f"{head}: {detail} [{check.kind} {check.target()}]"
     html = (
         f"<b>{escape(head)}</b>: {escape(detail)} "
@@ -189,15 +159,17 @@ def _announce(
     room: str,
     check: BackupCheck,
     result: CheckResult,
-    how: str,
-    since: float,
+    how: Announce,
+    lasting: timedelta,
 ) -> None:
     icon = ICONS[result.state]
     if how == "recovered":
         head = f"{icon} backup {result.label} is OK again"
     elif how == "still":
-        lasting = human_duration(clock() - since)
-        head = f"{icon} backup {result.label} is still {result.state} ({lasting})"
+        head = (
+            f"{icon} backup {result.label} is still {result.state} "
+            f"({human_duration(lasting.total_seconds())})"
+        )
     else:
         head = f"{icon} backup {result.label} is {result.state}"
     pings = NOBODY if result.state == "OK" else mentions_for(cfg.mentions, check.severity)
@@ -215,41 +187,54 @@ def _announce(
 @router.job("backups.check")
 async def backups_job(ctx: JobContext) -> str:
     """Run every backup check; announce what changed."""
-    results = await run_all(ctx.rt)
+    results = (await run_all(ctx.rt)).results
     counts = {s: sum(1 for r in results if r.state == s) for s in ICONS}
     return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
 
 
-def _age(result: CheckResult) -> str:
-    age = result.age()
+def check_name(word: str, rt: Runtime) -> BackupCheck:
+    """A configured backup check, by name; UserError naming the known ones otherwise."""
+    cfg = _config(rt)
+    found = next((c for c in cfg.checks if c.name == word), None)
+    if found is None:
+        known = ", ".join(c.name for c in cfg.checks)
+        raise UserError(f"no backup check named {word!r}; known: {known}")
+    return found
+
+
+CHECK = arg("name", check_name, required=False)
+
+
+def _age(result: CheckResult, now: datetime) -> str:
+    age = result.age(now)
     return "—" if age is None else human_duration(age)
 
 
-@router.command("backups", params=[arg("name", text, required=False)])
+@router.command("backups", params=[CHECK])
 async def backups_cmd(ctx: Context) -> None:
-    """Check every backup now and show how fresh each is; `!backups NAME` for details."""
+    """Check every backup now and show how fresh each is; with a check's name, its last runs."""
     cfg = _config(ctx.rt)
-    if ctx.args:
-        await _details(ctx, cfg, ctx.args[0])
+    if ctx.given(CHECK):
+        await _details(ctx, ctx[CHECK])
         return
     await ctx.react("👀")
-    results = await run_all(ctx.rt)
+    run = await run_all(ctx.rt)
     checks = {c.name: c for c in cfg.checks}
     rows = []
-    for r in results:
+    for r in run.results:
         check = checks[r.name]
         rows.append(
             [
                 check.name,
                 check.target(r.item),
                 r.newest.strftime("%Y-%m-%d %H:%M") if r.newest else "—",
-                _age(r),
+                _age(r, run.at),
                 format_duration(check.max_age),
                 f"{ICONS[r.state]} {r.state}",
             ]
         )
     text, html = table(["backup", "target", "newest (UTC)", "age", "max age", "state"], rows)
-    bad = [r for r in results if r.state != "OK"]
+    bad = [r for r in run.results if r.state != "OK"]
     notes = "\n".join(f"{ICONS[r.state]} {r.label}: {r.detail}" for r in bad)
     notes_html = "".join(
         f"<li>{ICONS[r.state]} <b>{escape(r.label)}</b>: {escape(r.detail)}</li>" for r in bad
@@ -260,27 +245,17 @@ async def backups_cmd(ctx: Context) -> None:
     )
 
 
-async def _details(ctx: Context, cfg: BackupsConfig, name: str) -> None:
-    check = next((c for c in cfg.checks if c.name == name), None)
-    if check is None:
-        known = ", ".join(c.name for c in cfg.checks)
-        raise UserError(f"No backup check named {name!r}; known: {known}.")
+async def _details(ctx: Context, check: BackupCheck) -> None:
     # The last five runs, each with every item it judged.
-    rows = ctx.rt.store.execute(
-        "SELECT * FROM backup_results WHERE check_name = ? AND checked_at IN ("
-        " SELECT DISTINCT checked_at FROM backup_results WHERE check_name = ?"
-        " ORDER BY checked_at DESC LIMIT 5) ORDER BY checked_at DESC, item",
-        (name, name),
-    ).fetchall()
+    rows = db.recent_runs(ctx.rt.store, check.name, 5)
     lines = [
         f"{check.name}: {check.kind} on {check.target()}, "
         f"max age {format_duration(check.max_age)}, severity {check.severity}"
     ]
     for row in rows:
-        when = datetime.fromtimestamp(row["checked_at"], UTC)
         lines.append(
-            f"{when:%Y-%m-%d %H:%M} UTC  {ICONS[row['state']]} {row['state']}  {row['detail']}"
+            f"{row.checked_at:%Y-%m-%d %H:%M} UTC  {ICONS[row.state]} {row.state}  {row.detail}"
         )
     if not rows:
-        lines.append("not checked yet; `!backups` checks everything now")
+        lines.append(f"not checked yet; `{ctx.rt.prefix}backups` checks everything now")
     await ctx.reply("\n".join(lines), "<br>".join(escape(line) for line in lines))

@@ -200,17 +200,15 @@ async def check_postgres(
 
 
 async def run_check(
-    check: BackupCheck, ssh: SshClient, timeout_s: float, now: datetime | None = None
+    check: BackupCheck, ssh: SshClient, timeout_s: float, now: datetime
 ) -> list[CheckResult]:
-    """Run one check with a timeout: its results, one per item it watches.
+    """Run one check with a timeout: its results, one per item it watches, judged at `now`.
 
     Never raises (but for cancellation): a failure to check — unreachable host, odd output,
     timeout, or any exception at all — becomes one ERROR result for this check alone, so
     one check can never cost the others their results.
     """
-    verdicts = Verdicts(
-        check.name, check.max_age, format_duration(check.max_age), now or datetime.now(UTC)
-    )
+    verdicts = Verdicts(check.name, check.max_age, format_duration(check.max_age), now)
     try:
         async with asyncio.timeout(timeout_s + 5):
             if check.kind == "zfs_snapshots":

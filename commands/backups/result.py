@@ -2,13 +2,13 @@
 
 A check over several datasets or jobs gives each its own result, so one fault never hides
 another: `tank` nine days stale and `tank/media` without snapshots are two results, each with
-its own state, its own line in `!backups` and its own announcement when it changes.
+its own state, its own line in `backups` and its own announcement when it changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from bot.messages import human_duration
@@ -45,11 +45,11 @@ class CheckResult:
         """How the room sees it named: `check` or `check (item)`."""
         return self.name if self.item is None else f"{self.name} ({self.item})"
 
-    def age(self, now: datetime | None = None) -> float | None:
-        """Seconds since the newest backup, if known."""
+    def age(self, now: datetime) -> float | None:
+        """Seconds from the newest backup to `now`, if known."""
         if self.newest is None:
             return None
-        return max(0.0, ((now or datetime.now(UTC)) - self.newest).total_seconds())
+        return max(0.0, (now - self.newest).total_seconds())
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,31 @@
-"""AWS spend in the room: `!costs`, `!aws idle`, and a weekly summary with a chart.
+"""AWS spend in the room: `costs`, `aws idle`, and a weekly summary with a chart.
 
-Every date comes from one clock (`set_clock` lets tests and the demo choose the moment) and
-every Cost Explorer window from `commands.costs.dates`.
+Every date comes from the runtime's clock (`rt.clock`, which tests set) and every Cost
+Explorer window from `commands.costs.dates`. The boto3 clients live in the feature's state
+(`AWS`), made on first use and closed when the bot stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from pydantic import Field, SecretStr
 
-from bot.args import arg, text
-from bot.args import args as words  # commands.costs.args (a submodule) takes the name `args`
+from bot.args import arg, args, flag
 from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration
 from bot.errors import RemoteError, UserError
-from bot.registry import Router
-from commands.costs.args import parse_costs_args
+from bot.registry import Router, StateKey
 from commands.costs.aws import AwsClients
 from commands.costs.chart import daily_spend_png
-from commands.costs.dates import Clock, month_windows, system_clock, trailing, utc_day
+from commands.costs.dates import month_windows, trailing, utc_day
 from commands.costs.explorer import daily_costs, month_figures
 from commands.costs.idle import Prices, find_idle
+from commands.costs.period import PERIOD_LABEL, aws_region, aws_service, period, today
 from commands.costs.render import (
     BASIS_LINE,
     lines_html,
@@ -130,22 +132,36 @@ def _config(rt: Runtime) -> AwsConfig:
     return cfg
 
 
-def _clients(rt: Runtime) -> AwsClients:
-    clients = rt.extras.get("aws.clients")
-    if not isinstance(clients, AwsClients):
-        cfg = _config(rt)
-        clients = AwsClients(
-            region=cfg.region,
-            endpoint_url=cfg.endpoint_url,
-            profile=cfg.profile,
-            access_key_id=cfg.access_key_id,
-            secret_access_key=cfg.secret_access_key.get_secret_value()
-            if cfg.secret_access_key
-            else None,
-            timeout_s=cfg.timeout_s,
-        )
-        rt.extras["aws.clients"] = clients
-    return clients
+AWS = StateKey("aws", AwsClients)
+
+
+@router.lifespan(AWS)
+@asynccontextmanager
+async def aws_clients(rt: Runtime) -> AsyncIterator[AwsClients]:
+    """The feature's boto3 clients: none is made before it is needed; all closed at shutdown.
+
+    Without an `aws:` section every command answers that AWS is not configured before it
+    asks for a client (`_aws`), so the defaults here are never used to reach AWS.
+    """
+    cfg = rt.config.section("aws", AwsConfig) or AwsConfig()
+    secret = cfg.secret_access_key
+    clients = AwsClients(
+        region=cfg.region,
+        endpoint_url=cfg.endpoint_url,
+        profile=cfg.profile,
+        access_key_id=cfg.access_key_id,
+        secret_access_key=secret.get_secret_value() if secret else None,
+        timeout_s=cfg.timeout_s,
+    )
+    try:
+        yield clients
+    finally:
+        clients.close()
+
+
+def _aws(rt: Runtime) -> tuple[AwsConfig, AwsClients]:
+    """The feature's config and clients; UserError when AWS is not configured."""
+    return _config(rt), rt[AWS]
 
 
 def _prices(cfg: AwsConfig) -> Prices:
@@ -159,67 +175,40 @@ def _prices(cfg: AwsConfig) -> Prices:
     )
 
 
-_CLOCK = "costs.clock"
+PERIOD = arg("period", period, required=False, label=PERIOD_LABEL)
+SERVICE = flag("--service", aws_service, metavar="SERVICE")
+REGIONS = args("regions", aws_region, required=False, label="region")
 
 
-def set_clock(rt: Runtime, clock: Clock) -> None:
-    """Make the feature read the time from `clock` (aware datetimes) instead of the system."""
-    rt.extras[_CLOCK] = clock
-
-
-def _now(rt: Runtime) -> datetime:
-    clock = rt.extras.get(_CLOCK, system_clock)
-    now: datetime = clock()
-    utc_day(now)  # refuses a naive clock here, before any figure depends on it
-    return now
-
-
-@router.command(
-    "costs", params=[arg("period", text, required=False), words("options", text, required=False)]
-)
+@router.command("costs", params=[PERIOD, SERVICE])
 async def costs_cmd(ctx: Context) -> None:
-    """AWS spend: `!costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service S3]`."""
-    cfg = _config(ctx.rt)
-    today = utc_day(_now(ctx.rt))
-    request = parse_costs_args(list(ctx.args), today, ctx.rt.prefix)
-    window = request.window
-    aws = _clients(ctx.rt)
+    """AWS spend over a period (the last 7 days by default), or one service by usage type."""
+    cfg, aws = _aws(ctx.rt)
+    day = today(ctx.rt)
+    window = ctx[PERIOD] if ctx.given(PERIOD) else trailing(day, 7, "last 7 days")
+    service = ctx[SERVICE]
     await ctx.react("👀")
     both = window.with_previous
-    if request.service:
-        daily = await daily_costs(aws, both, "USAGE_TYPE", request.service)
-        lines, html = render_comparison(
-            compare(daily, window), cfg.top, f"{request.service} by usage type"
-        )
+    if service:
+        daily = await daily_costs(aws, both, "USAGE_TYPE", service)
+        lines, html = render_comparison(compare(daily, window), cfg.top, f"{service} by usage type")
         await ctx.reply("\n".join([*lines, BASIS_LINE]), html + lines_html([BASIS_LINE]))
         return
     # One after the other: Cost Explorer is billed per request and rate-limited.
     daily = await daily_costs(aws, both)
-    month = await month_figures(aws, month_windows(today))
+    month = await month_figures(aws, month_windows(day))
     lines, html = render_comparison(compare(daily, window), cfg.top, "AWS costs")
     mlines = [*month_lines(month, cfg.baseline_monthly), BASIS_LINE]
     await ctx.reply("\n".join(lines + mlines), html + lines_html(mlines))
 
 
-@router.command("aws idle", params=[words("regions", text, required=False)])
+@router.command("aws idle", params=[REGIONS])
 async def idle_cmd(ctx: Context) -> None:
     """Unattached volumes, old snapshots, stopped and previous-generation instances, with $."""
-    cfg = _config(ctx.rt)
-    regions = list(ctx.args) or cfg.regions
-    for region in regions:
-        if not region.replace("-", "").isalnum():
-            raise UserError(
-                f"`{region}` is not an AWS region name (e.g. eu-west-1); "
-                f"usage: `{ctx.rt.prefix}aws idle [region…]`"
-            )
+    cfg, aws = _aws(ctx.rt)
+    regions = ctx[REGIONS] or cfg.regions
     await ctx.react("👀")
-    report = await find_idle(
-        _clients(ctx.rt),
-        regions,
-        _prices(cfg),
-        cfg.snapshot_max_age,
-        _now(ctx.rt),
-    )
+    report = await find_idle(aws, regions, _prices(cfg), cfg.snapshot_max_age, ctx.rt.clock.now())
     text, html, _ = render_idle(report, regions)
     await ctx.reply(text, html)
 
@@ -227,22 +216,20 @@ async def idle_cmd(ctx: Context) -> None:
 @router.job("aws.weekly")
 async def weekly_job(ctx: JobContext) -> str:
     """The weekly AWS summary: costs, idle resources, savings tracker and a chart."""
-    cfg = _config(ctx.rt)
-    aws = _clients(ctx.rt)
-    now = _now(ctx.rt)
-    today = utc_day(now)
-    week = trailing(today, 7, "last 7 days")
-    daily = await daily_costs(aws, trailing(today, 28, "last 4 weeks"))
-    month = await month_figures(aws, month_windows(today))
+    cfg, aws = _aws(ctx.rt)
+    now = ctx.rt.clock.now()
+    day = utc_day(now)
+    week = trailing(day, 7, "last 7 days")
+    daily = await daily_costs(aws, trailing(day, 28, "last 4 weeks"))
+    month = await month_figures(aws, month_windows(day))
     comparison = compare(daily, week)
     lines, html = render_comparison(comparison, cfg.top, "📊 Weekly AWS costs")
     try:
-        report = await find_idle(
-            aws, cfg.regions, _prices(cfg), cfg.snapshot_max_age, now
-        )
+        report = await find_idle(aws, cfg.regions, _prices(cfg), cfg.snapshot_max_age, now)
+        saving = money(sum(i.saving for i in report.items))
         idle_line = (
-            f"idle resources: {len(report.items)}, could save about "
-            f"{money(sum(i.saving for i in report.items))}/month (`!aws idle` lists them)"
+            f"idle resources: {len(report.items)}, could save about {saving}/month "
+            f"(`{ctx.rt.prefix}aws idle` lists them)"
         ) + "".join(f"; could not check {r}: {why}" for r, why in report.failed.items())
     except RemoteError as exc:
         idle_line = f"idle resources: could not check ({exc})"
@@ -250,5 +237,5 @@ async def weekly_job(ctx: JobContext) -> str:
     await ctx.post("\n".join([*lines, *mlines]), html + lines_html(mlines))
     top = [k for k, _, _ in comparison.top(cfg.top)]
     png = await asyncio.to_thread(daily_spend_png, daily, top, "Daily AWS spend, last 4 weeks")
-    await ctx.upload(png, f"aws-spend-{today}.png", "image/png")
+    await ctx.upload(png, f"aws-spend-{day}.png", "image/png")
     return f"posted: {money(comparison.total)} this week"

@@ -24,7 +24,12 @@ THROTTLED = {
 
 
 class AwsClients:
-    """Creates boto3 clients from config (or the standard credential chain)."""
+    """boto3 clients from config (or the standard credential chain), made once and closed.
+
+    Each (service, region) client is made on first use, on the event loop's thread (a boto3
+    session is not thread-safe; its clients are), and kept until `close()`, which the feature's
+    lifespan calls at shutdown. Nothing is imported or opened until a client is asked for.
+    """
 
     def __init__(
         self,
@@ -46,26 +51,47 @@ class AwsClients:
             session_kwargs["aws_access_key_id"] = access_key_id
             session_kwargs["aws_secret_access_key"] = secret_access_key
         self._session_kwargs = session_kwargs
-        import botocore.config
-
-        self._config = botocore.config.Config(
-            connect_timeout=min(10, timeout_s),
-            read_timeout=timeout_s,
-            retries={"max_attempts": 3, "mode": "standard"},
-        )
+        self._session: Any = None
+        self._config: Any = None
         self._clients: dict[tuple[str, str], Any] = {}
+        self.closed = False
+
+    @property
+    def open_clients(self) -> list[tuple[str, str]]:
+        """(service, region) of every client made and not yet closed."""
+        return list(self._clients)
 
     def client(self, service: str, region: str | None = None) -> Any:
-        """A cached boto3 client (Cost Explorer lives in us-east-1)."""
+        """A cached boto3 client (Cost Explorer lives in us-east-1).
+
+        Raises RemoteError once closed, or when the profile or settings are unusable.
+        """
+        if self.closed:
+            raise RemoteError("the AWS clients are closed (the bot is shutting down)")
         key = (service, region or self.region)
         if key not in self._clients:
-            import boto3
+            with aws_errors(f"{service} client for {key[1]}", self.timeout_s):
+                if self._session is None:
+                    import boto3.session
+                    import botocore.config
 
-            session = boto3.session.Session(**self._session_kwargs)
-            self._clients[key] = session.client(
-                service, region_name=key[1], endpoint_url=self.endpoint_url, config=self._config
-            )
+                    self._config = botocore.config.Config(
+                        connect_timeout=min(10, self.timeout_s),
+                        read_timeout=self.timeout_s,
+                        retries={"max_attempts": 3, "mode": "standard"},
+                    )
+                    self._session = boto3.session.Session(**self._session_kwargs)
+                self._clients[key] = self._session.client(
+                    service, region_name=key[1], endpoint_url=self.endpoint_url, config=self._config
+                )
         return self._clients[key]
+
+    def close(self) -> None:
+        """Close every client's connection pool; later calls raise RemoteError."""
+        self.closed = True
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
     async def call(self, service: str, op: str, region: str | None = None, **kwargs: Any) -> Any:
         """Run one API call in a thread; RemoteError on any failure."""
@@ -80,10 +106,11 @@ class AwsClients:
         self, service: str, op: str, region: str, key: str, **kwargs: Any
     ) -> list[Any]:
         """Every item under `key` across all pages of a paginated call."""
+        client = self.client(service, region)
 
         def run() -> list[Any]:
             items: list[Any] = []
-            for page in self.client(service, region).get_paginator(op).paginate(**kwargs):
+            for page in client.get_paginator(op).paginate(**kwargs):
                 items.extend(page.get(key, []))
             return items
 

@@ -10,22 +10,13 @@ need no special case anywhere else.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from bot.errors import UserError
 
-# What the feature reads the time from; tests set their own (see `commands.costs.set_clock`).
-Clock = Callable[[], datetime]
-
 _RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.\.(\d{4}-\d{2}-\d{2})$")
 MAX_PERIOD_DAYS = 366
-
-
-def system_clock() -> datetime:
-    """Now, in UTC."""
-    return datetime.now(UTC)
 
 
 def utc_day(moment: datetime) -> date:
