@@ -329,7 +329,9 @@ async def test_reply_edit_react_thread_upload_and_background_work(
     alice = people["alice"]
     mark = alice.mark()
     command = await alice.send(room, "!show")
-    mine = lambda e: e.sender == bot.user_id  # noqa: E731
+
+    def mine(e: SeenEvent) -> bool:
+        return e.sender == bot.user_id
 
     first = await alice.wait_for(lambda e: mine(e) and e.replies_to(command), after=mark)
     assert first.body == "step 1"

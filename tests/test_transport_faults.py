@@ -135,8 +135,9 @@ async def test_a_rate_limited_backlog_goes_at_the_servers_pace(
         mark = alice.mark()
         ids = [bot.rt.outbox.post(room, messages.notice(f"paced {i}")) for i in range(4)]
         for i in range(4):
+            body = f"paced {i}"
             await alice.wait_for(
-                lambda e, i=i: e.sender == bot.user_id and e.body == f"paced {i}",
+                lambda e: e.sender == bot.user_id and e.body == body,  # noqa: B023 - awaited here
                 timeout=20,
                 after=mark,
             )
