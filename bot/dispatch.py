@@ -161,28 +161,14 @@ class Dispatcher:
                 )
             ctx = Context(self.rt, msg, cmd, args, cmd.bind(args, self.rt))
             await cmd.handler(ctx)
-        except PermissionDenied as exc:
-            outcome, detail = "denied", str(exc)
-            await self._answer(msg, str(exc))
-        except UserError as exc:
-            outcome, detail = "bad_input", str(exc)
-            await self._answer(msg, str(exc))
-        except BotError as exc:
-            outcome, detail = "error", str(exc)
-            await self._answer(msg, f"❌ {exc}")
         except Exception as exc:
-            ref = error_ref()
-            outcome, detail = "error", f"ref {ref}: {type(exc).__name__}"
-            log.exception("command %r from %s failed (ref %s)", name, msg.sender, ref)
-            await self._answer(
-                msg, f"❌ `{name}` failed unexpectedly (ref {ref}; details are in the bot's log)."
-            )
+            outcome, detail, text = _outcome(exc, f"`{name}`", msg.sender)
+            await self._answer(msg, text)
         finally:
             if audit_id is not None:
                 audit.end(self.rt.store, audit_id, outcome, detail, now=self.rt.clock.time())
             known = name if name in self.rt.registry.commands else "(unknown)"
-            self.rt.metrics.commands.labels(known, outcome).inc()
-            self.rt.metrics.command_seconds.labels(known).observe(time.monotonic() - started)
+            self._count(known, outcome, started)
 
     async def handle_reaction(self, reaction: Reaction[Any], event: IncomingReaction) -> None:
         """A reaction that acts like a command: same guard, audit and metrics as a command.
@@ -220,24 +206,16 @@ class Dispatcher:
                     "which you do not have. This refusal is recorded."
                 )
             await reaction.handler(ctx, target)
-        except PermissionDenied as exc:
-            outcome, detail = "denied", str(exc)
-            ctx.answer(str(exc))
-        except UserError as exc:
-            outcome, detail = "bad_input", str(exc)
-            ctx.answer(str(exc), _inline_code(str(exc)))
-        except BotError as exc:
-            outcome, detail = "error", str(exc)
-            ctx.answer(f"❌ {exc}", _inline_code(f"❌ {exc}"))
         except Exception as exc:
-            ref = error_ref()
-            outcome, detail = "error", f"ref {ref}: {type(exc).__name__}"
-            log.exception("reaction %s from %s failed (ref %s)", name, event.sender, ref)
-            ctx.answer(f"❌ {event.key} failed unexpectedly (ref {ref}; details in the bot's log).")
+            outcome, detail, text = _outcome(exc, event.key, event.sender)
+            ctx.answer(text, _inline_code(text))
         finally:
             audit.end(self.rt.store, audit_id, outcome, detail, now=self.rt.clock.time())
-            self.rt.metrics.commands.labels(name, outcome).inc()
-            self.rt.metrics.command_seconds.labels(name).observe(time.monotonic() - started)
+            self._count(name, outcome, started)
+
+    def _count(self, name: str, outcome: str, started: float) -> None:
+        self.rt.metrics.commands.labels(name, outcome).inc()
+        self.rt.metrics.command_seconds.labels(name).observe(time.monotonic() - started)
 
     def _unknown(self, word: str) -> str:
         names = sorted({c.name.split()[0] for c in self.rt.registry.unique_commands()})
@@ -254,6 +232,24 @@ class Dispatcher:
             await self.rt.outbox.send(msg.room_id, answer_to(msg, text, _inline_code(text)))
         except BotError as exc:
             log.error("could not answer %s: %s", msg.event_id, exc)
+
+
+def _outcome(exc: Exception, what: str, sender: str) -> tuple[str, str, str]:
+    """(audit outcome, audit detail, answer) for what a command or reaction raised.
+
+    BotErrors carry a message fit for the room; anything else is a bug, logged with its
+    traceback under a short reference that the answer repeats.
+    """
+    if isinstance(exc, PermissionDenied):
+        return "denied", str(exc), str(exc)
+    if isinstance(exc, UserError):
+        return "bad_input", str(exc), str(exc)
+    if isinstance(exc, BotError):
+        return "error", str(exc), f"❌ {exc}"
+    ref = error_ref()
+    log.error("%s from %s failed (ref %s)", what, sender, ref, exc_info=exc)
+    answer = f"❌ {what} failed unexpectedly (ref {ref}; details are in the bot's log)."
+    return "error", f"ref {ref}: {type(exc).__name__}", answer
 
 
 def _inline_code(text: str) -> str:
