@@ -144,7 +144,9 @@ class DeployState:
         tasks = [run.task for run in self.running.values() if run.task is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a runner that does not answer must not hold the shutdown up.
+            await asyncio.wait(tasks, timeout=10)
         if self.ssh is not None:
             await self.ssh.close()
 
