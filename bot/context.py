@@ -63,8 +63,6 @@ class Runtime:
     scheduler: Scheduler = field(init=False)
     # Each feature's state, created by its lifespan; read through typed keys (`rt[KEY]`).
     states: dict[StateKey[Any], Any] = field(default_factory=dict, init=False)
-    # Feature-owned objects (clients, caches), keyed by the feature's name.
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from bot.scheduler import Scheduler  # the scheduler runs jobs with this runtime

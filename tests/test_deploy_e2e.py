@@ -6,15 +6,18 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.clock import ManualClock
 from bot.dispatch import Dispatcher
 from bot.errors import RemoteError
 from bot.matrix import IncomingMessage, IncomingReaction
 from bot.services.ssh import SshClient, parse_target
+from commands.deploy import DEPLOY
 from devstack.client import RoomUser, SeenEvent
 from devstack.openssh import OpenSshServer
 from devstack.ssh import LocalSshServer
@@ -450,7 +453,7 @@ async def test_protected_host_needs_confirmation(
     deploy_env: tuple[LocalSshServer, Path, Path],
 ) -> None:
     host, data, checkout = deploy_env
-    bot = make_bot(edit=_deploy_config(host, checkout, confirm_timeout="3s"))
+    bot = make_bot(edit=_deploy_config(host, checkout))
     await bot.start()
     bob, alice, mallory = people["bob"], people["alice"], people["mallory"]
 
@@ -485,20 +488,82 @@ async def test_protected_host_needs_confirmation(
         "✅ mimas (boot)"
     )
 
-    # Unconfirmed requests expire.
+    # Mallory's ✅ goes through the same guard as her `!confirm`: refused, nothing deployed.
     prompt = await bob.ask(room, "!deploy mimas", bot.user_id)
+    mark = alice.mark()
+    await mallory.client.room_send(
+        room,
+        "m.reaction",
+        {"m.relates_to": {"rel_type": "m.annotation", "event_id": prompt.event_id, "key": "✅"}},
+    )
+    refused = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "ignored: it needs the deploy role" in e.body,
+        after=mark,
+    )
+    assert "@mallory:localhost" in refused.body
+    assert prompt.body.split("!confirm ", 1)[1].split("`")[0] in bot.rt[DEPLOY].pending
+
+
+async def test_confirmation_expires_on_the_clock_and_answers_use_the_prefix(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    clock = ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+
+    def edit(raw: dict[str, Any]) -> None:
+        _deploy_config(host, checkout, confirm_timeout="5m")(raw)
+        raw["commands"] = {"prefix": "?"}
+
+    bot = make_bot(edit=edit, clock=clock)
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+
+    usage = "?deploy <host[,host…]> [switch|boot|test|dry-activate|build] [--ref REF]"
+    helped = await alice.ask(room, "?help deploy", bot.user_id)
+    assert usage in helped.body
+    bad = await bob.ask(room, "?deploy pluto reboot", bot.user_id)
+    assert "`reboot` is not an action" in bad.body and usage in bad.body
+    assert "`?help deploy`" in bad.body
+
+    # Still confirmable a second before it expires.
+    prompt = await bob.ask(room, "?deploy mimas", bot.user_id)
+    assert "with `?confirm " in prompt.body and "within 5 min" in prompt.body
+    confirm_id = prompt.body.split("?confirm ", 1)[1].split("`")[0]
+    await clock.advance(timedelta(minutes=4, seconds=59))
+    mark = alice.mark()
+    ok = await alice.ask(room, f"?confirm {confirm_id}", bot.user_id)
+    assert "confirmed by @alice:localhost" in ok.body
+    assert _new(await _final(alice, bot.user_id, "mimas", mark))["body"].startswith("✅ mimas")
+
+    # Unconfirmed requests expire when the clock passes their time, and say so on the prompt.
+    prompt = await bob.ask(room, "?deploy mimas", bot.user_id)
+    confirm_id = prompt.body.split("?confirm ", 1)[1].split("`")[0]
+    await clock.advance(timedelta(minutes=5))
     expired = await alice.wait_for(
         lambda e: (
             (e.content.get("m.relates_to") or {}).get("event_id") == prompt.event_id
             and "expired" in _new(e).get("body", "")
         ),
-        timeout=15,
     )
     assert "nothing was deployed" in _new(expired)["body"]
-    late = await bob.ask(
-        room, f"!confirm {prompt.body.split('!confirm ', 1)[1].split('`')[0]}", bot.user_id
-    )
+    late = await bob.ask(room, f"?confirm {confirm_id}", bot.user_id)
     assert "No deploy request" in late.body
+    assert len((data / "args.log").read_text().splitlines()) == 1
+
+    # The lock's answer names the prefix too.
+    (data / "mode").write_text("slow")
+    mark = alice.mark()
+    await bob.send(room, "?deploy pluto")
+    await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "building '/nix/store/x-" in e.body, after=mark
+    )
+    locked = await alice.ask(room, "?deploy pluto", bot.user_id)
+    assert "`?deploy cancel pluto` stops it" in locked.body
+    await bob.ask(room, "?deploy cancel pluto", bot.user_id)
+    await _final(alice, bot.user_id, "pluto", mark)
 
 
 async def test_host_key_mismatch_timeout_restart_and_status(
@@ -544,7 +609,10 @@ async def test_host_key_mismatch_timeout_restart_and_status(
         after=mark,
         timeout=20,
     )
+    pid = int((data / "pid").read_text())
     await timed.stop()
+    # Stopping the bot ends the running deploy on the runner too.
+    await _gone(pid)
     again = make_bot(edit=_deploy_config(host, checkout))
     await again.start()
     note = await alice.wait_for(
@@ -663,8 +731,9 @@ async def test_confirmations_arriving_together_confirm_once(
         lambda e: (
             e.sender == bot.user_id
             and f"{confirm_id} was already confirmed by @alice:localhost" in e.body
-            # The ✅ is answered in the prompt's thread, as any reaction acting as a command.
-            and e.content.get("m.relates_to", {}).get("event_id") == prompt.event_id
+            # The ✅'s answer goes into the prompt's thread (the reaction guard's answer).
+            and (e.content.get("m.relates_to") or {}).get("rel_type") == "m.thread"
+            and e.content["m.relates_to"].get("event_id") == prompt.event_id
         ),
         after=mark,
     )

@@ -1,13 +1,29 @@
-"""Pure rules of deploys: outcome of a finished run, silence, failed unit names, quoting."""
+"""Pure rules of deploys: outcome, silence, failed units, quoting, arguments, the table."""
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
+from bot.context import Runtime
+from bot.errors import UserError
 from bot.services.ssh import guarded
-from commands.deploy import failed_unit_names
+from bot.store import Store
+from commands.deploy import (
+    Inventory,
+    action,
+    confirm_id,
+    db,
+    failed_unit_names,
+    host_list,
+    host_with_history,
+    known_host,
+    router,
+)
 from commands.deploy.runner import classify, failed_units, silence_exceeded
 
 UNITS = "warning: the following units failed: systemd-networkd-wait-online.service"
@@ -86,3 +102,103 @@ def test_guarded_quotes_the_command_once() -> None:
     command = "cd '/srv/infra' && nixos-rebuild switch --flake '.#pluto'"
     words = shlex.split(guarded(command))
     assert words[:2] == ["sh", "-c"] and words[3] == "sh" and words[4] == command
+
+
+class _Config:
+    """The one part of Config the converters read: `section("hosts", Inventory)`."""
+
+    def __init__(self, hosts: Inventory) -> None:
+        self.hosts = hosts
+
+    def section(self, key: str, model: type[Any]) -> Any:
+        return self.hosts if key == "hosts" else None
+
+
+class _Runtime:
+    def __init__(self, store: Store) -> None:
+        self.config = _Config(
+            Inventory.model_validate(
+                [
+                    {"name": "pluto", "target": "root@pluto.nixos.org"},
+                    {"name": "haumea", "target": "root@haumea.nixos.org", "protected": True},
+                ]
+            )
+        )
+        self.store = store
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    s = Store(Path(":memory:"), router.migrations)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def rt(store: Store) -> Runtime:
+    return cast(Runtime, _Runtime(store))
+
+
+def test_host_list_checks_the_inventory(rt: Runtime) -> None:
+    assert [h.name for h in host_list("pluto,haumea,pluto", rt)] == ["pluto", "haumea"]
+    with pytest.raises(UserError, match=r"Unknown host `nowhere`; known hosts: haumea, pluto"):
+        host_list("pluto,nowhere", rt)
+    with pytest.raises(UserError, match="Unknown host `,`"):
+        host_list(",", rt)
+    assert known_host("haumea", rt).protected
+    with pytest.raises(UserError, match="Unknown host `x`"):
+        known_host("x", rt)
+
+
+def test_action_and_confirm_id(rt: Runtime) -> None:
+    assert action("Boot", rt) == "boot"
+    with pytest.raises(UserError, match="`reboot` is not an action; choose one of switch"):
+        action("reboot", rt)
+    assert confirm_id("A1f0", rt) == "a1f0"
+    for bad in ("a1f", "zzzz", "a1f00"):
+        with pytest.raises(UserError, match="is not a confirmation id"):
+            confirm_id(bad, rt)
+
+
+def test_history_host_accepts_hosts_deployed_before(rt: Runtime, store: Store) -> None:
+    with pytest.raises(UserError, match="No deploys of `mimas` are recorded"):
+        host_with_history("mimas", rt)
+    db.start_deploy(store, "mimas", "switch", None, "@bob:x", "!r:x", 1000.0)
+    assert host_with_history("mimas", rt) == "mimas"
+    assert host_with_history("pluto", rt) == "pluto"
+
+
+def test_declared_usage_lines() -> None:
+    usage = {c.name: c.usage("?") for c in router.commands}
+    assert usage["deploy"] == (
+        "?deploy <host[,host…]> [switch|boot|test|dry-activate|build] [--ref REF]"
+    )
+    assert usage["deploy cancel"] == "?deploy cancel <host>"
+    assert usage["deploy history"] == "?deploy history [host]"
+    assert usage["confirm"] == "?confirm <id>"
+    assert usage["status"] == "?status <host>"
+
+
+def test_deploys_table_round_trip(store: Store) -> None:
+    first = db.start_deploy(store, "pluto", "switch", "main", "@bob:x", "!r:x", 1000.0)
+    db.set_revision(store, first, "3f2c1a9b")
+    db.finish_deploy(
+        store, first, ended_at=1090.0, state="ok", exit_code=0, summary="done", log_excerpt="x"
+    )
+    second = db.start_deploy(store, "haumea", "boot", None, "@alice:x", "!r:x", 2000.0)
+    [row] = db.history(store, "pluto")
+    assert (row.id, row.revision, row.state, row.ended_at, row.exit_code) == (
+        first,
+        "3f2c1a9b",
+        "ok",
+        1090.0,
+        0,
+    )
+    assert [r.id for r in db.history(store)] == [second, first]
+    assert db.last_deploy(store, "nowhere") is None
+    # At start, what is still running was cut off by the previous run.
+    [cut] = db.interrupt_running(store, 3000.0, "interrupted by a bot restart")
+    assert (cut.id, cut.state) == (second, "running")
+    again = db.last_deploy(store, "haumea")
+    assert again is not None and (again.state, again.ended_at) == ("interrupted", 3000.0)
+    assert db.interrupt_running(store, 3001.0, "again") == []

@@ -82,7 +82,11 @@ class Result:
 
 
 class SshClient:
-    """Connects with the configured known_hosts and keys; one connection per call."""
+    """Connects with the configured known_hosts and keys; one connection per call.
+
+    Every connection it opens is closed (and waited for) when its `connect` block ends;
+    `close()` ends those still open, for the owner's shutdown.
+    """
 
     @classmethod
     def from_settings(cls, settings: SshSettings) -> SshClient:
@@ -98,6 +102,7 @@ class SshClient:
         self.known_hosts = known_hosts
         self.client_keys = [str(k) for k in client_keys]
         self.connect_timeout_s = connect_timeout_s
+        self._open: set[asyncssh.SSHClientConnection] = set()
 
     @asynccontextmanager
     async def connect(self, target: Target) -> AsyncIterator[asyncssh.SSHClientConnection]:
@@ -130,10 +135,17 @@ class SshClient:
                 "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
             )
             raise RemoteError(f"cannot reach {target} over SSH: {reason}") from None
+        self._open.add(conn)
         try:
             yield conn
         finally:
-            conn.close()
+            self._open.discard(conn)
+            await _closed(conn)
+
+    async def close(self) -> None:
+        """Close every connection still open and wait until they are closed."""
+        conns, self._open = list(self._open), set()
+        await asyncio.gather(*(_closed(c) for c in conns))
 
     async def run(self, target: Target, command: str, timeout_s: float) -> Result:
         """Run a command (already quoted by the caller) and collect its output.
@@ -200,6 +212,13 @@ async def remote_process(
     except BaseException:
         end_remote(proc)
         raise
+
+
+async def _closed(conn: asyncssh.SSHClientConnection) -> None:
+    """Close a connection and wait (bounded) for its transport to be gone."""
+    conn.close()
+    with contextlib.suppress(Exception, TimeoutError):
+        await asyncio.wait_for(conn.wait_closed(), 5)
 
 
 async def run_on(conn: asyncssh.SSHClientConnection, command: str) -> Result:

@@ -43,6 +43,7 @@ from bot.errors import RemoteError
 from bot.messages import escape, human_duration
 from bot.outbox import ref
 from bot.services.ssh import SshClient, end_remote, parse_target, remote_process, run_on
+from commands.deploy import db
 
 if TYPE_CHECKING:
     import asyncssh
@@ -209,8 +210,8 @@ class DeployRun:
     requested_by: str
     room_id: str
     status_outbox_id: int
-    started: float = field(default_factory=time.monotonic)
-    started_wall: float = field(default_factory=time.time)
+    started_wall: float  # Unix seconds, from the runtime's clock
+    started: float = field(default_factory=time.monotonic)  # for measuring only
     phase: str = "starting"
     revision: str = ""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=15))
@@ -345,10 +346,7 @@ class Runner:
                             )
                         out = ""
                     run.revision = out.splitlines()[-1] if out else ""
-                    self.rt.store.execute(
-                        "UPDATE deploys SET revision = ? WHERE id = ?",
-                        (run.revision, run.deploy_id),
-                    )
+                    db.set_revision(self.rt.store, run.deploy_id, run.revision)
                     run.phase = "running"
                     command = deploy_command(run.host, run.action, self.spec.checkout)
                     log.info("deploy %d: %s", run.deploy_id, command)

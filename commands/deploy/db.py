@@ -1,0 +1,164 @@
+"""The deploy feature's tables (`deploys`): the only module that reads or writes them.
+
+Times are Unix seconds (REAL) from the runtime's clock. The SQL is plain and takes `?`
+parameters, so that a later PostgreSQL store can run it unchanged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from bot.store import Store
+
+# (version, SQL) steps for the `deploy` component, applied by the store in order.
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE deploys (
+            id INTEGER PRIMARY KEY,
+            host TEXT NOT NULL,
+            action TEXT NOT NULL,
+            ref TEXT,
+            revision TEXT,
+            requested_by TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            state TEXT NOT NULL DEFAULT 'running',
+            exit_code INTEGER,
+            summary TEXT,
+            log_excerpt TEXT
+        );
+        CREATE INDEX deploys_host ON deploys(host, started_at)
+        """,
+    ),
+]
+
+RUNNING = "running"
+INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class DeployRow:
+    """One deploy of one host. `state` is 'running' until it ends ('ok', 'failed',
+    'units_failed', 'cancelled', 'timeout', 'silent', 'interrupted')."""
+
+    id: int
+    host: str
+    action: str
+    ref: str | None
+    revision: str | None
+    requested_by: str
+    room_id: str
+    started_at: float
+    ended_at: float | None
+    state: str
+    exit_code: int | None
+    summary: str | None
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> DeployRow:
+        """The dataclass of a `SELECT * FROM deploys` row."""
+        return cls(
+            id=int(row["id"]),
+            host=row["host"],
+            action=row["action"],
+            ref=row["ref"],
+            revision=row["revision"],
+            requested_by=row["requested_by"],
+            room_id=row["room_id"],
+            started_at=float(row["started_at"]),
+            ended_at=None if row["ended_at"] is None else float(row["ended_at"]),
+            state=row["state"],
+            exit_code=row["exit_code"],
+            summary=row["summary"],
+        )
+
+
+def start_deploy(
+    store: Store,
+    host: str,
+    action: str,
+    ref: str | None,
+    requested_by: str,
+    room_id: str,
+    started_at: float,
+) -> int:
+    """Record a deploy as running; returns its id."""
+    cur = store.execute(
+        "INSERT INTO deploys(host, action, ref, requested_by, room_id, started_at, state) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (host, action, ref, requested_by, room_id, started_at, RUNNING),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def set_revision(store: Store, deploy_id: int, revision: str) -> None:
+    """The commit the deploy runs (known once the checkout is updated)."""
+    store.execute("UPDATE deploys SET revision = ? WHERE id = ?", (revision, deploy_id))
+
+
+def finish_deploy(
+    store: Store,
+    deploy_id: int,
+    *,
+    ended_at: float,
+    state: str,
+    exit_code: int | None,
+    summary: str,
+    log_excerpt: str,
+) -> None:
+    """Record how a deploy ended."""
+    store.execute(
+        "UPDATE deploys SET ended_at = ?, state = ?, exit_code = ?, summary = ?, "
+        "log_excerpt = ? WHERE id = ?",
+        (ended_at, state, exit_code, summary, log_excerpt, deploy_id),
+    )
+
+
+def history(store: Store, host: str | None = None, limit: int = 10) -> list[DeployRow]:
+    """The newest deploys first (of one host, or of all)."""
+    if host is None:
+        rows = store.execute("SELECT * FROM deploys ORDER BY id DESC LIMIT ?", (limit,))
+    else:
+        rows = store.execute(
+            "SELECT * FROM deploys WHERE host = ? ORDER BY id DESC LIMIT ?",
+            (host, limit),
+        )
+    return [DeployRow.of(r) for r in rows.fetchall()]
+
+
+def last_deploy(store: Store, host: str) -> DeployRow | None:
+    """The newest deploy of a host, or None."""
+    found = history(store, host, 1)
+    return found[0] if found else None
+
+
+def has_history(store: Store, host: str) -> bool:
+    """Whether any deploy of `host` was recorded."""
+    row = store.execute("SELECT 1 FROM deploys WHERE host = ? LIMIT 1", (host,)).fetchone()
+    return row is not None
+
+
+def interrupt_running(store: Store, ended_at: float, summary: str) -> list[DeployRow]:
+    """Mark every deploy still 'running' as interrupted; returns them as they were.
+
+    Only called at start, before any deploy of this run begins: whatever is still running
+    then was cut off by the previous run's end.
+    """
+    with store.transaction():
+        rows = [
+            DeployRow.of(r)
+            for r in store.execute(
+                "SELECT * FROM deploys WHERE state = ? ORDER BY id",
+                (RUNNING,),
+            ).fetchall()
+        ]
+        for row in rows:
+            store.execute(
+                "UPDATE deploys SET state = ?, ended_at = ?, summary = ? WHERE id = ?",
+                (INTERRUPTED, ended_at, summary, row.id),
+            )
+    return rows
