@@ -95,7 +95,7 @@ class AlertmanagerAPI:
                 f"Alertmanager at {self.base} answered POST /silences without a silenceID: "
                 f"{_snippet(json.dumps(result))}"
             )
-        return result["silenceID"]
+        return str(result["silenceID"])
 
     async def silence(self, silence_id: str) -> dict[str, Any]:
         """One silence as Alertmanager stored it; raises NotFound for an unknown id."""
