@@ -19,9 +19,9 @@ from devstack.synapse import free_port
 from tests.conftest import BotFactory
 
 LOGIN_PAGE = (
-    "<!DOCTYPE html><html lang=\"en\"><head><title>Sign In</title></head>"
-    "<body><form method=\"GET\" action=\"/oauth2/start\">"
-    "<button type=\"submit\">Sign in with OpenID Connect</button></form></body></html>"
+    '<!DOCTYPE html><html lang="en"><head><title>Sign In</title></head>'
+    '<body><form method="GET" action="/oauth2/start">'
+    '<button type="submit">Sign in with OpenID Connect</button></form></body></html>'
 )
 
 

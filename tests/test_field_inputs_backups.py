@@ -37,4 +37,3 @@ def test_a_later_release_nesting_the_snapper_error_under_periodic_is_read_too() 
     }
     (result,) = zrepl.judge(zrepl_status({"rsyncnet": job}), [], V)
     assert result.state == "ERROR" and SNAP_ERROR in result.detail
-
