@@ -204,6 +204,8 @@ class Transport:
         # The end of the last failed sync attempt: what was sent before it, the bot missed.
         self._blind_until_ms = self.started_ms
         self._seen_ms: dict[str, int] = {}
+        # Served rooms the bot was invited to and has not joined yet (a join may fail for a while).
+        self._invited: set[str] = set()
 
     def now_ms(self) -> int:
         """The bot's time in ms, as compared with the homeserver's event timestamps."""
@@ -367,23 +369,43 @@ class Transport:
             if events:
                 on_events(events)
             for room_id in resp.rooms.invite:
-                if room_id not in self.served_rooms and room_id not in self.cfg.rooms:
-                    continue
-                log.info("invited to served room %s; joining", room_id)
-                try:
-                    joined = await self._call(f"joining {room_id}", self.client.join(room_id))
-                except MatrixError as exc:
-                    log.warning("could not join %s: %s", room_id, exc)
-                    continue
-                if isinstance(joined, JoinResponse):
-                    self._serve(joined.room_id)
-                    sync_filter = self._sync_filter()
+                if room_id in self.served_rooms or room_id in self.cfg.rooms:
+                    log.info("invited to served room %s; joining", room_id)
+                    self._invited.add(room_id)
+            if self._invited and await self._join_invited():
+                sync_filter = self._sync_filter()
             since = resp.next_batch
             self.store.put("matrix.sync_token", since)
             if not caught_up:
                 self._warn_encrypted()
             caught_up = True
             self.health.set_ok("syncing")
+
+    async def _join_invited(self) -> bool:
+        """Join the served rooms the bot was invited to; True if it joined any.
+
+        A sync reports an invite once: a join that fails for a while (a homeserver hiccup) stays
+        pending and is tried again after each sync, or the bot would stay out until a restart.
+        A refusal for good (the invite withdrawn, the bot banned) is logged and dropped.
+        """
+        joined_any = False
+        for room_id in sorted(self._invited):
+            try:
+                resp = await self._call(f"joining {room_id}", self.client.join(room_id))
+                if not isinstance(resp, JoinResponse):
+                    _raise_for(resp, f"joining {room_id}")
+                    raise MatrixError(f"joining {room_id}: unexpected answer", transient=True)
+            except MatrixError as exc:
+                if exc.transient:
+                    log.warning("could not join %s yet: %s; trying again", room_id, exc)
+                else:
+                    log.error("could not join %s: %s; giving up until invited again", room_id, exc)
+                    self._invited.discard(room_id)
+                continue
+            self._invited.discard(room_id)
+            self._serve(resp.room_id)
+            joined_any = True
+        return joined_any
 
     async def _relogin_or_wait(self, exc: MatrixError) -> None:
         reason = f"the homeserver rejected our token ({exc}); " + (

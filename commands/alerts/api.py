@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +43,7 @@ class AlertmanagerAPI:
         url = f"{self.base}/api/v2{path}"
         try:
             async with self._open().request(method, url, **kwargs) as resp:
-                text = await resp.text()
+                text = await resp.text(errors="replace")
                 if resp.status == 404:
                     raise NotFound(f"Alertmanager has no {path}")
                 if resp.status >= 400:
@@ -50,23 +51,40 @@ class AlertmanagerAPI:
                     raise RemoteError(
                         f"Alertmanager answered {resp.status} to {method} {path}: {snippet}"
                     )
-                return await resp.json(content_type=None) if text.strip() else None
         except aiohttp.ClientError as exc:
             raise RemoteError(f"Alertmanager at {self.base} is unreachable: {exc}") from None
         except TimeoutError:
             raise RemoteError(f"Alertmanager at {self.base} did not answer in time") from None
+        if not text.strip():
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            # E.g. an auth proxy in front of it whose session lapsed: 200 and its HTML login page.
+            raise RemoteError(
+                f"Alertmanager at {self.base} answered {method} {path} with something that is "
+                f"not JSON (an auth proxy's login page?): {_snippet(text)}"
+            ) from None
+
+    async def _listing(self, path: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """A list of objects from the API, or RemoteError saying what came instead."""
+        result = await self._call("GET", path, **kwargs)
+        if not isinstance(result, list) or not all(isinstance(x, dict) for x in result):
+            raise RemoteError(
+                f"Alertmanager at {self.base} answered GET {path} with "
+                f"{type(result).__name__}, not a list of objects: {_snippet(json.dumps(result))}"
+            )
+        return result
 
     async def alerts(self, matchers: list[Matcher]) -> list[dict[str, Any]]:
         """Active alerts (silenced and inhibited included) matching all matchers."""
         params = [("active", "true"), ("silenced", "true"), ("inhibited", "true")]
         params += [("filter", m.filter()) for m in matchers]
-        result: list[dict[str, Any]] = await self._call("GET", "/alerts", params=params)
-        return result
+        return await self._listing("/alerts", params=params)
 
     async def silences(self) -> list[dict[str, Any]]:
         """Every silence Alertmanager knows, expired ones included."""
-        result: list[dict[str, Any]] = await self._call("GET", "/silences")
-        return result
+        return await self._listing("/silences")
 
     async def create_silence(
         self,
@@ -85,13 +103,28 @@ class AlertmanagerAPI:
             "comment": comment,
         }
         result = await self._call("POST", "/silences", json=body)
+        if not isinstance(result, dict) or not isinstance(result.get("silenceID"), str):
+            raise RemoteError(
+                f"Alertmanager at {self.base} answered POST /silences without a silenceID: "
+                f"{_snippet(json.dumps(result))}"
+            )
         return str(result["silenceID"])
 
     async def silence(self, silence_id: str) -> dict[str, Any]:
         """One silence as Alertmanager stored it; raises NotFound for an unknown id."""
-        result: dict[str, Any] = await self._call("GET", f"/silence/{silence_id}")
+        result = await self._call("GET", f"/silence/{silence_id}")
+        if not isinstance(result, dict):
+            raise RemoteError(
+                f"Alertmanager at {self.base} answered GET /silence/{silence_id} with "
+                f"{type(result).__name__}, not a silence: {_snippet(json.dumps(result))}"
+            )
         return result
 
     async def expire_silence(self, silence_id: str) -> None:
         """Expire a silence now."""
         await self._call("DELETE", f"/silence/{silence_id}")
+
+
+def _snippet(text: str) -> str:
+    """The start of an answer, on one line, short enough for a room message."""
+    return " ".join(text.split())[:160]

@@ -25,6 +25,9 @@ The shape, from zrepl's source (github.com/zrepl/zrepl, 0.6):
 - `daemon/job/snapjob.go` `SnapJobStatus`: `{"Pruning", "Snapshotting"}`;
   `daemon/job/passive.go` `PassiveStatus`: `{"Snapper"}`; a snapper report carries `Error`
   and `Progress[]` (`DoneAt` per filesystem), in later releases under `Periodic`/`Cron`.
+- `daemon/snapper/periodic.go`: a snapper that cannot snapshot sets `Error` and still signals
+  replication, which then ends `done` with nothing new: a push job's snapshotting error makes
+  it an ERROR however fresh its replication.
 """
 
 from __future__ import annotations
@@ -109,7 +112,14 @@ def _judge_job(name: str, jobs: dict[str, Any], v: Verdicts) -> CheckResult:
         raise ShapeError(f'no "{kind}" object beside "type": "{kind}"')
     body = _obj(job[kind], f'"{kind}"')
     if kind in ACTIVE:
-        return _judge_replication(name, body.get("Replication"), v)
+        result = _judge_replication(name, body.get("Replication"), v)
+        # A push job whose snapshotter fails still replicates, finding nothing new: "done"
+        # and fresh, while the newest snapshot grows old. Its error outranks the freshness.
+        failing = _snapper_errors(body.get("Snapshotting"))
+        if failing:
+            result.state = "ERROR"
+            result.detail = f"job {name}: " + "; ".join(failing)[:400] + f" ({result.detail})"
+        return result
     if kind in PASSIVE:
         return _judge_snapper(name, kind, body, v)
     return v.result("ERROR", f"job {name} has type {kind!r}, which this check does not know", name)
@@ -199,16 +209,11 @@ def _running(
 
 
 def _judge_snapper(name: str, kind: str, body: dict[str, Any], v: Verdicts) -> CheckResult:
-    reports = [body.get(k) for k in ("Snapshotting", "Snapper") if body.get(k) is not None]
     errors: list[str] = []
     newest: datetime | None = None
-    for report in reports:
-        report = _obj(report, "the snapper report")
-        # zrepl 0.6 reports at the top; later releases nest it under the snapshotting type.
-        for part in [report, *(report[k] for k in ("Periodic", "Cron") if report.get(k))]:
-            part = _obj(part, "the snapper report")
-            if isinstance(part.get("Error"), str) and part["Error"]:
-                errors.append(f"snapshotting: {part['Error']}")
+    for key in ("Snapshotting", "Snapper"):
+        errors += _snapper_errors(body.get(key))
+        for part in _snapper_parts(body.get(key)):
             for fs in _list(part.get("Progress"), "Progress"):
                 done = _time(_obj(fs, "Progress entry").get("DoneAt"), "DoneAt")
                 if done is not None and (newest is None or done > newest):
@@ -226,6 +231,26 @@ def _judge_snapper(name: str, kind: str, body: dict[str, Any], v: Verdicts) -> C
         "(a zfs_snapshots check can watch its datasets)",
         name,
     )
+
+
+def _snapper_parts(report: Any) -> list[dict[str, Any]]:
+    """A snapper report and the parts it nests (none for `null`)."""
+    if report is None:
+        return []
+    report = _obj(report, "the snapper report")
+    # zrepl 0.6 reports at the top; later releases nest it under the snapshotting type.
+    nested = [report[k] for k in ("Periodic", "Cron") if report.get(k)]
+    return [report, *(_obj(p, "the snapper report") for p in nested)]
+
+
+def _snapper_errors(report: Any) -> list[str]:
+    """The snapper's errors ("snapshotting: …"), e.g. zrepl's "one or more snapshots could
+    not be created, check logs for details" (daemon/snapper/periodic.go, 0.6)."""
+    return [
+        f"snapshotting: {part['Error']}"
+        for part in _snapper_parts(report)
+        if isinstance(part.get("Error"), str) and part["Error"]
+    ]
 
 
 def _obj(value: Any, what: str) -> dict[str, Any]:
