@@ -54,6 +54,7 @@ ACTIONS = ("switch", "boot", "test", "dry-activate", "build")
 MAX_LOG_BYTES = 20 * 2**20  # keep head and tail beyond this
 MAX_CHUNK_CHARS = 12_000
 MAX_LINE_CHARS = 400
+MAX_PENDING_BYTES = 1 << 20  # an unfinished line longer than this is passed on
 PHASES = (
     (re.compile(r"\| Evaluating "), "evaluating"),
     (
@@ -197,6 +198,46 @@ def checkout_command(checkout: str, ref_: str | None) -> str:
             f"git checkout --quiet --detach {q(ref_)} && git rev-parse HEAD"
         )
     return f"cd {q(checkout)} && git rev-parse HEAD"
+
+
+def _as_shown(raw: bytes) -> str:
+    """A line as a terminal leaves it: a `\\r` (progress bars) returns to the line's start,
+    so the text after the last one that has any is what stays on screen."""
+    shown = next((seg for seg in reversed(raw.split(b"\r")) if seg), b"")
+    return shown.decode("utf-8", "replace")
+
+
+class OutputLines:
+    """Splits a command's output bytes into lines as a terminal would show them.
+
+    `feed` returns the lines completed by a chunk; `partial` is the unfinished last line (a
+    prompt, a progress bar); `close` returns it at the end. Memory is bounded: only the
+    text after the last `\\r` of the unfinished line is kept, and an unfinished line longer
+    than MAX_PENDING_BYTES is passed on as a line of its own.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines that `chunk` completes (str, without line ends)."""
+        *complete, pending = (self._pending + chunk).split(b"\n")
+        lines = [_as_shown(raw) for raw in complete]
+        # Progress redrawn with \r but never ended with \n must not grow without bound.
+        self._pending = b"\r".join(pending.rsplit(b"\r", 2)[-2:])
+        if len(self._pending) > MAX_PENDING_BYTES:
+            lines.append(_as_shown(self._pending))
+            self._pending = b""
+        return lines
+
+    def partial(self) -> str:
+        """The unfinished last line as shown, at most MAX_LINE_CHARS characters."""
+        return _as_shown(self._pending)[-MAX_LINE_CHARS:]
+
+    def close(self) -> str:
+        """The unfinished last line at the end of the output ('' when there is none)."""
+        last, self._pending = _as_shown(self._pending), b""
+        return last
 
 
 @dataclass
@@ -400,16 +441,15 @@ class Runner:
 
     @staticmethod
     async def _read(proc: asyncssh.SSHClientProcess[bytes], run: DeployRun) -> None:
-        buffer = b""
+        lines = OutputLines()
         while chunk := await proc.stdout.read(65536):
             run.last_output = time.monotonic()
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for raw in complete:
-                run.add_line(raw.decode("utf-8", "replace").rstrip("\r"))
-            run.partial = buffer[-MAX_LINE_CHARS:].decode("utf-8", "replace").rstrip("\r")
-        if buffer:
-            run.add_line(buffer.decode("utf-8", "replace").rstrip("\r"))
+            for line in lines.feed(chunk):
+                run.add_line(line)
+            run.partial = lines.partial()
+        last = lines.close()
+        if last:
+            run.add_line(last)
         run.partial = ""
 
     async def _watch_silence(self, run: DeployRun) -> None:
