@@ -153,8 +153,10 @@ def bind(params: Sequence[Param[Any]], words: Sequence[str], rt: Runtime) -> Bou
                 # The second value would silently replace the first: say so instead.
                 raise ArgError(f"{option} given twice; give it once")
             if param.takes_value:
-                if eq:
+                if eq and inline:
                     value = inline
+                elif eq:
+                    raise ArgError(f"{option}= has no value ({param.label})")
                 elif i + 1 < len(words):
                     i += 1
                     value = words[i]

@@ -315,9 +315,14 @@ class Registry:
         return None
 
 
+# Variation selectors (U+FE0E/U+FE0F) and the skin-tone modifiers U+1F3FB..U+1F3FF (Unicode
+# TR51 §2.4): a client with a default skin tone sends "👍🏽" for the 👍 a feature declared.
+_KEY_MODIFIERS = re.compile("[\ufe0e\ufe0f\U0001f3fb-\U0001f3ff]")
+
+
 def normalize_key(key: str) -> str:
-    """A reaction key without variation selectors: "✅" and "✅\ufe0f" are the same key."""
-    return key.replace("\ufe0f", "").replace("\ufe0e", "").strip()
+    """A reaction key without variation selectors or skin tones ("👍🏽" is "👍")."""
+    return _KEY_MODIFIERS.sub("", key).strip()
 
 
 # A command quoted in a help text: a backtick, the default prefix, a word.
