@@ -10,6 +10,8 @@ was wrong and the usage line. Handlers read values with `ctx[PARAM]`, typed by m
     COMMENT = rest("comment")                    # [comment…]    the remaining words as text
     REF = flag("--ref", git_ref, metavar="REF")  # [--ref REF]   anywhere in the command
 
+After `--`, every word is positional text, even one that starts with `--`.
+
 A converter takes the word and the runtime (for lookups such as the inventory) and returns the
 value, or raises ValueError / UserError with a reason a person can act on.
 """
@@ -143,6 +145,10 @@ def bind(params: Sequence[Param[Any]], words: Sequence[str], rt: Runtime) -> Bou
     while i < len(words):
         word = words[i]
         option, eq, inline = word.partition("=")
+        if flags and word == "--":
+            # As in a shell: what follows is text even where it starts with `--`.
+            positional.extend(words[i + 1 :])
+            break
         # A command that declares no options takes `--words` as ordinary words.
         if flags and word.startswith("--") and len(word) > 2:
             param = flags.get(option)

@@ -2,11 +2,14 @@
 
 A route that takes a request body reads it with `read_body`: the whole body, however many TCP
 segments or chunks it arrives in, up to a limit (413 beyond it, also for chunked bodies that
-announce no length). `request.content.read(n)` would return only what has arrived so far.
+announce no length) and within a deadline (408 for a client that stops sending, e.g. one whose
+Content-Length promised more than it sent). `request.content.read(n)` would return only what
+has arrived so far.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -20,39 +23,73 @@ log = logging.getLogger(__name__)
 RUNTIME = web.AppKey("runtime", Runtime)
 # The body limit of a route that does not choose its own.
 DEFAULT_MAX_BODY = 1_048_576
+# How long a whole body may take to arrive: far beyond any real webhook on a working network.
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 
-class BodyTooLarge(Exception):
-    """A request body beyond `limit` bytes; every route answers it with 413."""
+class BodyRefused(Exception):
+    """A request body that will not be read; `status` is the 4xx every route answers."""
+
+    status = 400
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BodyTooLarge(BodyRefused):
+    """A request body beyond `limit` bytes: 413."""
+
+    status = 413
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"body larger than {limit} bytes")
         self.limit = limit
-        self.reason = str(self)
 
 
-async def read_body(request: web.Request, limit: int = DEFAULT_MAX_BODY) -> bytes:
+class BodyTimeout(BodyRefused):
+    """A body that did not arrive whole within the deadline: 408."""
+
+    status = 408
+
+    def __init__(self, timeout_s: float, received: int) -> None:
+        super().__init__(
+            f"body incomplete after {timeout_s:g} s ({received} bytes received); "
+            "did the client send less than its Content-Length?"
+        )
+
+
+async def read_body(
+    request: web.Request,
+    limit: int = DEFAULT_MAX_BODY,
+    timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+) -> bytes:
     """The whole request body (bytes), read to its end, at most `limit` bytes.
 
     Raises BodyTooLarge as soon as the announced Content-Length or the bytes received exceed
-    `limit`, without reading further; a chunked body is counted as it arrives.
+    `limit`, without reading further (a chunked body is counted as it arrives), and
+    BodyTimeout when the body has not arrived whole within `timeout_s` seconds.
     """
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit)
     parts: list[bytes] = []
     size = 0
-    # readany() waits for the next piece and returns b"" only at the end of the body.
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            # readany() waits for the next piece and returns b"" only at the end of the body.
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                parts.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(timeout_s, size) from None
     return b"".join(parts)
 
 
-def too_large(exc: BodyTooLarge) -> web.Response:
-    """The 413 answer to a body beyond a route's limit."""
-    return web.json_response({"status": "rejected", "reason": exc.reason}, status=413)
+def refused(exc: BodyRefused) -> web.Response:
+    """The 4xx answer to a body a route will not read (too large, too slow)."""
+    return web.json_response({"status": "rejected", "reason": exc.reason}, status=exc.status)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -79,9 +116,9 @@ def _bind(handler: HttpHandler) -> Callable[[web.Request], Awaitable[web.StreamR
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request.app[RUNTIME], request)
-        except BodyTooLarge as exc:
+        except BodyRefused as exc:
             log.warning("%s %s from %s: %s", request.method, request.path, request.remote, exc)
-            return too_large(exc)
+            return refused(exc)
 
     return wrapped
 

@@ -1162,3 +1162,31 @@ async def test_the_alertmanager_client_is_one_session_closed_at_shutdown(
     await bot.stop()
     # getattr: mypy narrowed both before the shutdown changed them.
     assert getattr(session, "closed") and getattr(api, "_session") is None  # noqa: B009
+
+
+async def test_a_body_shorter_than_its_content_length_is_a_408_not_a_hang(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str
+) -> None:
+    slow = Router("slow-body-test")
+
+    @slow.route("POST", "/slow")
+    async def slow_route(rt: Runtime, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"bytes": len(await read_body(request, 1_000, timeout_s=0.5))})
+
+    bot = make_bot(extra_routers=(slow,), edit=_alerting(free_port()))
+    await bot.start()
+    port = bot.rt.http_port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        # Content-Length promises 100 bytes, 10 come, and the connection stays open.
+        writer.write(_head("/slow", "Content-Length: 100\r\n").encode() + b'{"a": "b",')
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"408", status_line
+    # The bot goes on: the next request to the same route is read whole.
+    status, text = await _raw_request(port, _head("/slow", "Content-Length: 2\r\n"), [b"{}"])
+    assert status == 200 and json.loads(text) == {"bytes": 2}
+    assert (await people["alice"].ask(room, "!ping", bot.user_id)).body.startswith("pong")

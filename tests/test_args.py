@@ -118,6 +118,14 @@ def test_greedy_matchers_leave_the_words_later_parameters_need() -> None:
         SILENCE.bind(["alertname=NotUp", "soon"], RT)
 
 
+def test_a_double_dash_ends_the_options() -> None:
+    note = Command("note", _noop, "Note.", (REF, rest("text", required=True)))
+    bound = note.bind(["--ref", "main", "--", "--soon", "is", "not", "an", "option"], RT)
+    assert bound.values == {"ref": "main", "text": "--soon is not an option"}
+    with pytest.raises(UserError, match="unknown option `--soon`"):
+        note.bind(["--soon", "is"], RT)
+
+
 def test_integer_bounds() -> None:
     count = arg("count", integer(1, 100), default=10)
     cmd = Command("audit", _noop, "Audit.", (count,))

@@ -25,7 +25,7 @@ from prometheus_client import Counter as MetricCounter
 from bot.args import arg, rest
 from bot.context import Context, ReactionContext, Runtime
 from bot.errors import RemoteError, UserError
-from bot.http import BodyTooLarge, read_body
+from bot.http import BodyRefused, read_body
 from bot.matrix import IncomingReaction
 from bot.messages import escape, human_duration, table
 from bot.registry import Router, StateKey
@@ -158,8 +158,8 @@ async def _webhook(rt: Runtime, request: web.Request, path: str | None) -> web.R
         return resp
     try:
         body = await read_body(request, cfg.max_body_bytes)
-    except BodyTooLarge as exc:
-        return _reject(413, exc.reason, request, rt)
+    except BodyRefused as exc:
+        return _reject(exc.status, exc.reason, request, rt)
     try:
         n = parse_notification(body)
     except WebhookError as exc:
