@@ -209,7 +209,7 @@ COSTS_USAGE = "`{p}costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service SERVICE]
         (["2025-12-01..2025-12-03"], "no figures after today (2025-12-01)"),
         (["week", "--service"], "--service needs a value (SERVICE)"),
         (["--service", "--bogus"], "--service: needs a service name"),
-        (["--service="], "--service: needs a service name"),
+        (["--service="], "--service= has no value (SERVICE)"),
         (["--service", "S3", "--service", "EC2"], "--service given twice"),
         (["--bogus"], "unknown option `--bogus`"),
         (["week", "extra"], "unexpected `extra`"),
