@@ -111,6 +111,8 @@ class Context:
     command: Command
     args: list[str]
     bound: Bound = field(default_factory=Bound)
+    # What the audit row records beside an 'ok' outcome (e.g. who a confirmation was for).
+    audit_note: str | None = None
 
     def __getitem__(self, param: Param[T]) -> T:
         """The converted value of a declared parameter (its default when not given)."""
@@ -191,6 +193,8 @@ class ReactionContext:
 
     rt: Runtime
     reaction: IncomingReaction
+    # What the audit row records beside an 'ok' outcome.
+    audit_note: str | None = None
 
     @property
     def sender(self) -> str:

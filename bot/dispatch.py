@@ -161,6 +161,7 @@ class Dispatcher:
                 )
             ctx = Context(self.rt, msg, cmd, args, cmd.bind(args, self.rt))
             await cmd.handler(ctx)
+            detail = ctx.audit_note
         except Exception as exc:
             outcome, detail, text = _outcome(exc, f"`{name}`", msg.sender)
             await self._answer(msg, text)
@@ -206,6 +207,7 @@ class Dispatcher:
                     "which you do not have. This refusal is recorded."
                 )
             await reaction.handler(ctx, target)
+            detail = ctx.audit_note
         except Exception as exc:
             outcome, detail, text = _outcome(exc, event.key, event.sender)
             ctx.answer(text, _inline_code(text))

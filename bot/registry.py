@@ -42,6 +42,9 @@ class Command:
     role: str = ANYONE
     aliases: tuple[str, ...] = ()
     group: str = ""
+    # For a command whose role depends on its arguments (deploy: the hosts' group), one line
+    # saying who may run it, shown by `help <command>` in place of the declared role.
+    who: Callable[[Runtime], str] | None = None
 
     def usage(self, prefix: str) -> str:
         """The usage line, e.g. `!jobs run <name>`."""
@@ -149,13 +152,17 @@ class Router:
         role: str = ANYONE,
         aliases: Iterable[str] = (),
         help: str | None = None,
+        who: Callable[[Runtime], str] | None = None,
     ) -> Callable[[Handler], Handler]:
-        """Register a command; the handler's docstring first line is its help by default."""
+        """Register a command; the handler's docstring first line is its help by default.
+
+        `who(rt)` describes who may run it when the handler decides that (see Command.who).
+        """
 
         def deco(func: Handler) -> Handler:
             text = help or first_line(func.__doc__)
             self.commands.append(
-                Command(name, func, text, tuple(params), role, tuple(aliases), self.name)
+                Command(name, func, text, tuple(params), role, tuple(aliases), self.name, who)
             )
             return func
 

@@ -51,6 +51,8 @@ async def help_(ctx: Context) -> None:
             raise UserError(f"No command `{' '.join(words)}`. Send `{prefix}help` for the list.")
         cmd, _ = found
         role = ctx.rt.permissions.required_role(cmd)
+        if cmd.who is not None and role == cmd.role:
+            role = cmd.who(ctx.rt)
         lines = [f"{cmd.usage(prefix)}", cmd.help_text(prefix)]
         if cmd.aliases:
             lines.append("aliases: " + ", ".join(cmd.aliases))
@@ -131,7 +133,7 @@ async def audit(ctx: Context) -> None:
             datetime.fromtimestamp(r.started_at, UTC).strftime("%m-%d %H:%M:%S"),
             r.sender,
             " ".join([r.command, *r.args]),
-            r.outcome,
+            r.outcome + (f": {r.detail}" if r.detail and r.outcome == "ok" else ""),
         ]
         for r in audit_log.recent(ctx.rt.store, ctx[COUNT])
     ]

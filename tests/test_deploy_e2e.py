@@ -104,54 +104,80 @@ esac
 # src/job.rs describe_state_transition ("Evaluating haumea", "Built {path:?}", "Pushing
 # system closure", "Activating system profile", "Activation failed: {error}", "All done!"),
 # src/nix/deployment/goal.rs success_str ("Activation successful"), src/error.rs
-# ("Child process exited with error code: {}"). The "[INFO ]"/"[ERROR]" lines and the
+# ("Child process exited with error code: {}"), goal.rs success_str per goal ("Will be
+# activated next boot", "Configuration built", …); the label width is the longest node name,
+# at least DEFAULT_LABEL_WIDTH (src/progress/plain.rs, HintLabelWidth; 5 in
+# src/progress/mod.rs). The "[INFO ]"/"[ERROR]" lines and the
 # failure summary follow a real run pasted in nix-community/colmena issue #124 (2022-10).
 COLMENA = r"""
 echo "$0 $*" >> "$DATA/args.log"
 pwd >> "$DATA/cwd.log"
 echo $$ > "$DATA/pid"
 mode=$(cat "$DATA/mode" 2>/dev/null || echo ok)
-sys=/nix/store/5w1bq8y0kd1h2x9n0c7l4f3p6m8r2t0v-nixos-system-haumea-24.05.20241125.1925c60
+nodes=$(echo "$*" | sed -n 's/.*--on \([^ ]*\).*/\1/p' | tr ',' ' ')
+# Labels are right-aligned to the longest node name, at least 5 (DEFAULT_LABEL_WIDTH).
+width=5
+for n in $nodes; do [ ${#n} -gt $width ] && width=${#n}; done
+say() { printf "%${width}s | %s\n" "$1" "$2" >&2; }
+count=$(echo $nodes | wc -w)
+# The goal's success line (src/nix/deployment/goal.rs success_str).
+case "$2" in
+  boot) ok="Will be activated next boot" ;;
+  test) ok="Activation successful (test)" ;;
+  dry-activate) ok="Dry activation successful" ;;
+  build) ok="Configuration built" ;;
+  *) ok="Activation successful" ;;
+esac
 cat >&2 <<EOF
 [INFO ] Using flake: git+file://$PWD
 [INFO ] Enumerating nodes...
-[INFO ] Selected 1 out of 4 hosts.
-haumea | Evaluating haumea
-haumea | Evaluated haumea
-haumea | Building haumea
-haumea | $sys
-haumea | Built "$sys"
-haumea | Pushing system closure
-haumea | Pushed system closure
-haumea | Activating system profile
-haumea | Checking remote profile...
-haumea | Remote profile known
-haumea | activating the configuration...
-haumea | setting up /etc...
-haumea | reloading user units for root...
-haumea | restarting sysinit-reactivation.target
+[INFO ] Selected $count out of 4 hosts.
 EOF
-if [ "$mode" = units-failed ]; then
-  cat >&2 <<EOF
-haumea | warning: the following units failed: systemd-networkd-wait-online.service
-haumea | ● systemd-networkd-wait-online.service - Wait for Network to be Configured
-haumea |      Active: failed (Result: exit-code) since Mon 2024-11-25 10:02:14 UTC; 5ms ago
-haumea | Activation failed: Child process exited with error code: 4
-       | Failed: Child process exited with error code: 4
-[ERROR] Failed to complete requested operation - Last 1 lines of logs:
-[ERROR]  failure) Child process exited with error code: 4
-[ERROR] Failed to deploy to haumea - Last 4 lines of logs:
+failed=""
+for n in $nodes; do
+  sys=/nix/store/5w1bq8y0kd1h2x9n0c7l4f3p6m8r2t0v-nixos-system-$n-24.05.20241125.1925c60
+  say "$n" "Evaluating $n"
+  say "$n" "Evaluated $n"
+  say "$n" "Building $n"
+  say "$n" "$sys"
+  say "$n" "Built \"$sys\""
+  say "$n" "Pushing system closure"
+  say "$n" "Pushed system closure"
+  say "$n" "Activating system profile"
+  say "$n" "Checking remote profile..."
+  say "$n" "Remote profile known"
+  say "$n" "activating the configuration..."
+  say "$n" "setting up /etc..."
+  say "$n" "reloading user units for root..."
+  say "$n" "restarting sysinit-reactivation.target"
+  if [ "$mode" = units-failed ] || [ -e "$DATA/fail-$n" ]; then
+    say "$n" "warning: the following units failed: systemd-networkd-wait-online.service"
+    say "$n" "● systemd-networkd-wait-online.service - Wait for Network to be Configured"
+    say "$n" "     Active: failed (Result: exit-code) since Mon 2024-11-25 10:02:14 UTC; 5ms ago"
+    say "$n" "Activation failed: Child process exited with error code: 4"
+    failed="$failed $n"
+  else
+    say "$n" "$ok"
+  fi
+done
+if [ -n "$failed" ]; then
+  say "" "Failed: Child process exited with error code: 4"
+  echo "[ERROR] Failed to complete requested operation - Last 1 lines of logs:" >&2
+  echo "[ERROR]  failure) Child process exited with error code: 4" >&2
+  for n in $failed; do
+    cat >&2 <<EOF
+[ERROR] Failed to deploy to $n - Last 4 lines of logs:
 [ERROR]  created)
 [ERROR]    state) Running
 [ERROR]   stderr) warning: the following units failed: systemd-networkd-wait-online.service
 [ERROR]  failure) Child process exited with error code: 4
 [ERROR] -----
-[ERROR] Operation failed with error: Child process exited with error code: 4
 EOF
+  done
+  echo "[ERROR] Operation failed with error: Child process exited with error code: 4" >&2
   exit 1
 fi
-echo "haumea | Activation successful" >&2
-echo "       | All done!" >&2
+say "" "All done!"
 """
 
 GIT = f"""
@@ -485,7 +511,7 @@ async def test_protected_host_needs_confirmation(
         "✅ mimas (boot)"
     )
 
-    # Mallory's ✅ goes through the same guard as her `!confirm`: refused, nothing deployed.
+    # Mallory's ✅ goes through the same rules as her `!confirm`: refused, nothing deployed.
     prompt = await bob.ask(room, "!deploy mimas", bot.user_id)
     mark = alice.mark()
     await mallory.client.room_send(
@@ -494,7 +520,7 @@ async def test_protected_host_needs_confirmation(
         {"m.relates_to": {"rel_type": "m.annotation", "event_id": prompt.event_id, "key": "✅"}},
     )
     refused = await alice.wait_for(
-        lambda e: e.sender == bot.user_id and "ignored: it needs the deploy role" in e.body,
+        lambda e: e.sender == bot.user_id and "refused: it needs the deploy role (mimas)" in e.body,
         after=mark,
     )
     assert "@mallory:localhost" in refused.body
@@ -518,7 +544,7 @@ async def test_confirmation_expires_on_the_clock_and_answers_use_the_prefix(
     await bot.start()
     bob, alice = people["bob"], people["alice"]
 
-    usage = "?deploy <host[,host…]> [switch|boot|test|dry-activate|build] [--ref REF]"
+    usage = "?deploy <host[,host…|@group]> [switch|boot|test|dry-activate|build] [--ref REF]"
     helped = await alice.ask(room, "?help deploy", bot.user_id)
     assert usage in helped.body
     bad = await bob.ask(room, "?deploy pluto reboot", bot.user_id)
@@ -876,3 +902,240 @@ async def test_real_sshd_deploy_cancel_and_timeout_end_the_remote_process(
     body = _new(await _final(alice, bot.user_id, "pluto", mark, timeout=60))["body"]
     assert body.startswith("⏱️ pluto (switch) timed out")
     await _gone(int((data / "pid").read_text()))
+
+
+def _hives_config(
+    host: LocalSshServer, checkout: Path, **extra: Any
+) -> Callable[[dict[str, Any]], None]:
+    """The team's two colmena hives as groups. bob (power level 50) holds `deploy`, the
+    non-critical role; mallory holds only `deploy-critical`; alice is the admin."""
+    (checkout / "non-critical-infra").mkdir(exist_ok=True)
+
+    def edit(raw: dict[str, Any]) -> None:
+        _deploy_config(host, checkout, **extra)(raw)
+        raw["permissions"]["roles"]["deploy-critical"] = {"users": ["@mallory:localhost"]}
+        raw["hosts"] = {
+            "critical": {
+                "method": "colmena",
+                "dir": "build",
+                "role": "deploy-critical",
+                "four_eyes": True,
+                "hosts": [
+                    {"name": "pluto", "target": "root@pluto.nixos.org"},
+                    {"name": "mimas", "target": "root@mimas.nixos.org"},
+                    {"name": "titan", "target": "root@titan.nixos.org", "method": "nixos-rebuild"},
+                ],
+            },
+            "non-critical": {
+                "method": "colmena",
+                "dir": "non-critical-infra",
+                "role": "deploy",
+                "hosts": [
+                    {"name": "caliban", "target": "root@caliban.nixos.org"},
+                    {"name": "umbriel", "target": "root@umbriel.nixos.org"},
+                ],
+            },
+        }
+
+    return edit
+
+
+async def test_host_groups_need_their_own_role(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_hives_config(host, checkout))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+
+    # bob holds the non-critical role only: pluto is refused, naming the role it needs.
+    refused = await bob.ask(room, "!deploy pluto", bot.user_id)
+    assert "needs the deploy-critical role (pluto)" in refused.body
+    assert "nothing was done" in refused.body and "recorded" in refused.body
+    audit = await alice.ask(room, "!audit", bot.user_id)
+    assert any(
+        "@bob:localhost" in line and "deploy pluto" in line and "denied" in line
+        for line in audit.body.splitlines()
+    ), audit.body
+    assert not (data / "args.log").exists()
+
+    # caliban is his: colmena runs in the non-critical hive.
+    mark = alice.mark()
+    await bob.send(room, "!deploy caliban")
+    body = _new(await _final(alice, bot.user_id, "caliban", mark))["body"]
+    assert body.startswith("✅ caliban (switch) deployed"), body
+    assert "colmena apply switch --on caliban" in (data / "args.log").read_text()
+    assert (data / "cwd.log").read_text().splitlines()[-1] == str(checkout / "non-critical-infra")
+    # Cancelling needs the group's role too.
+    cancel = await bob.ask(room, "!deploy cancel titan", bot.user_id)
+    assert "needs the deploy-critical role (titan)" in cancel.body
+
+    # The admin deploys both groups (critical: test_four_eyes_needs_a_second_holder_of_the_role).
+    mark = alice.mark()
+    await alice.send(room, "!deploy umbriel boot")
+    body = _new(await _final(alice, bot.user_id, "umbriel", mark))["body"]
+    assert body.startswith("✅ umbriel (boot) deployed"), body
+
+    # Who may do what: `!hosts` by group, and `!help deploy` in one line.
+    hosts = await bob.ask(room, "!hosts", bot.user_id)
+    lines = hosts.body.splitlines()
+    assert lines[0].split() == [
+        "group",
+        "host",
+        "target",
+        "method",
+        "role",
+        "four-eyes",
+        "last",
+        "deploy",
+    ]
+    assert "@critical" in lines[1] and " pluto " in lines[1]
+    pluto = next(x for x in lines if " pluto " in x)
+    assert "colmena in build/" in pluto and "deploy-critical" in pluto and " yes " in pluto
+    titan = next(x for x in lines if " titan " in x)
+    assert "nixos-rebuild in build/" in titan and "deploy-critical" in titan
+    caliban = next(x for x in lines if " caliban " in x)
+    assert caliban.startswith("@non-critical") and "colmena in non-critical-infra/" in caliban
+    assert " deploy " in caliban and "ok " in caliban and "by @bob:localhost" in caliban
+    helped = await bob.ask(room, "!help deploy", bot.user_id)
+    assert (
+        "needs role: the hosts' group role: "
+        "@critical (pluto, mimas, titan; colmena in build/): deploy-critical, four-eyes · "
+        "@non-critical (caliban, umbriel; colmena in non-critical-infra/): deploy"
+    ) in helped.body
+
+
+def _react(user: RoomUser, room: str, event_id: str, key: str = "✅") -> Any:
+    content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
+    return user.client.room_send(room, "m.reaction", content)
+
+
+async def test_four_eyes_needs_a_second_holder_of_the_role(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    clock = ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    bot = make_bot(edit=_hives_config(host, checkout, confirm_timeout="5m"), clock=clock)
+    await bot.start()
+    bob, alice, mallory = people["bob"], people["alice"], people["mallory"]
+
+    # The admin asks for a critical host: the prompt says who may confirm, and until when.
+    prompt = await alice.ask(room, "!deploy titan", bot.user_id)
+    assert "titan is protected (four-eyes)" in prompt.body
+    assert "Anyone but @alice:localhost holding the deploy-critical role may confirm" in (
+        prompt.body
+    )
+    assert "until 09:05:00 UTC (within 5 min)" in prompt.body
+    cid = prompt.body.split("!confirm ", 1)[1].split("`")[0]
+
+    # The requester's own confirmation, typed or ✅, is refused with the reason.
+    own = await alice.ask(room, f"!confirm {cid}", bot.user_id)
+    assert "you requested this deploy yourself" in own.body and "different person" in own.body
+    mark = alice.mark()
+    await _react(alice, room, prompt.event_id)
+    own_tick = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "refused: you requested this" in e.body, after=mark
+    )
+    assert own_tick.body.startswith("✅ from @alice:localhost refused")
+    # A holder of the non-critical role only may not confirm a critical deploy.
+    other = await bob.ask(room, f"!confirm {cid}", bot.user_id)
+    assert "needs the deploy-critical role (titan)" in other.body
+    assert not (data / "args.log").exists()
+    assert cid in bot.rt[DEPLOY].pending
+
+    # A second holder of the group's role confirms with ✅.
+    mark = alice.mark()
+    await _react(mallory, room, prompt.event_id)
+    ok = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "confirmed by @mallory:localhost" in e.body,
+        after=mark,
+    )
+    assert "requested by @alice:localhost" in ok.body
+    body = _new(await _final(alice, bot.user_id, "titan", mark))["body"]
+    assert body.startswith("✅ titan (switch) deployed"), body
+
+    history = await alice.ask(room, "!deploy history titan", bot.user_id)
+    row = [line for line in history.body.splitlines() if "titan" in line]
+    assert "requested by" in history.body and "confirmed by" in history.body
+    assert "@alice:localhost" in row[0] and "@mallory:localhost" in row[0], history.body
+    audit = await alice.ask(room, "!audit 20", bot.user_id)
+    lines = audit.body.splitlines()
+    assert any(
+        "@mallory:localhost" in x
+        and "requested by @alice:localhost, confirmed by @mallory:localhost" in x
+        for x in lines
+    ), audit.body
+    assert any("@bob:localhost" in x and f"confirm {cid}" in x and "denied" in x for x in lines)
+    assert any("@alice:localhost" in x and f"confirm {cid}" in x and "denied" in x for x in lines)
+
+    # Unconfirmed, it expires after confirm_timeout and says so on the prompt.
+    prompt = await alice.ask(room, "!deploy pluto", bot.user_id)
+    cid = prompt.body.split("!confirm ", 1)[1].split("`")[0]
+    await clock.advance(timedelta(minutes=5))
+    expired = await alice.wait_for(
+        lambda e: (
+            (e.content.get("m.relates_to") or {}).get("event_id") == prompt.event_id
+            and "expired" in _new(e).get("body", "")
+        ),
+    )
+    assert f"deploy request {cid} expired without confirmation" in _new(expired)["body"]
+    late = await mallory.ask(room, f"!confirm {cid}", bot.user_id)
+    assert "No deploy request" in late.body
+    assert len((data / "args.log").read_text().splitlines()) == 1
+
+
+async def test_sets_of_hosts_one_colmena_per_hive_and_each_hosts_result(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_hives_config(host, checkout))
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+
+    # A set is checked host by host against each one's group: all refused, saying which.
+    refused = await bob.ask(room, "!deploy caliban,pluto", bot.user_id)
+    assert "needs the deploy-critical role (pluto)" in refused.body
+    assert "nothing was done" in refused.body
+    unknown = await bob.ask(room, "!deploy @nowhere", bot.user_id)
+    assert "Unknown group `@nowhere`; groups: @critical, @non-critical" in unknown.body
+    assert not (data / "args.log").exists()
+
+    # A whole group: one colmena run for the hive, each host's result reported.
+    (data / "fail-umbriel").write_text("")
+    mark = alice.mark()
+    await bob.send(room, "!deploy @non-critical")
+    body = _new(await _final(alice, bot.user_id, "caliban,umbriel", mark))["body"]
+    assert body.startswith("⚠️ 1 of 2 hosts deployed — switch after"), body
+    assert "✅ caliban: done" in body
+    assert (
+        "⚠️ umbriel: umbriel switched; the new generation is active, but 1 unit failed: "
+        "systemd-networkd-wait-online.service" in body
+    )
+    assert (data / "args.log").read_text().splitlines() == [
+        f"{host.bin_dir}/colmena apply switch --on caliban,umbriel"
+    ]
+    assert (data / "cwd.log").read_text().splitlines() == [str(checkout / "non-critical-infra")]
+    history = await alice.ask(room, "!deploy history", bot.user_id)
+    rows = {line.split()[2]: line for line in history.body.splitlines()[1:]}
+    assert "units_failed" in rows["umbriel"] and " ok " in rows["caliban"], history.body
+
+    # The admin's mixed set: one run per hive (and one per nixos-rebuild host).
+    (data / "fail-umbriel").unlink()
+    (data / "args.log").unlink()
+    mark = alice.mark()
+    await alice.send(room, "!deploy umbriel,caliban boot")
+    body = _new(await _final(alice, bot.user_id, "umbriel,caliban", mark))["body"]
+    assert body.startswith("✅ umbriel,caliban (boot) deployed"), body
+    assert "✅ umbriel: done" in body and "✅ caliban: done" in body
+    assert (data / "args.log").read_text().splitlines() == [
+        f"{host.bin_dir}/colmena apply boot --on umbriel,caliban"
+    ]

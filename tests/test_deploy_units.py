@@ -9,13 +9,17 @@ from typing import Any, cast
 
 import pytest
 
+from bot.config import ConfigError, parse_config
 from bot.context import Runtime
 from bot.errors import UserError
+from bot.registry import Registry
 from bot.services.ssh import guarded
 from bot.store import Store
+from commands import ROUTERS
 from commands.deploy import (
-    Inventory,
+    _spec,
     action,
+    batches,
     confirm_id,
     db,
     failed_unit_names,
@@ -24,7 +28,15 @@ from commands.deploy import (
     known_host,
     router,
 )
-from commands.deploy.runner import classify, failed_units, silence_exceeded
+from commands.deploy.inventory import Inventory
+from commands.deploy.runner import (
+    classify,
+    deploy_command,
+    failed_units,
+    node_outcomes,
+    overall,
+    silence_exceeded,
+)
 
 UNITS = "warning: the following units failed: systemd-networkd-wait-online.service"
 REBUILD = "warning: error(s) occurred while switching to the new configuration"
@@ -145,7 +157,7 @@ def test_host_list_checks_the_inventory(rt: Runtime) -> None:
         host_list("pluto,nowhere", rt)
     with pytest.raises(UserError, match="Unknown host `,`"):
         host_list(",", rt)
-    assert known_host("haumea", rt).protected
+    assert known_host("haumea", rt).four_eyes
     with pytest.raises(UserError, match="Unknown host `x`"):
         known_host("x", rt)
 
@@ -171,7 +183,7 @@ def test_history_host_accepts_hosts_deployed_before(rt: Runtime, store: Store) -
 def test_declared_usage_lines() -> None:
     usage = {c.name: c.usage("?") for c in router.commands}
     assert usage["deploy"] == (
-        "?deploy <host[,host…]> [switch|boot|test|dry-activate|build] [--ref REF]"
+        "?deploy <host[,host…|@group]> [switch|boot|test|dry-activate|build] [--ref REF]"
     )
     assert usage["deploy cancel"] == "?deploy cancel <host>"
     assert usage["deploy history"] == "?deploy history [host]"
@@ -202,3 +214,152 @@ def test_deploys_table_round_trip(store: Store) -> None:
     again = db.last_deploy(store, "haumea")
     assert again is not None and (again.state, again.ended_at) == ("interrupted", 3000.0)
     assert db.interrupt_running(store, 3001.0, "again") == []
+
+
+HIVES: dict[str, Any] = {
+    "critical": {
+        "method": "colmena",
+        "dir": "build",
+        "role": "deploy-critical",
+        "four_eyes": True,
+        "hosts": [
+            {"name": "pluto", "target": "root@pluto.nixos.org"},
+            {"name": "titan", "target": "root@titan.nixos.org", "method": "nixos-rebuild"},
+        ],
+    },
+    "non-critical": {
+        "method": "colmena",
+        "dir": "non-critical-infra/",
+        "hosts": [{"name": "caliban", "target": "root@caliban.nixos.org", "attr": "cal"}],
+    },
+}
+
+
+def test_inventory_groups_fill_in_their_hosts() -> None:
+    inv = Inventory.model_validate(HIVES)
+    hosts = inv.hosts()
+    assert list(hosts) == ["pluto", "titan", "caliban"]
+    pluto, titan, caliban = hosts["pluto"], hosts["titan"], hosts["caliban"]
+    assert (pluto.group, pluto.method, pluto.dir, pluto.role, pluto.four_eyes) == (
+        "critical",
+        "colmena",
+        "build",
+        "deploy-critical",
+        True,
+    )
+    # A host overrides its group's method; the group's directory and role still apply.
+    assert (titan.method, titan.dir, titan.role) == ("nixos-rebuild", "build", "deploy-critical")
+    assert (caliban.dir, caliban.role, caliban.four_eyes, caliban.attr) == (
+        "non-critical-infra",
+        "deploy",
+        False,
+        "cal",
+    )
+
+
+def test_flat_inventory_is_one_group_with_todays_behaviour() -> None:
+    inv = Inventory.model_validate(
+        [
+            {"name": "pluto", "target": "root@pluto.nixos.org"},
+            {"name": "mimas", "target": "root@mimas.nixos.org", "protected": True},
+            {"name": "haumea", "target": "h", "method": "colmena", "hive": "build"},
+        ]
+    )
+    assert inv.flat and [g.name for g in inv.resolved()] == ["hosts"]
+    hosts = inv.hosts()
+    assert {h.role for h in hosts.values()} == {"deploy"}
+    assert (hosts["pluto"].method, hosts["pluto"].dir, hosts["pluto"].four_eyes) == (
+        "nixos-rebuild",
+        "",
+        False,
+    )
+    assert hosts["mimas"].four_eyes
+    assert (hosts["haumea"].method, hosts["haumea"].dir) == ("colmena", "build")
+
+
+@pytest.mark.parametrize(
+    ("hosts", "where", "message"),
+    [
+        ([{"name": "a", "target": "t"}, {"name": "a", "target": "u"}], "hosts", "unique: a"),
+        ([{"name": "a"}], "hosts[0].target", "Field required"),
+        (
+            {"critical": {"role": "x", "hosts": [{"name": "a", "target": "t", "bogus": 1}]}},
+            "hosts.critical.hosts[0].bogus",
+            "Extra inputs",
+        ),
+        ({"critical": {"hosts": []}}, "hosts.critical.hosts", "at least 1"),
+        (
+            {"critical": {"dir": "../x", "hosts": [{"name": "a", "target": "t"}]}},
+            "hosts.critical.dir",
+            "inside the checkout",
+        ),
+        (
+            {"critical": {"method": "ansible", "hosts": [{"name": "a", "target": "t"}]}},
+            "hosts.critical.method",
+            "colmena",
+        ),
+        (
+            {
+                "a": {"hosts": [{"name": "x", "target": "t"}]},
+                "b": {"hosts": [{"name": "x", "target": "t"}]},
+            },
+            "hosts",
+            "unique: x",
+        ),
+        ({"bad group": {"hosts": [{"name": "x", "target": "t"}]}}, "hosts", "group names"),
+        ("pluto", "hosts", "valid dictionary"),
+    ],
+)
+def test_inventory_errors_name_the_key(hosts: Any, where: str, message: str) -> None:
+    registry = Registry(ROUTERS)
+    raw = {
+        "matrix": {"homeserver": "http://hs", "user_id": "@b:hs", "access_token": "t"},
+        "hosts": hosts,
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, "cfg.yaml", registry.sections, {})
+    problems = "\n".join(err.value.problems)
+    assert f"cfg.yaml: {where}: " in problems and message in problems, problems
+
+
+def test_colmena_runs_one_process_per_hive() -> None:
+    hosts = Inventory.model_validate(HIVES).hosts()
+    runs = batches([hosts["caliban"], hosts["pluto"], hosts["titan"]])
+    assert [[h.name for h in run] for run in runs] == [["caliban"], ["pluto"], ["titan"]]
+    assert deploy_command(_spec(hosts["pluto"]), "switch", "/srv/infra") == (
+        "cd /srv/infra/build && colmena apply switch --on pluto"
+    )
+
+
+def test_each_colmena_node_is_judged_by_its_own_lines() -> None:
+    lines = [
+        "caliban | Activation successful",
+        "umbriel | warning: the following units failed: a.service",
+        "umbriel | Activation failed: Child process exited with error code: 4",
+        "  hydra | Activation failed: Child process exited with error code: 1",
+    ]
+    nodes = ("caliban", "umbriel", "hydra", "other")
+    out = node_outcomes(nodes, "switch", 1, lines)
+    assert out["caliban"] == ("ok", "done")
+    assert out["umbriel"][0] == "units_failed" and "a.service" in out["umbriel"][1]
+    assert out["hydra"] == ("failed", "Activation failed: Child process exited with error code: 1")
+    assert out["other"] == ("failed", "colmena stopped before other finished")
+    assert node_outcomes(("a", "b"), "boot", 0, [])["b"] == ("ok", "done")
+    boot = node_outcomes(("a", "b"), "boot", 1, ["a | Will be activated next boot"])
+    assert boot["a"] == ("ok", "done") and boot["b"][0] == "failed"
+    assert overall(["ok", "units_failed"]) == "units_failed"
+    assert overall(["units_failed", "failed", "ok"]) == "failed"
+    assert overall(["ok", "ok"]) == "ok"
+
+
+def test_groups_in_the_host_list(store: Store) -> None:
+    class _Hives(_Runtime):
+        def __init__(self, store: Store) -> None:
+            self.config = _Config(Inventory.model_validate(HIVES))
+            self.store = store
+
+    rt = cast(Runtime, _Hives(store))
+    names = [h.name for h in host_list("caliban,@critical,pluto", rt)]
+    assert names == ["caliban", "pluto", "titan"]
+    with pytest.raises(UserError, match=r"Unknown group `@x`; groups: @critical, @non-critical"):
+        host_list("@x,pluto", rt)

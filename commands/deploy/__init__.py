@@ -13,46 +13,36 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
-from pydantic import ConfigDict, Field, RootModel, field_validator
+from pydantic import Field, field_validator
 
 from bot import messages
 from bot.args import arg, choice_label, flag, git_ref
 from bot.config import Section
 from bot.context import Context, ReactionContext, Runtime, answer_to
 from bot.durations import Duration
-from bot.errors import UserError
+from bot.errors import PermissionDenied, UserError
 from bot.matrix import IncomingReaction
 from bot.messages import escape, human_duration, table
 from bot.outbox import ref
-from bot.registry import Router, StateKey
+from bot.registry import ANYONE, Router, StateKey
 from bot.services.ssh import SshClient, SshSettings, parse_target
 from commands.deploy import db
-from commands.deploy.runner import ACTIONS, DeployRun, HostSpec, Runner, RunnerSpec
+from commands.deploy.inventory import Host, Inventory
+from commands.deploy.runner import (
+    ACTIONS,
+    DeployRun,
+    HostSpec,
+    Runner,
+    RunnerSpec,
+    node_outcomes,
+    overall,
+)
 
 log = logging.getLogger(__name__)
 router = Router("deploy")
-DEPLOY_ROLE = "deploy"
-
-
-class HostConfig(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    target: str
-    attr: str | None = None
-    method: Literal["nixos-rebuild", "colmena"] = "nixos-rebuild"
-    protected: bool = False
-    extra_args: list[str] = Field(default_factory=list)
-    # colmena: the hive's directory inside the checkout (e.g. build/ or non-critical-infra/).
-    hive: str = ""
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, value: str) -> str:
-        parse_target(value)
-        return value
 
 
 class DeployConfig(Section):
@@ -74,21 +64,6 @@ class DeployConfig(Section):
         return value
 
 
-class Inventory(RootModel[list[HostConfig]]):
-    """The `hosts:` list; names are unique."""
-
-    model_config = ConfigDict(frozen=True)
-
-    @field_validator("root")
-    @classmethod
-    def _unique(cls, hosts: list[HostConfig]) -> list[HostConfig]:
-        names = [h.name for h in hosts]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"host names must be unique: {', '.join(dupes)}")
-        return hosts
-
-
 router.section("hosts", Inventory)
 router.section("deploy", DeployConfig)
 for _version, _sql in db.MIGRATIONS:
@@ -100,7 +75,7 @@ class Pending:
     """A deploy of protected hosts waiting for confirmation until `expires_at`."""
 
     confirm_id: str
-    hosts: list[HostConfig]
+    hosts: list[Host]
     action: str
     ref: str | None
     requested_by: str
@@ -187,7 +162,7 @@ def announce_interrupted(rt: Runtime) -> None:
         )
 
 
-def _busy_error(rt: Runtime, hosts: list[HostConfig]) -> UserError | None:
+def _busy_error(rt: Runtime, hosts: list[Host]) -> UserError | None:
     """Who holds the lock of the first busy host, as the answer to the request that lost."""
     running = rt[DEPLOY].running
     busy = [h.name for h in hosts if h.name in running]
@@ -202,19 +177,43 @@ def _busy_error(rt: Runtime, hosts: list[HostConfig]) -> UserError | None:
     )
 
 
-def _hosts(rt: Runtime) -> dict[str, HostConfig]:
+def _missing_roles(rt: Runtime, user: str, room_id: str, hosts: list[Host]) -> str | None:
+    """ "the deploy-critical role (pluto, mimas)" for each group role of `hosts` that `user`
+    lacks (the admin role holds them all), or None when the user holds every one."""
+    missing: dict[str, list[str]] = {}
+    for h in hosts:
+        if not rt.permissions.has_role(user, room_id, h.role):
+            missing.setdefault(h.role, []).append(h.name)
+    if not missing:
+        return None
+    return " and ".join(f"the {role} role ({', '.join(names)})" for role, names in missing.items())
+
+
+def _check_may_deploy(rt: Runtime, user: str, room_id: str, hosts: list[Host], what: str) -> None:
+    """PermissionDenied (audited as 'denied' by the dispatcher) unless `user` holds the role
+    of every host's group; the refusal names each role needed and its hosts."""
+    missing = _missing_roles(rt, user, room_id, hosts)
+    if missing is not None:
+        log.warning("refused %s to %s in %s: needs %s", what, user, room_id, missing)
+        raise PermissionDenied(
+            f"Sorry, {what} needs {missing}, which you do not have; nothing was done. "
+            "This refusal is recorded."
+        )
+
+
+def _hosts(rt: Runtime) -> dict[str, Host]:
     inventory = rt.config.section("hosts", Inventory)
-    return {h.name: h for h in inventory.root} if inventory is not None else {}
+    return inventory.hosts() if inventory is not None else {}
 
 
-def _known(inventory: dict[str, HostConfig]) -> str:
+def _known(inventory: dict[str, Host]) -> str:
     if not inventory:
         return "no hosts are configured (`hosts:`)"
     return f"known hosts: {', '.join(sorted(inventory))}"
 
 
-def _spec(h: HostConfig) -> HostSpec:
-    return HostSpec(h.name, h.target, h.attr or h.name, h.method, tuple(h.extra_args), h.hive)
+def _spec(h: Host) -> HostSpec:
+    return HostSpec(h.name, h.target, h.attr, h.method, h.extra_args, h.dir)
 
 
 def _runner_spec(cfg: DeployConfig) -> RunnerSpec:
@@ -231,20 +230,37 @@ def _runner_spec(cfg: DeployConfig) -> RunnerSpec:
 # --- arguments --------------------------------------------------------------------------
 
 
-def host_list(word: str, rt: Runtime) -> list[HostConfig]:
-    """`pluto` or `pluto,haumea` → the inventory's hosts (each once, in order).
+def host_list(word: str, rt: Runtime) -> list[Host]:
+    """`pluto`, `pluto,haumea` or `@non-critical` (a whole group), mixed as wanted → the
+    inventory's hosts (each once, in order).
 
-    Raises UserError naming the unknown hosts and the known ones.
+    Raises UserError naming the unknown hosts or groups and the known ones.
     """
-    inventory = _hosts(rt)
-    names = [n for n in word.split(",") if n]
-    unknown = [n for n in names if n not in inventory]
-    if unknown or not names:
-        raise UserError(f"Unknown host `{', '.join(unknown) or word}`; {_known(inventory)}.")
-    return [inventory[n] for n in dict.fromkeys(names)]
+    inventory = rt.config.section("hosts", Inventory)
+    groups = {g.name: g for g in inventory.resolved()} if inventory is not None else {}
+    hosts = _hosts(rt)
+    words = [n for n in word.split(",") if n]
+    found: list[Host] = []
+    unknown: list[str] = []
+    for w in words:
+        if w.startswith("@") and w[1:] in groups:
+            found.extend(groups[w[1:]].hosts)
+        elif w in hosts:
+            found.append(hosts[w])
+        else:
+            unknown.append(w)
+    bad_groups = [w for w in unknown if w.startswith("@")]
+    if bad_groups:
+        raise UserError(
+            f"Unknown group `{', '.join(bad_groups)}`; groups: "
+            f"{', '.join('@' + g for g in groups) or 'none'}."
+        )
+    if unknown or not words:
+        raise UserError(f"Unknown host `{', '.join(unknown) or word}`; {_known(hosts)}.")
+    return list({h.name: h for h in found}.values())
 
 
-def known_host(word: str, rt: Runtime) -> HostConfig:
+def known_host(word: str, rt: Runtime) -> Host:
     """One host of the inventory; UserError naming the known ones otherwise."""
     inventory = _hosts(rt)
     host = inventory.get(word)
@@ -277,7 +293,7 @@ def confirm_id(word: str, rt: Runtime) -> str:
     return word.lower()
 
 
-HOSTS = arg("hosts", host_list, label="host[,host…]")
+HOSTS = arg("hosts", host_list, label="host[,host…|@group]")
 ACTION = arg("action", action, default="switch", label=choice_label(ACTIONS))
 REF = flag("--ref", git_ref, metavar="REF")
 HOST = arg("host", known_host)
@@ -288,30 +304,39 @@ CONFIRM_ID = arg("id", confirm_id)
 # --- commands ---------------------------------------------------------------------------
 
 
-@router.command("deploy", params=[HOSTS, ACTION, REF], role=DEPLOY_ROLE)
+# The guard lets everyone through: which role a deploy needs depends on the hosts' groups,
+# checked by the handler (a refusal is audited as 'denied' all the same).
+@router.command(
+    "deploy", params=[HOSTS, ACTION, REF], role=ANYONE, who=lambda rt: who_may_deploy(rt)
+)
 async def deploy_cmd(ctx: Context) -> None:
-    """Deploy hosts (several at once: `pluto,haumea`) from the infra checkout, at a git ref."""
+    """Deploy hosts (`pluto,haumea`, a group `@critical`) from the infra checkout, at a git ref."""
     rt = ctx.rt
     hosts, action_, ref_ = ctx[HOSTS], ctx[ACTION], ctx[REF]
     state = rt[DEPLOY]
     cfg, _, _ = state.configured()
+    names = ",".join(h.name for h in hosts)
+    _check_may_deploy(rt, ctx.sender, ctx.room_id, hosts, f"`{rt.prefix}deploy {names}`")
     busy = _busy_error(rt, hosts)
     if busy is not None:
         raise busy
-    protected = [h.name for h in hosts if h.protected]
+    protected = [h.name for h in hosts if h.four_eyes]
     if protected:
         cid = secrets.token_hex(2)
         while cid in state.pending or cid in state.confirmed:
             cid = secrets.token_hex(2)
         timeout = cfg.confirm_timeout
+        expires_at = rt.clock.now() + timeout
         text = (
-            f"🔐 {', '.join(protected)} {'is' if len(protected) == 1 else 'are'} protected. "
-            f"Confirm `{action_}` of {', '.join(h.name for h in hosts)} "
-            f"with `{rt.prefix}confirm {cid}` "
-            f"or a ✅ reaction here within {human_duration(timeout.total_seconds())}."
+            f"🔐 {', '.join(protected)} {'is' if len(protected) == 1 else 'are'} protected "
+            f"(four-eyes): a second person must confirm `{action_}` of "
+            f"{', '.join(h.name for h in hosts)}. Anyone but {ctx.sender} holding "
+            f"{_roles_phrase(hosts)} may confirm with `{rt.prefix}confirm {cid}` "
+            f"or a ✅ reaction here, until {expires_at:%H:%M:%S} UTC "
+            f"(within {human_duration(timeout.total_seconds())})."
         )
         prompt = rt.outbox.post(ctx.room_id, answer_to(ctx.msg, text))
-        expires_at = rt.clock.now() + timeout
+        ctx.audit_note = f"waiting for a second person: confirmation {cid}"
         state.pending[cid] = Pending(
             cid,
             hosts,
@@ -341,8 +366,21 @@ async def _expire(rt: Runtime, cid: str, expires_at: datetime) -> None:
         )
 
 
-def _confirm(rt: Runtime, cid: str, user: str, room_id: str) -> str:
-    """Start a pending deploy; the caller's guard has checked the `confirm` role already."""
+def _roles_phrase(hosts: list[Host]) -> str:
+    """ "the deploy-critical role" / "the deploy-critical and deploy roles"."""
+    roles = list(dict.fromkeys(h.role for h in hosts))
+    if len(roles) == 1:
+        return f"the {roles[0]} role"
+    return f"the {', '.join(roles[:-1])} and {roles[-1]} roles"
+
+
+def _confirm(rt: Runtime, cid: str, user: str, room_id: str, asked: str) -> tuple[str, str]:
+    """Start a pending deploy confirmed by `user`; (answer, audit note).
+
+    Four-eyes: `user` must not be the requester and must hold the role of every host's
+    group (PermissionDenied otherwise, saying why; `asked` names what was refused:
+    "`!confirm ab12`" or "✅ from @x"). UserError when nothing is waiting under `cid`.
+    """
     # Synchronous from the check to `del state.pending[...]`: a ✅ and a typed confirm (or two of
     # either) arriving together confirm once; the others are told who was first.
     state = rt[DEPLOY]
@@ -355,6 +393,19 @@ def _confirm(rt: Runtime, cid: str, user: str, room_id: str) -> str:
     if rt.clock.now() >= pending.expires_at:
         # Its expiry is due but has not run yet: expired all the same.
         raise UserError(f"No deploy request {cid} is waiting (it may have expired).")
+    if user == pending.requested_by:
+        log.warning("refused %s to %s: their own deploy request", asked, user)
+        raise PermissionDenied(
+            f"{asked} refused: you requested this deploy yourself, and four-eyes means a "
+            f"different person holding {_roles_phrase(pending.hosts)} confirms it. "
+            "This refusal is recorded."
+        )
+    missing = _missing_roles(rt, user, room_id, pending.hosts)
+    if missing is not None:
+        log.warning("refused %s to %s: needs %s", asked, user, missing)
+        raise PermissionDenied(
+            f"{asked} refused: it needs {missing}, which you do not have. This refusal is recorded."
+        )
     busy = _busy_error(rt, pending.hosts)
     if busy is not None:
         raise UserError(f"{busy} Confirm again when it is done.")
@@ -372,13 +423,23 @@ def _confirm(rt: Runtime, cid: str, user: str, room_id: str) -> str:
         room_id,
         confirmed_by=user,
     )
-    return f"confirmed by {user}; deploying {', '.join(h.name for h in pending.hosts)}"
+    names = ", ".join(h.name for h in pending.hosts)
+    note = (
+        f"deploy {cid} of {names} ({pending.action}) requested by {pending.requested_by}, "
+        f"confirmed by {user}"
+    )
+    return f"confirmed by {user}; deploying {names} (requested by {pending.requested_by})", note
 
 
-@router.command("confirm", params=[CONFIRM_ID], role=DEPLOY_ROLE)
+# Guards let everyone through: who may confirm depends on the request (see _confirm).
+@router.command("confirm", params=[CONFIRM_ID], role=ANYONE, who=lambda rt: who_may_deploy(rt))
 async def confirm_cmd(ctx: Context) -> None:
-    """Confirm a pending deploy of protected hosts."""
-    await ctx.reply("✅ " + _confirm(ctx.rt, ctx[CONFIRM_ID], ctx.sender, ctx.room_id))
+    """Confirm a pending deploy of protected hosts (another holder of their group's role)."""
+    cid = ctx[CONFIRM_ID]
+    answer, ctx.audit_note = _confirm(
+        ctx.rt, cid, ctx.sender, ctx.room_id, f"`{ctx.rt.prefix}confirm {cid}`"
+    )
+    await ctx.reply("✅ " + answer)
 
 
 async def _prompt_reacted_to(rt: Runtime, reaction: IncomingReaction) -> str | None:
@@ -392,33 +453,73 @@ async def _prompt_reacted_to(rt: Runtime, reaction: IncomingReaction) -> str | N
     return None
 
 
-@router.reaction("confirm", ("✅", "✔", "☑", "👍"), target=_prompt_reacted_to, role=DEPLOY_ROLE)
+@router.reaction("confirm", ("✅", "✔", "☑", "👍"), target=_prompt_reacted_to, role=ANYONE)
 async def confirm_by_reaction(ctx: ReactionContext, cid: str) -> None:
-    """A ✅ on a confirmation prompt confirms it."""
-    text = "✅ " + _confirm(ctx.rt, cid, ctx.sender, ctx.room_id)
-    ctx.rt.outbox.post(ctx.room_id, messages.notice(text))
+    """A ✅ on a confirmation prompt confirms it (same rules as `confirm`)."""
+    asked = f"{ctx.reaction.key} from {ctx.sender}"
+    answer, ctx.audit_note = _confirm(ctx.rt, cid, ctx.sender, ctx.room_id, asked)
+    ctx.rt.outbox.post(ctx.room_id, messages.notice("✅ " + answer))
+
+
+def batches(hosts: list[Host]) -> list[list[Host]]:
+    """The runs a request makes: colmena hosts of one hive together (one `colmena apply --on
+    h1,h2`), every other host on its own; in the request's order."""
+    out: list[list[Host]] = []
+    hives: dict[str, list[Host]] = {}
+    for host in hosts:
+        if host.method != "colmena":
+            out.append([host])
+        elif host.dir in hives:
+            hives[host.dir].append(host)
+        else:
+            hives[host.dir] = [host]
+            out.append(hives[host.dir])
+    return out
 
 
 def start_deploys(
     rt: Runtime,
-    hosts: list[HostConfig],
+    hosts: list[Host],
     action_: str,
     ref_: str | None,
     requested_by: str,
     room_id: str,
     confirmed_by: str | None = None,
 ) -> None:
-    """Start one background deploy per host (they queue for the parallelism limit)."""
+    """Start one background run per batch (see `batches`); they queue for the parallelism
+    limit. Each host gets its own `deploys` row and lock."""
     state = rt[DEPLOY]
     _, _, runner = state.configured()
-    for host in hosts:
+    for batch in batches(hosts):
         now = rt.clock.time()
-        deploy_id = db.start_deploy(rt.store, host.name, action_, ref_, requested_by, room_id, now)
-        first = messages.notice(f"🚀 deploying {host.name} ({action_}) — queued")
+        ids = {
+            h.name: db.start_deploy(
+                rt.store, h.name, action_, ref_, requested_by, room_id, now, confirmed_by
+            )
+            for h in batch
+        }
+        spec = _spec(batch[0])
+        if len(batch) > 1:
+            spec = replace(spec, name=",".join(ids))
+        first = messages.notice(f"🚀 deploying {spec.name} ({action_}) — queued")
         status = rt.outbox.post(room_id, first)
-        run = DeployRun(deploy_id, _spec(host), action_, ref_, requested_by, room_id, status, now)
-        state.running[host.name] = run
-        run.task = rt.tasks.spawn(_deploy(rt, runner, run), name=f"deploy:{host.name}")
+        run = DeployRun(ids[batch[0].name], spec, action_, ref_, requested_by, room_id, status, now)
+        run.deploy_ids = ids
+        for h in batch:
+            state.running[h.name] = run
+        run.task = rt.tasks.spawn(_deploy(rt, runner, run), name=f"deploy:{spec.name}")
+
+
+_ICONS = {"ok": "✅", "units_failed": "⚠️", "cancelled": "🛑", "timeout": "⏱️", "silent": "⏱️"}
+
+
+def per_host(run: DeployRun, outcome: tuple[str, int | None, str]) -> dict[str, tuple[str, str]]:
+    """(state, summary) of each host of a finished run: colmena's own per-node lines when it
+    exited with several nodes, else the run's outcome for every host."""
+    st, code, summary = outcome
+    if len(run.nodes) > 1 and code is not None:
+        return node_outcomes(run.nodes, run.action, code, list(run.verdict_lines))
+    return dict.fromkeys(run.nodes, (st, summary))
 
 
 async def _deploy(rt: Runtime, runner: Runner, run: DeployRun) -> None:
@@ -434,17 +535,24 @@ async def _deploy(rt: Runtime, runner: Runner, run: DeployRun) -> None:
             raise  # the bot is stopping: the row stays 'running' and is marked interrupted at start
     finally:
         if run.cancelled_by is not None or not _stopping():
-            state.running.pop(run.host.name, None)
             st, code, summary = outcome
-            db.finish_deploy(
-                rt.store,
-                run.deploy_id,
-                ended_at=rt.clock.time(),
-                state=st,
-                exit_code=code,
-                summary=summary,
-                log_excerpt="\n".join(list(run.tail)[-15:]),
-            )
+            results = per_host(run, outcome)
+            for node, (node_state, node_summary) in results.items():
+                state.running.pop(node, None)
+                db.finish_deploy(
+                    rt.store,
+                    run.deploy_ids.get(node, run.deploy_id),
+                    ended_at=rt.clock.time(),
+                    state=node_state,
+                    exit_code=code,
+                    summary=node_summary,
+                    log_excerpt="\n".join(list(run.tail)[-15:]),
+                )
+            if len(results) > 1:
+                st = overall([r[0] for r in results.values()])
+                bad = sum(1 for r in results.values() if r[0] != "ok")
+                summary = f"{len(results) - bad} of {len(results)} hosts deployed"
+                run.results = [f"{_ICONS.get(s, '❌')} {n}: {m}" for n, (s, m) in results.items()]
             await runner.finish(run, st, code, summary)
 
 
@@ -453,16 +561,18 @@ def _stopping() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-@router.command("deploy cancel", params=[HOST], role=DEPLOY_ROLE)
+@router.command("deploy cancel", params=[HOST], role=ANYONE, who=lambda rt: who_may_deploy(rt))
 async def cancel_cmd(ctx: Context) -> None:
-    """Stop a running deploy (the remote process ends too)."""
+    """Stop a running deploy (the remote process ends too); needs the role of its group."""
     host = ctx[HOST].name
+    what = f"`{ctx.rt.prefix}deploy cancel {host}`"
+    _check_may_deploy(ctx.rt, ctx.sender, ctx.room_id, [ctx[HOST]], what)
     run = ctx.rt[DEPLOY].running.get(host)
     if run is None or run.task is None:
         raise UserError(f"No deploy of {host} is running.")
     run.cancelled_by = ctx.sender
     run.task.cancel()
-    await ctx.reply(f"🛑 cancelling the deploy of {host}…")
+    await ctx.reply(f"🛑 cancelling the deploy of {run.host.name}…")
 
 
 @router.command("deploy history", params=[HISTORY_HOST])
@@ -480,31 +590,74 @@ async def history_cmd(ctx: Context) -> None:
             r.action,
             (r.ref or "") + (f"@{r.revision[:8]}" if r.revision else ""),
             r.requested_by,
+            r.confirmed_by or "",
             r.state,
             human_duration(max(0.0, (r.ended_at or now) - r.started_at)),
         ]
         for r in rows
     ]
-    text_, html = table(["when (UTC)", "host", "action", "ref@rev", "by", "result", "took"], data)
+    text_, html = table(
+        [
+            "when (UTC)",
+            "host",
+            "action",
+            "ref@rev",
+            "requested by",
+            "confirmed by",
+            "result",
+            "took",
+        ],
+        data,
+    )
     await ctx.reply(text_, html)
+
+
+def _where(method: str, dir_: str) -> str:
+    return f"{method} in {dir_}/" if dir_ else method
+
+
+def who_may_deploy(rt: Runtime) -> str:
+    """One line: each group, its hosts, method and the role that may deploy it."""
+    inventory = rt.config.section("hosts", Inventory)
+    if inventory is None:
+        return "no hosts are configured (`hosts:`)"
+    parts = []
+    for g in inventory.resolved():
+        eyes = ", four-eyes" if g.four_eyes else ""
+        hosts = ", ".join(h.name for h in g.hosts)
+        parts.append(f"@{g.name} ({hosts}; {_where(g.method, g.dir)}): {g.role}{eyes}")
+    return "the hosts' group role: " + " · ".join(parts)
 
 
 @router.command("hosts")
 async def hosts_cmd(ctx: Context) -> None:
-    """The inventory, with each host's last deploy."""
-    inventory = _hosts(ctx.rt)
-    if not inventory:
+    """The inventory by group (method, role that may deploy it), with each host's last deploy."""
+    inventory = ctx.rt.config.section("hosts", Inventory)
+    if inventory is None:
         raise UserError("No hosts are configured (`hosts:`).")
     now = ctx.rt.clock.time()
     rows = []
-    for h in inventory.values():
-        last = db.last_deploy(ctx.rt.store, h.name)
-        seen = "never"
-        if last is not None:
-            ago = human_duration(max(0.0, now - last.started_at))
-            seen = f"{last.state} {ago} ago by {last.requested_by}"
-        rows.append([h.name, h.target, h.method, "yes" if h.protected else "", seen])
-    text_, html = table(["host", "target", "method", "protected", "last deploy"], rows)
+    for g in inventory.resolved():
+        for i, h in enumerate(g.hosts):
+            last = db.last_deploy(ctx.rt.store, h.name)
+            seen = "never"
+            if last is not None:
+                ago = human_duration(max(0.0, now - last.started_at))
+                seen = f"{last.state} {ago} ago by {last.requested_by}"
+            group = f"@{g.name}" if i == 0 else ""
+            rows.append(
+                [
+                    group,
+                    h.name,
+                    h.target,
+                    _where(h.method, h.dir),
+                    h.role,
+                    "yes" if h.four_eyes else "",
+                    seen,
+                ]
+            )
+    headers = ["group", "host", "target", "method", "role", "four-eyes", "last deploy"]
+    text_, html = table(headers, rows)
     await ctx.reply(text_, html)
 
 

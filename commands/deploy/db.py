@@ -34,6 +34,8 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX deploys_host ON deploys(host, started_at)
         """,
     ),
+    # Four-eyes: the second person who confirmed the deploy (NULL: none was needed).
+    (2, "ALTER TABLE deploys ADD COLUMN confirmed_by TEXT"),
 ]
 
 RUNNING = "running"
@@ -57,6 +59,7 @@ class DeployRow:
     state: str
     exit_code: int | None
     summary: str | None
+    confirmed_by: str | None = None
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> DeployRow:
@@ -74,6 +77,7 @@ class DeployRow:
             state=row["state"],
             exit_code=row["exit_code"],
             summary=row["summary"],
+            confirmed_by=row["confirmed_by"],
         )
 
 
@@ -85,12 +89,13 @@ def start_deploy(
     requested_by: str,
     room_id: str,
     started_at: float,
+    confirmed_by: str | None = None,
 ) -> int:
     """Record a deploy as running; returns its id."""
     cur = store.execute(
-        "INSERT INTO deploys(host, action, ref, requested_by, room_id, started_at, state) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (host, action, ref, requested_by, room_id, started_at, RUNNING),
+        "INSERT INTO deploys(host, action, ref, requested_by, room_id, started_at, state, "
+        "confirmed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (host, action, ref, requested_by, room_id, started_at, RUNNING, confirmed_by),
     )
     return int(cur.lastrowid or 0)
 

@@ -88,6 +88,16 @@ _SUDO_PROMPT = re.compile(
     r"sudo: a terminal is required to read the password|sudo: a password is required|"
     r"sudo: no tty present and no askpass program specified"
 )
+# colmena's per-goal success line (src/nix/deployment/goal.rs success_str, 0.4); "test" is
+# "Activation successful (test)".
+COLMENA_SUCCESS = (
+    "Configuration built",
+    "Activation successful",
+    "Will be activated next boot",
+    "Dry activation successful",
+)
+# A colmena plain-output line: "{node:>width} | {text}" (src/progress/plain.rs).
+_NODE_LINE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*) \| (.*)$")
 _VERDICT = re.compile(
     "|".join(
         (
@@ -96,6 +106,7 @@ _VERDICT = re.compile(
             _COLMENA_EXIT_4.pattern,
             r"Activation failed: ",
             re.escape(_REBUILD_SWITCH_ERRORS),
+            r"\| (?:" + "|".join(COLMENA_SUCCESS) + ")",
         )
     )
 )
@@ -150,9 +161,46 @@ def classify(host: str, action: str, code: int, lines: list[str]) -> tuple[str, 
     return "failed", f"exit code {code}"
 
 
+def node_outcomes(
+    nodes: tuple[str, ...], action: str, code: int, lines: list[str]
+) -> dict[str, tuple[str, str]]:
+    """(state, summary) of each node of one `colmena apply --on a,b` that exited with `code`.
+
+    colmena exits non-zero when any node failed, so each node is judged by its own lines:
+    its goal's success line is 'ok'; failed units only (switch-to-configuration's exit 4)
+    'units_failed'; otherwise 'failed' with its last "Activation failed: …" line, or, with
+    no line saying how it ended, "colmena stopped before <node> finished".
+    """
+    texts: dict[str, list[str]] = {n: [] for n in nodes}
+    for line in lines:
+        m = _NODE_LINE.match(line)
+        if m and m.group(1) in texts:
+            texts[m.group(1)].append(m.group(2))
+    out: dict[str, tuple[str, str]] = {}
+    for node, own in texts.items():
+        if code == 0 or any(t.startswith(COLMENA_SUCCESS) for t in own):
+            out[node] = ("ok", "done")
+            continue
+        state, summary = classify(node, action, code, own)
+        if state == "failed":
+            failed = [t for t in own if t.startswith("Activation failed: ")]
+            summary = failed[-1] if failed else f"colmena stopped before {node} finished"
+        out[node] = (state, summary)
+    return out
+
+
+def overall(states: list[str]) -> str:
+    """The state of a run of several hosts: the worst of theirs."""
+    for state in ("failed", "timeout", "silent", "cancelled", "units_failed"):
+        if state in states:
+            return state
+    return "ok"
+
+
 @dataclass(frozen=True)
 class HostSpec:
-    """What the runner needs to know about a host."""
+    """What the runner needs to know about a host; for colmena, `name` may be several
+    nodes of one hive ("caliban,umbriel": one `colmena apply --on caliban,umbriel`)."""
 
     name: str
     target: str
@@ -178,12 +226,13 @@ def deploy_command(host: HostSpec, action: str, checkout: str) -> str:
     """The shell command run on the runner; every part is quoted."""
     q = shlex.quote
     extra = " ".join(q(a) for a in host.extra_args)
+    # The group's directory: the colmena hive, or where the flake is.
+    workdir = f"{checkout.rstrip('/')}/{host.hive}".rstrip("/") if host.hive else checkout
     if host.method == "colmena":
-        workdir = f"{checkout.rstrip('/')}/{host.hive}".rstrip("/")
         cmd = f"cd {q(workdir)} && colmena apply {q(action)} --on {q(host.name)}"
     else:
         cmd = (
-            f"cd {q(checkout)} && nixos-rebuild {q(action)} --flake {q('.#' + host.attr)} "
+            f"cd {q(workdir)} && nixos-rebuild {q(action)} --flake {q('.#' + host.attr)} "
             f"--target-host {q(host.target)} --use-substitutes"
         )
     return f"{cmd} {extra}".strip()
@@ -244,7 +293,7 @@ class OutputLines:
 class DeployRun:
     """State of one running deploy; `cancel()` stops it and the remote process."""
 
-    deploy_id: int
+    deploy_id: int  # the first host's; `deploy_ids` has each host's row
     host: HostSpec
     action: str
     ref: str | None
@@ -270,6 +319,15 @@ class DeployRun:
     sudo_prompt: bool = False
     # Lines that decide the outcome (see classify), wherever they are in a long log.
     verdict_lines: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    # node → its `deploys` row; one entry unless colmena deploys several nodes at once.
+    deploy_ids: dict[str, int] = field(default_factory=dict)
+    # One line per host in the final status when several were deployed.
+    results: list[str] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The hosts this run deploys."""
+        return tuple(self.deploy_ids) or (self.host.name,)
 
     def add_line(self, line: str) -> None:
         """Record one output line (bounded memory however long the log)."""
@@ -321,6 +379,8 @@ def _status_content(run: DeployRun, final: str | None = None) -> messages.Conten
     head = final or f"🚀 {run.headline()} — {run.phase}, {human_duration(run.elapsed())}"
     by = f"requested by {run.requested_by}"
     hint = [SUDO_HINT] if final is not None and run.sudo_prompt else []
+    if final is not None:
+        hint = [*run.results, *hint]
     text = "\n".join([head, *hint, by, *tail])
     code = escape("\n".join(tail))
     html = (
@@ -387,7 +447,8 @@ class Runner:
                             )
                         out = ""
                     run.revision = out.splitlines()[-1] if out else ""
-                    db.set_revision(self.rt.store, run.deploy_id, run.revision)
+                    for deploy_id in run.deploy_ids.values() or [run.deploy_id]:
+                        db.set_revision(self.rt.store, deploy_id, run.revision)
                     run.phase = "running"
                     command = deploy_command(run.host, run.action, self.spec.checkout)
                     log.info("deploy %d: %s", run.deploy_id, command)
