@@ -195,8 +195,28 @@ esac
 # nixpkgs nixos/modules/installer/tools/nixos-version.sh: `echo "@version@ (@codeName@)"`.
 NIXOS_VERSION = "echo '24.05.20241125.1925c60 (Uakari)'\n"
 # Nix src/libstore/profiles.cc switchLink: a generation link in the profile's directory is
-# stored relative, so `readlink /nix/var/nix/profiles/system` prints "system-142-link".
-READLINK = "echo system-142-link\n"
+# stored relative, so `readlink /nix/var/nix/profiles/system` prints "system-142-link";
+# /run/booted-system and /run/current-system are links to the systems' store paths
+# (commands/deploy/fleet.py cites where they are made).
+SYSTEM = "/nix/store/0r2vq1m3bx8d7lq6c0cmx1y7f9n4pk2s-nixos-system-pluto-24.05.20241125.1925c60"
+OLD_SYSTEM = "/nix/store/9d1k2m3bx8d7lq6c0cmx1y7f9n4pk2s0-nixos-system-titan-24.11.20241201.abcdef0"
+
+
+def _readlink(booted: str = SYSTEM) -> str:
+    return (
+        'case "$1" in\n'
+        f"  /run/booted-system) echo {booted} ;;\n"
+        f"  /run/current-system) echo {SYSTEM} ;;\n"
+        "  *) echo system-142-link ;;\n"
+        "esac\n"
+    )
+
+
+READLINK = _readlink()
+# GNU coreutils `stat -c %Y`: the modification time in seconds since the epoch.
+STAT = "echo 1732528934\n"
+# systemd timedatectl.c `show --property=Timezone --value`: the zone name alone.
+TIMEDATECTL = "echo Europe/Berlin\n"
 # systemd src/systemctl/systemctl-list-units.c: `systemctl --failed --no-legend --plain`
 # prints UNIT LOAD ACTIVE SUB DESCRIPTION per unit (columns padded to the widest value).
 SYSTEMCTL = (
@@ -220,6 +240,8 @@ async def deploy_env(tmp_path: Path) -> AsyncIterator[tuple[LocalSshServer, Path
     host.script("nixos-version", NIXOS_VERSION)
     host.script("readlink", READLINK)
     host.script("systemctl", SYSTEMCTL)
+    host.script("stat", STAT)
+    host.script("timedatectl", TIMEDATECTL)
     await host.start()
     yield host, data, checkout
     await host.stop()
@@ -1139,3 +1161,69 @@ async def test_sets_of_hosts_one_colmena_per_hive_and_each_hosts_result(
     assert (data / "args.log").read_text().splitlines() == [
         f"{host.bin_dir}/colmena apply boot --on umbriel,caliban"
     ]
+
+
+async def test_fleet_status_is_one_table_with_drift_and_unreachable_rows(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+    tmp_path: Path,
+) -> None:
+    host, _, checkout = deploy_env
+    # titan runs on another host: a newer release, another time zone, not rebooted since.
+    other = LocalSshServer(tmp_path / "titan")
+    other.script("nixos-version", "echo '24.11.20241201.abcdef0 (Vicuna)'\n")
+    other.script("readlink", _readlink(booted=OLD_SYSTEM))
+    other.script("stat", STAT)
+    other.script("timedatectl", "echo UTC\n")
+    other.script("systemctl", "true\n")
+    await other.start()
+    known = tmp_path / "fleet_known_hosts"
+    known.write_text(host.known_hosts.read_text() + other.known_hosts.read_text())
+    hives = _hives_config(host, checkout)
+
+    def edit(raw: dict[str, Any]) -> None:
+        hives(raw)
+        raw["deploy"]["ssh"] = {
+            "known_hosts": str(known),
+            "client_keys": [str(host.client_key), str(other.client_key)],
+        }
+        targets = {
+            "pluto": host.target,
+            "mimas": host.target,
+            "titan": other.target,
+            "caliban": "root@127.0.0.1:1",  # nothing listens there
+            "umbriel": host.target,
+        }
+        for group in raw["hosts"].values():
+            for h in group["hosts"]:
+                h["target"] = targets[h["name"]]
+
+    bot = make_bot(edit=edit)
+    await bot.start()
+    alice = people["alice"]
+    try:
+        fleet = await alice.ask(room, "!status", bot.user_id, timeout=60)
+        lines = fleet.body.splitlines()
+        assert lines[0].split()[:4] == ["host", "NixOS", "generation", "reboot"]
+        rows = {line.split()[0]: line for line in lines[1:]}
+        assert list(rows) == ["pluto", "mimas", "titan", "caliban", "umbriel"]
+        pluto = rows["pluto"]
+        assert "24.05.20241125.1925c60" in pluto and "142 (" in pluto and " ago)" in pluto
+        assert " no " in pluto and "borgbackup-job-state.service" in pluto
+        assert "Europe/Berlin" in pluto and "⚠️" not in pluto
+        titan = rows["titan"]
+        assert " yes " in titan and "UTC" in titan
+        assert "⚠️ release 24.11 ≠ 24.05; time zone UTC ≠ Europe/Berlin" in titan
+        assert "unreachable" in rows["caliban"]
+        assert "cannot reach root@127.0.0.1:1 over SSH" in rows["caliban"]
+
+        group = await alice.ask(room, "!status @non-critical", bot.user_id, timeout=60)
+        assert [x.split()[0] for x in group.body.splitlines()[1:]] == ["caliban", "umbriel"]
+        one = await alice.ask(room, "!status titan", bot.user_id)
+        assert "reboot pending: yes" in one.body and "time zone: UTC" in one.body
+        down = await alice.ask(room, "!status caliban", bot.user_id)
+        assert down.body.startswith("❌ cannot reach root@127.0.0.1:1 over SSH")
+    finally:
+        await other.stop()

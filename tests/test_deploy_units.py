@@ -22,13 +22,13 @@ from commands.deploy import (
     batches,
     confirm_id,
     db,
-    failed_unit_names,
     host_list,
     host_with_history,
     known_host,
     router,
 )
-from commands.deploy.inventory import Inventory
+from commands.deploy.fleet import HostStatus, drift, failed_unit_names, fleet_table, parse_status
+from commands.deploy.inventory import Inventory, unknown_roles
 from commands.deploy.runner import (
     classify,
     deploy_command,
@@ -188,7 +188,7 @@ def test_declared_usage_lines() -> None:
     assert usage["deploy cancel"] == "?deploy cancel <host>"
     assert usage["deploy history"] == "?deploy history [host]"
     assert usage["confirm"] == "?confirm <id>"
-    assert usage["status"] == "?status <host>"
+    assert usage["status"] == "?status [host[,host…|@group]]"
 
 
 def test_deploys_table_round_trip(store: Store) -> None:
@@ -363,3 +363,77 @@ def test_groups_in_the_host_list(store: Store) -> None:
     assert names == ["caliban", "pluto", "titan"]
     with pytest.raises(UserError, match=r"Unknown group `@x`; groups: @critical, @non-critical"):
         host_list("@x,pluto", rt)
+
+
+def _status_output(version: str, zone: str, booted: str, current: str) -> str:
+    return "\n".join(
+        [
+            "== version",
+            version,
+            "== generation",
+            "system-142-link",
+            "== generation-time",
+            "1732528934",
+            "== booted",
+            booted,
+            "== current",
+            current,
+            "== now",
+            str(1732528934 + 3 * 86400 + 7200),
+            "== uptime",
+            " 10:02:14 up 3 days,  2:04,  1 user,  load average: 0.08, 0.03, 0.01",
+            "== timezone",
+            zone,
+            "== failed",
+            "borgbackup-job-state.service loaded failed failed BorgBackup job state",
+        ]
+    )
+
+
+SYS_A = "/nix/store/0r2vq1m3bx8d7lq6c0cmx1y7f9n4pk2s-nixos-system-pluto-24.05"
+SYS_B = "/nix/store/5w1bq8y0kd1h2x9n0c7l4f3p6m8r2t0v-nixos-system-pluto-24.05"
+
+
+def test_status_output_is_parsed_and_unknown_parts_stay_unknown() -> None:
+    s = parse_status(
+        "pluto", _status_output("24.05.20241125.1925c60 (Uakari)", "UTC", SYS_A, SYS_B)
+    )
+    assert (s.release, s.generation, s.reboot_pending, s.timezone) == ("24.05", "142", True, "UTC")
+    assert s.generation_age_s == 3 * 86400 + 7200 and s.uptime == "3 days, 2:04"
+    assert s.failed == ["borgbackup-job-state.service"]
+    broken = parse_status(
+        "x", _status_output("sh: nixos-version: not found", "Failed to connect to bus", "", "")
+    )
+    assert broken.release == "" and broken.reboot_pending is None and broken.timezone == ""
+
+
+def test_fleet_drift_is_the_minority_release_and_zone() -> None:
+    a = parse_status("a", _status_output("24.05.1 (Uakari)", "Europe/Berlin", SYS_A, SYS_A))
+    b = parse_status("b", _status_output("24.05.2 (Uakari)", "Europe/Berlin", SYS_A, SYS_A))
+    c = parse_status("c", _status_output("24.11.1 (Vicuna)", "UTC", SYS_A, SYS_B))
+    down = HostStatus("d", error="SSH to root@d failed: Connection refused")
+    notes = drift([a, b, c, down])
+    assert notes == {
+        "a": [],
+        "b": [],
+        "c": ["release 24.11 ≠ 24.05", "time zone UTC ≠ Europe/Berlin"],
+        "d": [],
+    }
+    text, _ = fleet_table([a, b, c, down])
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["host", "NixOS", "generation", "reboot"]
+    assert "142 (3 d 2 h ago)" in lines[1] and " no " in lines[1]
+    assert (
+        " yes " in lines[3] and "⚠️ release 24.11 ≠ 24.05; time zone UTC ≠ Europe/Berlin" in lines[3]
+    )
+    assert "unreachable" in lines[4] and "Connection refused" in lines[4]
+
+
+def test_a_group_role_that_is_not_configured_is_named() -> None:
+    inv = Inventory.model_validate(HIVES)
+    assert unknown_roles(inv, ["admin", "deploy"]) == [
+        "hosts.critical.role: unknown role 'deploy-critical' (roles: admin, deploy)"
+    ]
+    assert unknown_roles(inv, ["deploy", "deploy-critical"]) == []
+    flat = Inventory.model_validate([{"name": "a", "target": "t"}])
+    assert unknown_roles(flat, ["admin"]) == ["hosts: unknown role 'deploy' (roles: admin)"]

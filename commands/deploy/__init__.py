@@ -23,14 +23,15 @@ from bot.args import arg, choice_label, flag, git_ref
 from bot.config import Section
 from bot.context import Context, ReactionContext, Runtime, answer_to
 from bot.durations import Duration
-from bot.errors import PermissionDenied, UserError
+from bot.errors import BotError, PermissionDenied, RemoteError, UserError
 from bot.matrix import IncomingReaction
 from bot.messages import escape, human_duration, table
 from bot.outbox import ref
 from bot.registry import ANYONE, Router, StateKey
 from bot.services.ssh import SshClient, SshSettings, parse_target
 from commands.deploy import db
-from commands.deploy.inventory import Host, Inventory
+from commands.deploy.fleet import STATUS_SCRIPT, HostStatus, fleet_table, parse_status
+from commands.deploy.inventory import Host, Inventory, unknown_roles
 from commands.deploy.runner import (
     ACTIONS,
     DeployRun,
@@ -137,6 +138,11 @@ async def deploy_state(rt: Runtime) -> AsyncIterator[DeployState]:
     ssh = SshClient.from_settings(cfg.ssh) if cfg is not None else None
     runner = Runner(rt, ssh, _runner_spec(cfg)) if cfg is not None and ssh is not None else None
     state = DeployState(cfg, ssh, runner, asyncio.Semaphore(cfg.max_parallel if cfg else 1))
+    inventory = rt.config.section("hosts", Inventory)
+    if inventory is not None:
+        perms = rt.config.core.permissions
+        for problem in unknown_roles(inventory, [*perms.roles, perms.admin_role]):
+            log.error("%s: %s; only the admin role can deploy there", rt.config.source, problem)
     announce_interrupted(rt)
     try:
         yield state
@@ -661,63 +667,38 @@ async def hosts_cmd(ctx: Context) -> None:
     await ctx.reply(text_, html)
 
 
-# What each part prints (the fakes in tests/test_deploy_e2e.py copy these):
-# - `nixos-version`: "@version@ (@codeName@)", e.g. "24.05.20241125.1925c60 (Uakari)"
-#   (nixpkgs nixos/modules/installer/tools/nixos-version.sh).
-# - `readlink /nix/var/nix/profiles/system`: the generation link's name, relative,
-#   e.g. "system-142-link" (Nix src/libstore/profiles.cc, switchLink makes the target
-#   relative when it is in the profile's directory).
-# - `systemctl --failed --no-legend --plain`: one line per failed unit, columns UNIT LOAD
-#   ACTIVE SUB DESCRIPTION (systemd src/systemctl/systemctl-list-units.c); without --plain
-#   (older systemctl ignoring it, or a wrapper) each line starts with "●" or "*".
-STATUS_SCRIPT = (
-    "echo '== version'; nixos-version 2>&1; "
-    "echo '== generation'; readlink /nix/var/nix/profiles/system 2>&1; "
-    "echo '== uptime'; uptime 2>&1; "
-    "echo '== failed'; systemctl --failed --no-legend --plain --no-pager 2>&1; true"
-)
+STATUS_CONCURRENCY = 8
+STATUS_TIMEOUT_S = 30.0
+
+STATUS_HOSTS = arg("hosts", host_list, required=False, label="host[,host…|@group]")
 
 
-_GENERATION = re.compile(r"(?:^|/)system-(\d+)-link$")
-_UNIT = re.compile(
-    r"^[A-Za-z0-9:_.\\@-]+\.(?:service|socket|mount|automount|swap|target|path|timer|slice|scope|device)$"
-)
+async def _ask(ssh: SshClient, host: Host, slots: asyncio.Semaphore) -> HostStatus:
+    """One host's status; a host that cannot be asked is a status saying why."""
+    async with slots:
+        try:
+            result = await ssh.run(parse_target(host.target), STATUS_SCRIPT, STATUS_TIMEOUT_S)
+        except BotError as exc:
+            return HostStatus(host.name, error=str(exc))
+    return parse_status(host.name, result.stdout)
 
 
-def failed_unit_names(lines: list[str]) -> list[str]:
-    """Unit names from `systemctl --failed --no-legend [--plain]` lines ("●" tolerated)."""
-    names = []
-    for line in lines:
-        for word in line.split()[:2]:
-            if _UNIT.match(word):
-                names.append(word)
-                break
-    return names
-
-
-@router.command("status", params=[HOST])
+@router.command("status", params=[STATUS_HOSTS])
 async def status_cmd(ctx: Context) -> None:
-    """Ask a host for its NixOS version, system generation, uptime and failed units."""
-    host = ctx[HOST]
+    """Ask one host for its NixOS version, generation, uptime and failed units; without a host
+    (or for `@group`, several) the whole fleet at once, as one table with drift flagged."""
     _, ssh, _ = ctx.rt[DEPLOY].configured()
-    result = await ssh.run(parse_target(host.target), STATUS_SCRIPT, 30)
-    sections: dict[str, list[str]] = {}
-    current = ""
-    for line in result.stdout.splitlines():
-        if line.startswith("== "):
-            current = line[3:].strip()
-            sections[current] = []
-        elif current:
-            sections[current].append(line.strip())
-    failed = failed_unit_names(sections.get("failed", []))
-    link = " ".join(sections.get("generation", []))
-    gen = _GENERATION.search(link)
-    system = f"generation {gen.group(1)} ({link})" if gen else link or "?"
-    lines = [
-        f"{host.name} ({host.target})",
-        f"NixOS: {' '.join(sections.get('version', [])) or '?'}",
-        f"system: {system}",
-        f"uptime: {' '.join(sections.get('uptime', [])) or '?'}",
-        f"failed units: {', '.join(failed) if failed else 'none'}",
-    ]
-    await ctx.reply("\n".join(lines), "<br>".join(escape(x) for x in lines))
+    hosts = ctx[STATUS_HOSTS] if ctx.given(STATUS_HOSTS) else list(_hosts(ctx.rt).values())
+    if not hosts:
+        raise UserError("No hosts are configured (`hosts:`).")
+    slots = asyncio.Semaphore(STATUS_CONCURRENCY)
+    statuses = await asyncio.gather(*(_ask(ssh, h, slots) for h in hosts))
+    if len(hosts) == 1 and ctx.given(STATUS_HOSTS):
+        status = statuses[0]
+        if status.error:
+            raise RemoteError(status.error)
+        lines = [f"{hosts[0].name} ({hosts[0].target})", *status.detail_lines()]
+        await ctx.reply("\n".join(lines), "<br>".join(escape(x) for x in lines))
+        return
+    text_, html = fleet_table(statuses)
+    await ctx.reply(text_, html)

@@ -14,6 +14,7 @@ asks four-eyes for that host alone. Errors name the key as written in the file (
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
@@ -169,3 +170,15 @@ class Inventory(BaseModel):
     def hosts(self) -> dict[str, Host]:
         """Every host by name, in file order."""
         return {h.name: h for g in self.resolved() for h in g.hosts}
+
+
+def unknown_roles(inventory: Inventory, roles: Iterable[str]) -> list[str]:
+    """ "hosts.critical.role: unknown role 'x'" for each group whose role is not one of `roles`
+    (the configured ones): only the admin role could deploy its hosts."""
+    known = set(roles)
+    where = "hosts" if inventory.flat else "hosts.{}.role"
+    return [
+        f"{where.format(name)}: unknown role {g.role!r} (roles: {', '.join(sorted(known))})"
+        for name, g in inventory.groups.items()
+        if g.role not in known
+    ]
