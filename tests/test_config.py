@@ -15,6 +15,7 @@ from bot.cli import load, load_registry, secret_values
 from bot.config import ConfigError, parse_config
 from bot.durations import format_duration
 from bot.logs import SecretMask
+from commands.deploy.inventory import Inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +51,16 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     assert config.core.matrix.access_token is not None
     assert config.core.matrix.access_token.get_secret_value() == "secret-token-value"
     assert config.core.schedules[0].job == "message"
+    # The team's two colmena hives as host groups.
+    inventory = config.section("hosts", Inventory)
+    assert inventory is not None
+    groups = {g.name: g for g in inventory.resolved()}
+    assert [h.name for h in groups["critical"].hosts] == ["pluto", "mimas", "haumea", "titan"]
+    assert (groups["critical"].role, groups["critical"].four_eyes) == ("deploy-critical", True)
+    assert (groups["non-critical"].dir, groups["non-critical"].role) == (
+        "non-critical-infra",
+        "deploy",
+    )
 
 
 def test_every_problem_is_listed_with_file_and_key() -> None:

@@ -274,6 +274,7 @@ def test_flat_inventory_is_one_group_with_todays_behaviour() -> None:
         False,
     )
     assert hosts["mimas"].four_eyes
+    assert Inventory.model_validate([]).hosts() == {}
     assert (hosts["haumea"].method, hosts["haumea"].dir) == ("colmena", "build")
 
 

@@ -143,6 +143,8 @@ class Inventory(BaseModel):
         own terms (`hosts[0].name`, `hosts.critical.role`)."""
         if isinstance(obj, list):
             hosts = _FlatHosts.model_validate(obj, *args, **kwargs).root
+            if not hosts:  # `hosts: []`: no hosts, as before groups
+                return cls(groups={}, flat=True)
             return cls(groups={IMPLICIT_GROUP: GroupConfig(hosts=hosts)}, flat=True)
         return cls(groups=_Groups.model_validate(obj, *args, **kwargs).root)
 
