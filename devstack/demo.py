@@ -301,7 +301,8 @@ def run_demo(directory: str, check: bool = False) -> int:
         pg.start()
         stack.callback(pg.stop)
         pg.switch_wal()
-        ssh = LocalSshServer(base / "ssh", port=free_port())
+        # Port 0: the OS picks a free port at bind time (a port probed earlier may be taken).
+        ssh = LocalSshServer(base / "ssh")
         moto = LocalMoto(base / "moto")
         moto.start()
         stack.callback(moto.stop)
