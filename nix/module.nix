@@ -292,7 +292,6 @@ in
         ExecStart = "${exe} run --config ${cfg.configFile}";
         User = "infrabot";
         Group = "infrabot";
-        SupplementaryGroups = cfg.extraGroups;
         StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
         StateDirectoryMode = "0700";
         WorkingDirectory = cfg.stateDir;
@@ -306,7 +305,9 @@ in
         ProtectHome = true;
         PrivateTmp = true;
         PrivateDevices = true;
-        PrivateUsers = true;
+        # In a private user namespace every group but the unit's own maps to nobody, so it
+        # stays off when extraGroups should grant access to files.
+        PrivateUsers = cfg.extraGroups == [ ];
         DevicePolicy = "closed";
         ProtectClock = true;
         ProtectControlGroups = true;
@@ -339,6 +340,7 @@ in
         SystemCallErrorNumber = "EPERM";
         UMask = "0077";
       }
+      // optionalAttrs (cfg.extraGroups != [ ]) { SupplementaryGroups = cfg.extraGroups; }
       // optionalAttrs (cfg.environmentFile != null) { EnvironmentFile = cfg.environmentFile; };
     };
   };

@@ -213,7 +213,8 @@ def test_unit_runs_check_config_then_run_hardened(tmp_path: Path) -> None:
     assert unit["ExecStartPre"] == f"{exe} check-config --config {config}"
     assert unit["ExecStart"] == f"{exe} run --config {config}"
     assert (unit["User"], unit["Group"]) == ("infrabot", "infrabot")
-    assert unit["SupplementaryGroups"] == ["keys"]
+    # Supplementary groups only work outside a private user namespace.
+    assert (unit["SupplementaryGroups"], unit["PrivateUsers"]) == (["keys"], False)
     user = out["users"]["users"]["infrabot"]
     assert user["isSystemUser"] is True and user["group"] == "infrabot"
     assert user["home"] == "/var/lib/infrabot"
@@ -294,6 +295,7 @@ def test_module_fills_state_ssh_firewall_and_environment(tmp_path: Path) -> None
         "/var/lib/bots/infrabot",
     )
     assert unit["EnvironmentFile"] == "/run/agenix/infrabot-env"
+    assert unit["PrivateUsers"] is True and "SupplementaryGroups" not in unit
     assert out["firewall"] == [9099]
     # The bot accepts what the module wrote (state dir and key paths are not opened by
     # check-config; the secrets are).
