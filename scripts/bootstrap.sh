@@ -25,8 +25,8 @@ fi
 apt_install prometheus-alertmanager
 # OpenSSH: the deploy tests check no-PTY cancel/timeout against a real sshd.
 apt_install openssh-server
-# Nix: nix-instantiate evaluates the NixOS module (tests/test_nix_module.py).
-apt_install nix-bin
+# Nix evaluates the NixOS module, systemd-analyze checks its unit (tests/test_nix_module.py).
+apt_install nix-bin systemd
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${EXTRAS:-test}]" 2>&1 | grep -v '^WARNING: Location' || true

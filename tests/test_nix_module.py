@@ -248,6 +248,57 @@ def test_unit_runs_check_config_then_run_hardened(tmp_path: Path) -> None:
     assert out["firewall"] == [] and out["etc"] == {}
 
 
+def installed_unit(tmp_path: Path, out: Any) -> tuple[Path, dict[str, list[str]]]:
+    """The unit file NixOS would write, with the package's store path pointing at this venv's
+    `infrabot` and the config's store path at the rendered text; and its [Service] lines."""
+    package = tmp_path / "package"
+    (package / "bin").mkdir(parents=True)
+    (package / "bin" / "infrabot").symlink_to(INFRABOT)
+    config = tmp_path / "infrabot.yaml"
+    config.write_text(out["configFile"]["text"])
+    text = out["unitText"].replace(out["package"], str(package))
+    text = text.replace(out["configFile"]["path"], str(config))
+    unit = tmp_path / "infrabot.service"
+    unit.write_text(text)
+    lines: dict[str, list[str]] = {}
+    for line in text.split("[Service]")[1].splitlines():
+        if "=" in line:
+            key, value = line.split("=", 1)
+            lines.setdefault(key, []).append(value)
+    return unit, lines
+
+
+def test_unit_file_passes_systemd_and_its_commands_run(tmp_path: Path) -> None:
+    out = evaluate(tmp_path, minimal(tmp_path))
+    unit, lines = installed_unit(tmp_path, out)
+    # systemd's own parser: no unknown key or bad value (those are warnings on stderr).
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (verify.returncode, verify.stderr) == (0, "")
+    # systemd's exposure score, 0 (locked down) to 10 (fully exposed); 2.0 and less is "OK".
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--threshold=20", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert security.returncode == 0, security.stdout
+    assert re.search(r"Overall exposure level for infrabot\.service: [01]\.\d OK", security.stdout)
+    # The start-up check, exactly as the unit runs it, against the real CLI.
+    (pre,) = lines["ExecStartPre"]
+    checked = subprocess.run(pre.split(), capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip().endswith(": OK")
+    (start,) = lines["ExecStart"]
+    assert start.split()[1:3] == ["run", "--config"]
+    helped = subprocess.run([*start.split(), "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--config" in helped.stdout
+
+
 def test_example_config_as_settings_passes_check_config(tmp_path: Path) -> None:
     settings = example_settings(tmp_path)
     out = evaluate(tmp_path, settings)

@@ -26,6 +26,7 @@ in
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
   package = "${stubs.package}";
   service = config.systemd.services.infrabot;
+  unitText = stubs.unitText config.systemd.services.infrabot;
   users = config.users;
   firewall = config.networking.firewall.allowedTCPPorts;
   etc = config.environment.etc;

@@ -56,6 +56,43 @@ in
       };
   };
 
+  # The unit file NixOS writes for a systemd.services entry: [Unit] from description, wants
+  # and after, [Service] from environment and serviceConfig, each value through
+  # nixos/lib/systemd-lib.nix `toOption`/`attrsToSection` (nixpkgs commit 01363563; a list
+  # gives one line per item, booleans "true"/"false"). wantedBy becomes a symlink, not a line.
+  unitText =
+    service:
+    let
+      toOption =
+        x:
+        if x == true then
+          "true"
+        else if x == false then
+          "false"
+        else
+          toString x;
+      attrsToSection =
+        as:
+        lib.concatStrings (
+          lib.concatLists (
+            lib.mapAttrsToList (
+              name: value: map (x: "${name}=${toOption x}\n") (if lib.isList value then value else [ value ])
+            ) as
+          )
+        );
+    in
+    "[Unit]\n"
+    + attrsToSection (
+      { Description = service.description; }
+      // lib.optionalAttrs (service.wants != [ ]) { Wants = toString service.wants; }
+      // lib.optionalAttrs (service.after != [ ]) { After = toString service.after; }
+    )
+    + "\n[Service]\n"
+    + lib.concatStrings (
+      lib.mapAttrsToList (n: v: "Environment=\"${n}=${v}\"\n") service.environment
+    )
+    + attrsToSection service.serviceConfig;
+
   # The flake's package, as a derivation-shaped attrset (types.package accepts it).
   package = {
     type = "derivation";
