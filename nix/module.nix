@@ -19,6 +19,7 @@ let
     elem
     filter
     hasPrefix
+    hasSuffix
     isAttrs
     isList
     length
@@ -28,7 +29,6 @@ let
     mkEnableOption
     mkIf
     mkOption
-    optional
     optionalAttrs
     types
     ;
@@ -38,12 +38,14 @@ let
 
   # Every field the bot types as SecretStr (bot/config.py `Section`): each may be given as the
   # value, `<key>_file` or `<key>_env`, exactly one of them. tests/test_nix_module.py checks
-  # this list against the bot's config models.
+  # that the list holds every one of the bot's config models; "token" is also kept for
+  # backup checks that call an API.
   secretKeys = [
     "access_token"
     "password"
     "bearer_token"
     "secret_access_key"
+    "token"
   ];
 
   # Sections whose `ssh:` (bot/services/ssh.py SshSettings) receives `ssh.knownHosts*` and
@@ -80,24 +82,34 @@ let
     else
       [ ];
 
+  # A secret in one node of the settings: given in two forms (any `<key>_file`/`<key>_env`
+  # beside its siblings, so secrets the list misses are covered), as a value, or as a file
+  # in the store.
   secretProblems =
     { where, value }:
-    concatLists (
-      map (
-        key:
-        let
-          forms = filter (k: (value.${k} or null) != null) [
+    let
+      base = k: lib.removeSuffix "_env" (lib.removeSuffix "_file" k);
+      fileKeys = filter (k: hasSuffix "_file" k) (lib.attrNames value);
+      twice = filter (forms: length forms > 1) (
+        map (
+          key:
+          filter (k: (value.${k} or null) != null) [
             key
             "${key}_file"
             "${key}_env"
-          ];
-          file = value."${key}_file" or null;
-        in
-        optional (length forms > 1) "${where}: give only one of ${concatStringsSep ", " forms}, as the bot accepts exactly one form of a secret"
-        ++ optional ((value.${key} or null) != null) "${where}.${key}: a secret value would be copied into the world-readable Nix store; give ${key}_file (e.g. an agenix secret's path) or ${key}_env (with ${opt}.environmentFile) instead"
-        ++ optional (file != null && inStore file) "${where}.${key}_file: ${toString file} is in the Nix store, readable by every user; point it at a file outside the store (agenix: config.age.secrets.<name>.path, as a string)"
-      ) secretKeys
-    );
+          ]
+        ) (lib.unique (map base (filter (k: hasSuffix "_file" k || hasSuffix "_env" k) (lib.attrNames value))))
+      );
+    in
+    map (
+      forms: "${where}: give only one of ${concatStringsSep ", " forms}, as the bot accepts exactly one form of a secret"
+    ) twice
+    ++ map (
+      key: "${where}.${key}: a secret value would be copied into the world-readable Nix store; give ${key}_file (e.g. an agenix secret's path) or ${key}_env (with ${opt}.environmentFile) instead"
+    ) (filter (key: (value.${key} or null) != null) secretKeys)
+    ++ map (
+      key: "${where}.${key}: ${toString value.${key}} is in the Nix store, readable by every user; point it at a file outside the store (agenix: config.age.secrets.<name>.path, as a string)"
+    ) (filter (key: value.${key} != null && inStore value.${key}) fileKeys);
 
   knownHostsFile =
     if cfg.ssh.knownHosts != [ ] then "/etc/infrabot/known_hosts" else cfg.ssh.knownHostsFile;

@@ -405,6 +405,15 @@ BAD: list[tuple[str, Any, str, list[str]]] = [
         ],
     ),
     (
+        "any-key-file-and-env",
+        {"later_feature": {"api_key_file": "/run/agenix/k", "api_key_env": "K"}},
+        "",
+        [
+            f"{OPT}.settings.later_feature: give only one of api_key_file, api_key_env, "
+            "as the bot accepts exactly one form of a secret",
+        ],
+    ),
+    (
         "no-matrix",
         {"matrix": None},
         "",
