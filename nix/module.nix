@@ -109,7 +109,9 @@ let
     ) (filter (key: (value.${key} or null) != null) secretKeys)
     ++ map (
       key: "${where}.${key}: ${toString value.${key}} is in the Nix store, readable by every user; point it at a file outside the store (agenix: config.age.secrets.<name>.path, as a string)"
-    ) (filter (key: value.${key} != null && inStore value.${key}) fileKeys);
+    ) (filter (key: value.${key} != null && inStore value.${key}) fileKeys)
+    # SSH private keys (SshSettings.client_keys) are secrets too; a Nix path is copied to the store.
+    ++ lib.optional (isList (value.client_keys or null) && lib.any inStore value.client_keys) "${where}.client_keys: a private key in the Nix store is readable by every user; give the path of a file outside the store (agenix: config.age.secrets.<name>.path, as a string)";
 
   knownHostsFile =
     if cfg.ssh.knownHosts != [ ] then "/etc/infrabot/known_hosts" else cfg.ssh.knownHostsFile;

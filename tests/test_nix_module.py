@@ -414,6 +414,16 @@ BAD: list[tuple[str, Any, str, list[str]]] = [
         ],
     ),
     (
+        "ssh-client-key-in-store",
+        {"deploy": {"ssh": {"client_keys": ["/run/agenix/ok", "/nix/store/abc-id_ed25519"]}}},
+        "",
+        [
+            f"{OPT}.settings.deploy.ssh.client_keys: a private key in the Nix store is readable "
+            "by every user; give the path of a file outside the store "
+            "(agenix: config.age.secrets.<name>.path, as a string)",
+        ],
+    ),
+    (
         "no-matrix",
         {"matrix": None},
         "",
