@@ -144,9 +144,8 @@ async def test_prometheus_check_against_a_real_prometheus(
 
         # NaN is scraped as such: that series is an ERROR, the other one still judged.
         exporter.text = exposition({"rsyncnet": "NaN", "local": f"{fresh.timestamp():.0f}"})
-        await scraped(
-            prom, f'{METRIC}{{zrepl_job="rsyncnet"}}', lambda r: bool(r) and r[0]["value"][1] == "NaN"
-        )
+        nan = f'{METRIC}{{zrepl_job="rsyncnet"}}'
+        await scraped(prom, nan, lambda r: bool(r) and r[0]["value"][1] == "NaN")
         results = await run(prom_check(prom.url, METRIC, labels=["zrepl_job"]))
         assert [(r.item, r.state) for r in results] == [
             ("zrepl_job=local", "OK"),
