@@ -29,7 +29,7 @@ from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration, format_duration
 from bot.errors import UserError
-from bot.http import read_body
+from bot.http import BodyRefused, read_body
 from bot.mentions import NOBODY, MentionRule, mentions_for
 from bot.messages import escape, human_duration, table
 from bot.registry import Router, StateKey
@@ -380,8 +380,16 @@ async def _heartbeat(rt: Runtime, request: web.Request, signal: heartbeat.Signal
         )
         resp.headers["WWW-Authenticate"] = 'Bearer realm="infrabot"'
         return resp
-    body = await read_body(request, heartbeat.MAX_BODY)
+    # A body that cannot be read never costs the signal itself: a failure is still recorded
+    # (and told), only without its lines, and the 4xx says so.
+    refused: BodyRefused | None = None
+    try:
+        body = await read_body(request, heartbeat.MAX_BODY)
+    except BodyRefused as exc:
+        refused, body = exc, b""
     lines = heartbeat.last_lines(body) if signal == "fail" else None
+    if refused is not None and signal == "fail":
+        lines = f"(its output was not read: {refused.reason}; send only its last lines)"
     now = rt.clock.now()
     verdicts = Verdicts(check.name, check.limit, format_duration(check.limit), now)
     # One transaction, no await inside: the signal, its verdict and its announcement together.
@@ -392,6 +400,12 @@ async def _heartbeat(rt: Runtime, request: web.Request, signal: heartbeat.Signal
         # A failure is told at once with its lines, even right after another one.
         record(rt, cfg, check, results, now, force=signal == "fail")
     log.info("heartbeat %s: %s, now %s", check.name, signal, results[0].state)
+    if refused is not None:
+        reason = f"{refused.reason}; the {signal} was recorded without the body"
+        return web.json_response(
+            {"status": "rejected", "reason": reason, "state": results[0].state},
+            status=refused.status,
+        )
     return web.json_response({"status": "accepted", "state": results[0].state})
 
 
