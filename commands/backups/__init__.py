@@ -1,12 +1,15 @@
 """Backup freshness: `backups`, heartbeats from backup jobs, and state changes announced in
 the room without asking.
 
-Every run stores each result — one per dataset, zrepl job, file glob or database a check
-watches, so one fault never hides another; the room hears only of a change (OK→STALE, →ERROR,
-back to OK) and, while a result stays bad, a reminder at `remind_every` — never every hour
-(`commands.backups.transitions`). The last announced state is stored per result (`check` or
-`check:item`, `commands.backups.db`), so a restart does not announce again what the room
-already knows. Every time comes from the runtime's clock.
+Every run stores each result — one per dataset, zrepl job, Prometheus series, pool, file
+glob, database or heartbeat a check watches, so one fault never hides another; the room hears
+only of a change (OK→STALE, →ERROR, back to OK) and, while a result stays bad, a reminder at
+`remind_every` — never every hour (`commands.backups.transitions`). Each announcement tells the
+state before and since when, and for a backup now merely stale the error seen since it was
+last OK. The last announced state is stored per result (`check` or `check:item`,
+`commands.backups.db`), so a restart does not announce again what the room already knows.
+A heartbeat's failure is told when the job reports it, not at the next run. Every time comes
+from the runtime's clock.
 """
 
 from __future__ import annotations
