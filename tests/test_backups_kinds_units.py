@@ -242,3 +242,21 @@ def test_backups_are_grouped_by_kind_worst_group_first() -> None:
         ("snaps", "a"),
         ("borg", None),
     ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"kind": "zpool", "host": "root@h"}, "needs max_scrub_age"),
+        ({"kind": "zpool", "host": "root@h", "max_scrub_age": "35d", "max_age": "1d"}, "remove"),
+        ({"kind": "prometheus", "url": "prometheus:9090", "query": "up", "max_age": "1h"}, "url"),
+        ({"kind": "prometheus", "url": "http://p:9090", "query": " ", "max_age": "1h"}, "query"),
+        ({"kind": "prometheus", "url": "http://p", "query": "up", "value_is": "date"}, "value_is"),
+        ({"kind": "heartbeat", "max_age": "1d"}, "needs token"),
+        ({"kind": "heartbeat", "max_age": "1d", "token": "short"}, "at least 16"),
+        ({"kind": "heartbeat", "token": "x" * 20}, "needs max_age"),
+    ],
+)
+def test_each_kind_says_what_it_lacks(fields: dict[str, object], reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        BackupCheck.model_validate({"name": "c", **fields})

@@ -89,6 +89,8 @@ class BackupCheck(Section):
         if self.kind == "zpool":
             if self.max_scrub_age is None:
                 raise ValueError("a zpool check needs max_scrub_age (e.g. 35d)")
+            if self.max_age is not None:
+                raise ValueError("a zpool check is judged by max_scrub_age; remove max_age")
         elif self.max_age is None:
             raise ValueError(f"a {self.kind} check needs max_age")
         if self.kind == "prometheus":
