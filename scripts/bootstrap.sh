@@ -23,6 +23,8 @@ if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
 fi
 # Real servers the demo and the tests start on loopback.
 apt_install prometheus-alertmanager
+# Prometheus: the backups `prometheus` check is tested against a real one scraping a test exporter.
+apt_install prometheus
 # OpenSSH: the deploy tests check no-PTY cancel/timeout against a real sshd.
 apt_install openssh-server
 # Nix evaluates the NixOS module, systemd-analyze checks its unit (tests/test_nix_module.py).
