@@ -322,11 +322,12 @@ async def test_weekly_summary_names_top_tags_and_charts_the_savings(
     metrics = [b.get("Metrics") or [b.get("Metric")] for _, b in _requests(moto)]
     assert {m for ms in metrics for m in ms} == {"UnblendedCost", "UNBLENDED_COST"}
 
+    def image(name: str) -> Callable[[SeenEvent], bool]:
+        return lambda e: e.sender == bot.user_id and e.content.get("body") == name
+
     images: dict[str, SeenEvent] = {}
     for name in ("aws-spend-2025-11-17.png", "aws-savings-2025-11-17.png"):
-        images[name] = await alice.wait_for(
-            lambda e, n=name: e.sender == bot.user_id and e.content.get("body") == n, after=mark
-        )
+        images[name] = await alice.wait_for(image(name), after=mark)
     # Saved for a person to look at (pytest --basetemp=DIR keeps them).
     for name, event in images.items():
         data = await _download(alice, event, tmp_path / name)
