@@ -96,7 +96,10 @@ def _windows(moto: LocalMoto) -> list[tuple[str, str, str]]:
 
 WEEK_HEAD = "$595.00, ▲ $35.00 (+6.2 %) vs the previous 7 days"
 BASIS = "cost basis: unblended cost (Cost Explorer UnblendedCost), USD, by UTC day"
-USAGE = "usage: `!costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service SERVICE]`"
+USAGE = (
+    "usage: `!costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service SERVICE] "
+    "[--by service|usage-type|tag:KEY]`"
+)
 
 
 async def test_costs_week_service_breakdown_and_errors(

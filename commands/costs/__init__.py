@@ -14,27 +14,19 @@ from datetime import date, timedelta
 
 from pydantic import Field, SecretStr, field_validator
 
-from bot import messages
 from bot.args import arg, args, flag
 from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration
 from bot.errors import RemoteError, UserError
-from bot.mentions import Mentions
 from bot.registry import Router, StateKey
 from commands.costs import db
-from commands.costs.anomalies import anomaly_message, find_anomalies
+from commands.costs.anomalies import AnomalyConfig
 from commands.costs.aws import AwsClients
-from commands.costs.chart import daily_spend_png, savings_png
+from commands.costs.chart import MonthPoint, daily_spend_png, savings_png
 from commands.costs.dates import month_windows, trailing, utc_day
-from commands.costs.explorer import attempt, daily_costs, month_figures, monthly_costs
-from commands.costs.grouping import (
-    BY_USAGE_TYPE,
-    GROUPING_LABEL,
-    Grouping,
-    grouping,
-    parse_grouping,
-)
+from commands.costs.explorer import daily_costs, month_figures
+from commands.costs.grouping import BY_USAGE_TYPE, GROUPING_LABEL, grouping
 from commands.costs.idle import Prices, find_idle
 from commands.costs.period import PERIOD_LABEL, aws_region, aws_service, period, today
 from commands.costs.render import (
@@ -43,10 +35,9 @@ from commands.costs.render import (
     month_lines,
     render_comparison,
     render_idle,
-    top_line,
 )
 from commands.costs.report import compare, money
-from commands.costs.savings import month_points, savings_line, savings_window
+from commands.costs.watch import check_anomalies, savings_since, top_by_tag
 
 router = Router("costs")
 
@@ -119,32 +110,6 @@ class PriceTable(Section):
     @classmethod
     def _add_to_built_in_instances(cls, given: dict[str, float]) -> dict[str, float]:
         return {**DEFAULT_INSTANCE_HOUR, **given}
-
-
-class AnomalyConfig(Section):
-    """The daily check for unusual spend (see `commands.costs.anomalies`)."""
-
-    cron: str = "0 10 * * *"
-    # What is compared: service, usage-type or tag:KEY.
-    by: str = "service"
-    days: int = Field(default=14, ge=3, le=60)
-    # A day is unusual when it exceeds the median by more than this share of it AND by at
-    # least min_amount USD.
-    min_share: float = Field(default=0.5, gt=0)
-    min_amount: float = Field(default=20, ge=0)
-    mentions: list[str] = Field(default_factory=list)
-    room: str | None = None
-
-    @field_validator("by")
-    @classmethod
-    def _known_grouping(cls, by: str) -> str:
-        parse_grouping(by)
-        return by
-
-    @property
-    def grouping(self) -> Grouping:
-        """`by` parsed."""
-        return parse_grouping(self.by)
 
 
 class AwsConfig(Section):
@@ -293,13 +258,7 @@ async def weekly_job(ctx: JobContext) -> str:
     comparison = compare(daily, week)
     lines, html = render_comparison(comparison, cfg.top, "📊 Weekly AWS costs")
     if cfg.cost_tag:
-        by_tag = parse_grouping(f"tag:{cfg.cost_tag}")
-        tagged = await attempt(daily_costs(aws, week.with_previous, by_tag))
-        tag_line = (
-            top_line(compare(tagged.value, week), cfg.top, by_tag.label)
-            if tagged.value is not None
-            else f"top by {by_tag.label}: unavailable — {tagged.why_not}"
-        )
+        tag_line = await top_by_tag(aws, cfg.cost_tag, week, cfg.top)
         lines.append(tag_line)
         html += lines_html([tag_line])
     try:
@@ -312,22 +271,12 @@ async def weekly_job(ctx: JobContext) -> str:
     except RemoteError as exc:
         idle_line = f"idle resources: could not check ({exc})"
     mlines = [*month_lines(month, cfg.baseline_monthly), idle_line]
-    savings = None
-    since_window = (
-        savings_window(cfg.baseline_since, day)
-        if cfg.baseline_since and cfg.baseline_monthly
-        else None
-    )
+    savings: list[MonthPoint] = []
     if cfg.baseline_since and cfg.baseline_monthly:
-        if since_window is None:
-            mlines.append(f"savings since {cfg.baseline_since:%B %Y}: no whole day yet")
-        else:
-            months = await attempt(monthly_costs(aws, since_window))
-            if months.value is None:
-                mlines.append(f"savings chart: unavailable — {months.why_not}")
-            else:
-                savings = month_points(months.value, month.windows)
-                mlines.append(savings_line(savings, cfg.baseline_monthly, cfg.baseline_since))
+        line, savings = await savings_since(
+            aws, cfg.baseline_monthly, cfg.baseline_since, month.windows
+        )
+        mlines.append(line)
     mlines.append(BASIS_LINE)
     await ctx.post("\n".join([*lines, *mlines]), html + lines_html(mlines))
     top = [k for k, _, _ in comparison.top(cfg.top)]
@@ -346,27 +295,4 @@ async def anomalies_job(ctx: JobContext) -> str:
     cfg, aws = _aws(ctx.rt)
     if cfg.anomalies is None:
         raise UserError("`aws.anomalies` is not configured")
-    check = cfg.anomalies
-    group = check.grouping
-    now = ctx.rt.clock.now()
-    day = utc_day(now)
-    yesterday = day - timedelta(days=1)
-    daily = await daily_costs(aws, trailing(day, check.days + 1, "anomaly check"), group)
-    found = find_anomalies(daily, yesterday, check.days, check.min_share, check.min_amount)
-    store = ctx.rt.store
-    with store.transaction():
-        new = [
-            a
-            for a in found
-            if db.record(store, db.AnomalyRow(group.label, a.key, a.day, a.amount, a.usual), now)
-        ]
-        if new:
-            pings = Mentions(list(check.mentions))
-            text, html = anomaly_message(new, group.label, day, check.days, pings)
-            content = messages.notice(text, html)
-            content["m.mentions"] = pings.content()
-            ctx.rt.outbox.post(ctx.room_id, content)
-    known = len(found) - len(new)
-    return f"{len(new)} new anomal{'y' if len(new) == 1 else 'ies'} on {yesterday}" + (
-        f", {known} already told" if known else ""
-    )
+    return await check_anomalies(ctx.rt, aws, cfg.anomalies, ctx.room_id)

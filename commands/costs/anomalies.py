@@ -14,9 +14,39 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+from pydantic import Field, field_validator
+
+from bot.config import Section
 from bot.mentions import Mentions
 from bot.messages import escape
+from commands.costs.grouping import Grouping, parse_grouping
 from commands.costs.report import Daily, money
+
+
+class AnomalyConfig(Section):
+    """The daily check for unusual spend (see `commands.costs.anomalies`)."""
+
+    cron: str = "0 10 * * *"
+    # What is compared: service, usage-type or tag:KEY.
+    by: str = "service"
+    days: int = Field(default=14, ge=3, le=60)
+    # A day is unusual when it exceeds the median by more than this share of it AND by at
+    # least min_amount USD.
+    min_share: float = Field(default=0.5, gt=0)
+    min_amount: float = Field(default=20, ge=0)
+    mentions: list[str] = Field(default_factory=list)
+    room: str | None = None
+
+    @field_validator("by")
+    @classmethod
+    def _known_grouping(cls, by: str) -> str:
+        parse_grouping(by)
+        return by
+
+    @property
+    def grouping(self) -> Grouping:
+        """`by` parsed."""
+        return parse_grouping(self.by)
 
 
 @dataclass(frozen=True)
