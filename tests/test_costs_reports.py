@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,22 @@ def test_the_example_price_table_adds_to_the_built_in_one() -> None:
     assert over.prices.instance_hour["x9.huge"] == 9.0
     assert over.prices.instance_hour["t2.micro"] == 0.0116
     assert over.prices.ebs_gb_month["gp2"] == 0.10
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"anomalies": {"by": "region"}}, "`region` is not a grouping"),
+        ({"anomalies": {"min_share": 0}}, "greater than 0"),
+        ({"cost_tag": "a;b"}, "`a;b` is not a tag key"),
+        ({"baseline_since": "June"}, "baseline_since"),
+    ],
+)
+def test_bad_report_settings_are_named(raw: dict[str, Any], expected: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=re.escape(expected)):
+        AwsConfig.model_validate(raw)
 
 
 def test_an_unknown_price_says_which_key_to_add() -> None:

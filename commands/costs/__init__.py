@@ -26,7 +26,7 @@ from commands.costs.aws import AwsClients
 from commands.costs.chart import MonthPoint, daily_spend_png, savings_png
 from commands.costs.dates import month_windows, trailing, utc_day
 from commands.costs.explorer import daily_costs, month_figures
-from commands.costs.grouping import BY_USAGE_TYPE, GROUPING_LABEL, grouping
+from commands.costs.grouping import BY_USAGE_TYPE, GROUPING_LABEL, grouping, parse_grouping
 from commands.costs.idle import Prices, find_idle
 from commands.costs.period import PERIOD_LABEL, aws_region, aws_service, period, today
 from commands.costs.render import (
@@ -131,6 +131,13 @@ class AwsConfig(Section):
     weekly_cron: str = "0 9 * * 1"
     room: str | None = None
     top: int = Field(default=5, ge=1, le=20)
+
+    @field_validator("cost_tag")
+    @classmethod
+    def _tag_key(cls, tag: str | None) -> str | None:
+        if tag is not None:
+            parse_grouping(f"tag:{tag}")
+        return tag
 
 
 router.section("aws", AwsConfig)
