@@ -295,7 +295,7 @@ async def test_weekly_summary_names_top_tags_and_charts_the_savings(
     alice, bob = people["alice"], people["bob"]
 
     mark = alice.mark()
-    ran = await bob.ask(room, "!jobs run aws-weekly", bot.user_id, timeout=60)
+    ran = await bob.ask(room, "!jobs run aws-weekly", bot.user_id, timeout=300)
     assert ran.body == "job aws-weekly: ok: posted: $385.00 this week"
     summary = await alice.wait_for(
         lambda e: e.sender == bot.user_id and e.body.startswith("📊 Weekly AWS costs"), after=mark
@@ -360,10 +360,13 @@ async def test_idle_prices_from_the_example_config_paging_and_own_snapshots(
     # The price table exactly as config.example.yaml has it (it lists no m4.xlarge).
     example = yaml.safe_load((ROOT / "config.example.yaml").read_text())["aws"]["prices"]
     assert "m4.xlarge" not in example["instance_hour"]
-    bot = make_bot(edit=_aws(moto.url, prices=example), clock=_at(2025, 11, 25, 9, 0))
+    # moto builds its catalogue of public snapshots on DescribeSnapshots: over 15 s on a busy
+    # 2-core machine, so the read timeout is generous here (a limit, not an expectation).
+    edit = _aws(moto.url, prices=example, timeout_s=60)
+    bot = make_bot(edit=edit, clock=_at(2025, 11, 25, 9, 0))
     await bot.start()
     moto.start_recording()
-    body = (await people["alice"].ask(room, "!aws idle", bot.user_id, timeout=60)).body
+    body = (await people["alice"].ask(room, "!aws idle", bot.user_id, timeout=300)).body
     lines = body.splitlines()
     row = next(line for line in lines if xlarge["Instances"][0]["InstanceId"] in line)
     assert "m4.xlarge running" in row and "$146.00" in row, row
@@ -378,3 +381,52 @@ async def test_idle_prices_from_the_example_config_paging_and_own_snapshots(
     assert len(pages) == 2 and "NextToken" in pages[1], pages
     snapshots = [r for r in described if r["Action"] == ["DescribeSnapshots"]]
     assert snapshots and all(r.get("Owner.1") == ["self"] for r in snapshots), snapshots
+
+
+async def test_every_new_request_is_a_whole_day_range_on_new_years_day_just_after_midnight(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto
+) -> None:
+    moto.reset()
+    moto.queue_cost_results(
+        [
+            daily_results("2025-12-04", 28, {S3: 30.0, EC2: 25.0}),
+            _monthly([("2025-12-01", "2026-01-01", 1900.0)]),
+            daily_results("2025-12-18", 14, _by_tag),
+            _monthly(
+                [
+                    ("2025-10-01", "2025-11-01", 2400.0),
+                    ("2025-11-01", "2025-12-01", 2000.0),
+                    ("2025-12-01", "2026-01-01", 1900.0),
+                ]
+            ),
+            _usage_days("2025-12-17", {OUT: {14: 61.0}}),
+        ]
+    )
+    anomalies = {"by": "usage-type", "cron": "0 10 1 7 *"}
+    edit = _aws(moto.url, cost_tag="Name", baseline_since="2025-10-15", top=2, anomalies=anomalies)
+    bot = make_bot(edit=edit, clock=_at(2026, 1, 1, 0, 0, 30))
+    await bot.start()
+    moto.start_recording()
+    alice, bob = people["alice"], people["bob"]
+
+    mark = alice.mark()
+    ran = await bob.ask(room, "!jobs run aws-weekly", bot.user_id, timeout=300)
+    assert ran.body == "job aws-weekly: ok: posted: $385.00 this week"
+    summary = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and e.body.startswith("📊 Weekly AWS costs"), after=mark
+    )
+    assert "month to date (January): no figures yet" in summary.body
+    assert "top by tag Name, last 7 days: releases $231.00" in summary.body
+    assert (
+        "savings since October 2025: $1,200.00 below baseline $2,500.00/month over 3 whole month(s)"
+    ) in summary.body
+    ran = await bob.ask(room, "!jobs run aws-anomalies", bot.user_id, timeout=60)
+    assert ran.body == "job aws-anomalies: ok: 1 new anomaly on 2025-12-31"
+    assert _spans(moto) == [
+        ("GetCostAndUsage", "2025-12-04", "2026-01-01", [{"Type": "DIMENSION", "Key": "SERVICE"}]),
+        ("GetCostAndUsage", "2025-12-01", "2026-01-01", None),
+        ("GetCostForecast", "2026-01-01", "2026-02-01", None),
+        ("GetCostAndUsage", "2025-12-18", "2026-01-01", [{"Type": "TAG", "Key": "Name"}]),
+        ("GetCostAndUsage", "2025-10-01", "2026-01-01", None),
+        ("GetCostAndUsage", "2025-12-17", "2026-01-01", [BY_USAGE]),
+    ]
