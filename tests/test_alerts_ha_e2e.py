@@ -206,10 +206,20 @@ async def test_each_alert_group_reaches_the_room_once(
             alert(DEV, SUMMARY, resolved=True, starts_at=started),
         ]
         if clustered:
+            # The same race can already have happened in a step above (one replica flushed
+            # just before the post reached it): count from here.
+            counts = await _handled(bot)
+            earlier = counts.get("stale", 0) + counts.get("posted", 0)
             # The resolve reaches replica 0 first; replica 1 still holds both alerts firing.
             await pair.step(resolve, _edit_of(first.event_id, "RESOLVED"), [0], [0])
-            # Replica 1's stale "firing" (same alerts, same startsAt) is answered and dropped.
-            await bot.wait_metric('infrabot_alert_notifications_total{result="stale"} 1.0', 90)
+
+            # Replica 1's stale "firing" (same alerts, same startsAt) reaches the bot: dropped
+            # as stale, or (wrongly) posted as a new firing. The room says which below.
+            async def stale_arrived() -> bool:
+                counts = await _handled(bot)
+                return counts.get("stale", 0) + counts.get("posted", 0) > earlier
+
+            await _until(stale_arrived, "replica 1's stale firing reached the bot")
             before = await _sent(replicas)
             await asyncio.to_thread(replicas[1].post, resolve)
             await pair.settled(before, [1])  # its own resolve: a twin, dropped
@@ -222,7 +232,11 @@ async def test_each_alert_group_reaches_the_room_once(
         assert all(_edit_of(first.event_id)(e) for e in edits)
         assert "RESOLVED" in _text(edits[-1]), "a stale copy edited the message back"
         counts = await _handled(bot)
-        assert counts.get("stale", 0) == (1 if clustered else 0), counts
+        if clustered:
+            assert counts.get("stale", 0) >= 1, counts
+        else:
+            # Each replica's own notification log covers what it sent: it sends no stale copy.
+            assert counts.get("stale", 0) == 0, counts
         if not clustered:
             # Each replica sent each of the 4 steps itself (the barriers saw it); the twins
             # were answered and dropped.
