@@ -62,6 +62,14 @@ MIGRATIONS: list[tuple[int, str]] = [
     ALTER TABLE alert_groups ADD COLUMN silence TEXT
     """,
     ),
+    # Which firings of its alerts the group has seen, and when each resolve was seen
+    # (rules.learn): an HA replica's older copy is recognised by it.
+    (
+        6,
+        """
+    ALTER TABLE alert_groups ADD COLUMN known TEXT NOT NULL DEFAULT '{}'
+    """,
+    ),
 ]
 
 
@@ -86,6 +94,7 @@ class GroupRow:
     in_digest: bool  # its message shows other groups too
     labels: str  # JSON object: its group labels (or common labels)
     silence: str | None  # JSON silence plan (silencing.encode_plan); None: use labels
+    known: str  # JSON object: rules.learn's incarnation -> Unix time of its resolve, or null
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> GroupRow:
@@ -104,6 +113,7 @@ class GroupRow:
             in_digest=bool(row["in_digest"]),
             labels=str(row["labels"]),
             silence=None if row["silence"] is None else str(row["silence"]),
+            known=str(row["known"]),
         )
 
 
@@ -116,6 +126,7 @@ class GroupState:
     alerts: int
     open: bool
     silence: str  # JSON silence plan
+    known: str = "{}"  # JSON object (rules.learn)
 
 
 def newest_group(store: Store, room_id: str, group_key: str) -> GroupRow | None:
@@ -142,8 +153,8 @@ def open_group(
     """Add the group's row for a new message; returns its id."""
     cursor = store.execute(
         "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, alerts, "
-        "created_at, updated_at, in_digest, labels, silence) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, updated_at, in_digest, labels, silence, known) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             room_id,
             group_key,
@@ -157,6 +168,7 @@ def open_group(
             int(shared),
             labels,
             state.silence,
+            state.known,
         ),
     )
     return int(cursor.lastrowid or 0)
@@ -166,7 +178,7 @@ def update_group(store: Store, group_id: int, state: GroupState, updated_at: dat
     """Record what the group says now; its message stays the same."""
     store.execute(
         "UPDATE alert_groups SET digest = ?, status = ?, alerts = ?, updated_at = ?, open = ?, "
-        "silence = ? WHERE id = ?",
+        "silence = ?, known = ? WHERE id = ?",
         (
             state.digest,
             state.status,
@@ -174,6 +186,7 @@ def update_group(store: Store, group_id: int, state: GroupState, updated_at: dat
             updated_at.timestamp(),
             int(state.open),
             state.silence,
+            state.known,
             group_id,
         ),
     )
