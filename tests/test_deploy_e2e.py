@@ -945,10 +945,14 @@ async def test_real_sshd_deploy_cancel_and_timeout_end_the_remote_process(
 
 
 def _hives_config(
-    host: LocalSshServer | OpenSshServer, checkout: Path, **extra: Any
+    host: LocalSshServer | OpenSshServer,
+    checkout: Path,
+    targets: dict[str, str] | None = None,
+    **extra: Any,
 ) -> Callable[[dict[str, Any]], None]:
     """The team's two colmena hives as groups. bob (power level 50) holds `deploy`, the
-    non-critical role; mallory holds only `deploy-critical`; alice is the admin."""
+    non-critical role; mallory holds only `deploy-critical`; alice is the admin. `targets`
+    replaces hosts' targets by name (for `!status`, which connects to each)."""
     (checkout / "non-critical-infra").mkdir(exist_ok=True)
 
     def edit(raw: dict[str, Any]) -> None:
@@ -976,6 +980,9 @@ def _hives_config(
                 ],
             },
         }
+        for group in raw["hosts"].values():
+            for h in group["hosts"]:
+                h["target"] = (targets or {}).get(h["name"], h["target"])
 
     return edit
 
@@ -1058,15 +1065,8 @@ async def test_real_sshd_two_hives_two_roles_and_the_fleet(
     switch-to-configuration's exit 4 for one node, two users holding different group roles,
     and `!status` from nixos-version, readlink, systemctl, stat and timedatectl."""
     host, data, checkout = openssh_env
-    hives = _hives_config(host, checkout)
-
-    def edit(raw: dict[str, Any]) -> None:
-        hives(raw)
-        for group in raw["hosts"].values():  # every host is this sshd, for `!status`
-            for h in group["hosts"]:
-                h["target"] = host.target
-
-    bot = make_bot(edit=edit)
+    every = dict.fromkeys(["pluto", "mimas", "titan", "caliban", "umbriel"], host.target)
+    bot = make_bot(edit=_hives_config(host, checkout, targets=every))
     await bot.start()
     bob, mallory, alice = people["bob"], people["mallory"], people["alice"]
 
@@ -1264,7 +1264,14 @@ async def test_fleet_status_is_one_table_with_drift_and_unreachable_rows(
     await other.start()
     known = tmp_path / "fleet_known_hosts"
     known.write_text(host.known_hosts.read_text() + other.known_hosts.read_text())
-    hives = _hives_config(host, checkout)
+    targets = {
+        "pluto": host.target,
+        "mimas": host.target,
+        "titan": other.target,
+        "caliban": "root@127.0.0.1:1",  # nothing listens there
+        "umbriel": host.target,
+    }
+    hives = _hives_config(host, checkout, targets=targets)
 
     def edit(raw: dict[str, Any]) -> None:
         hives(raw)
@@ -1272,16 +1279,6 @@ async def test_fleet_status_is_one_table_with_drift_and_unreachable_rows(
             "known_hosts": str(known),
             "client_keys": [str(host.client_key), str(other.client_key)],
         }
-        targets = {
-            "pluto": host.target,
-            "mimas": host.target,
-            "titan": other.target,
-            "caliban": "root@127.0.0.1:1",  # nothing listens there
-            "umbriel": host.target,
-        }
-        for group in raw["hosts"].values():
-            for h in group["hosts"]:
-                h["target"] = targets[h["name"]]
 
     bot = make_bot(edit=edit)
     await bot.start()
