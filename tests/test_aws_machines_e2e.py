@@ -21,6 +21,7 @@ from commands.costs.machines import due, month_cost, next_moment
 from commands.costs.machines_db import TimerRow
 from devstack.client import RoomUser, SeenEvent
 from devstack.moto import LocalMoto
+from devstack.synapse import free_port
 from tests.conftest import BotFactory, BotHandle
 
 
@@ -62,13 +63,13 @@ def _state(ec2: Any, instance_id: str) -> str:
     return str(found["Reservations"][0]["Instances"][0]["State"]["Name"])
 
 
-def _aws(url: str, builder_id: str) -> Callable[[dict[str, Any]], None]:
+def _aws(url: str, builder_id: str, timeout_s: float = 5) -> Callable[[dict[str, Any]], None]:
     def edit(raw: dict[str, Any]) -> None:
         raw["aws"] = {
             "endpoint_url": url,
             "access_key_id": "testing",
             "secret_access_key": "testing",
-            "timeout_s": 5,
+            "timeout_s": timeout_s,
             # Far from the test's moments: no weekly summary runs in between.
             "weekly_cron": "0 9 1 7 *",
             "on_demand": [
@@ -198,8 +199,8 @@ async def test_start_warn_extend_restart_auto_stop_and_refusals(
     await bot.start()
     stopped = await alice.wait_for(_from_bot(bot, "⏹ stopped"), timeout=60, after=mark)
     assert stopped.body.startswith(
-        f"⏹ stopped archeology ({archeology}, its auto-stop was due at 04:40 UTC, "
-        "while the bot was not running): running → stopping; it ran 8 h 20 min this time."
+        f"⏹ stopped archeology ({archeology}, overdue: its auto-stop was due at 04:40 UTC): "
+        "running → stopping; it ran 8 h 20 min this time."
     ), stopped.body
     assert _state(ec2, archeology) == "stopped"
     listing = await alice.ask(room, "!aws machines", bot.user_id, timeout=30)
@@ -252,6 +253,62 @@ async def test_start_warn_extend_restart_auto_stop_and_refusals(
         (("archeology", "9d"), "bad_input"),
         (("builder", "1h"), "bad_input"),
     ]
+
+
+async def test_auto_stop_while_aws_is_unreachable_is_said_and_retried(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto
+) -> None:
+    moto.reset()
+    ec2 = _ec2(moto)
+    archeology = _stopped_instance(ec2, "m4.xlarge", "archeology")
+    builder = _stopped_instance(ec2, "t2.micro", None)
+    alice, bob = people["alice"], people["bob"]
+    bot = make_bot(edit=_aws(moto.url, builder), clock=ManualClock(_at(2026, 11, 30, 10, 0)))
+    await bot.start()
+    started = await bob.ask(room, "!aws start archeology", bot.user_id, timeout=30)
+    assert "It stops by itself at 18:00 UTC" in started.body
+    await bot.stop()
+
+    # The bot comes back after the auto-stop was due, but AWS does not answer: the room is
+    # told once, the stop is tried again 5 minutes later, and the machine keeps its timer.
+    dead = f"http://127.0.0.1:{free_port()}"
+    clock = ManualClock(_at(2026, 11, 30, 18, 5))
+    mark = alice.mark()
+    bot = make_bot(edit=_aws(dead, builder, timeout_s=2), clock=clock)
+    await bot.start()
+    failed = await alice.wait_for(_from_bot(bot, "❌ could not stop"), timeout=60, after=mark)
+    assert failed.body.startswith(
+        f"❌ could not stop archeology ({archeology}) at its auto-stop: AWS call "
+        "ec2:stop_instances failed"
+    ), failed.body
+    assert failed.body.endswith("Trying again every 5m.")
+    store = bot.rt.store
+
+    await bot.wait_metric('infrabot_commands_total{command="aws stop",outcome="error"} 1.0')
+    await clock.set(_at(2026, 11, 30, 18, 11))
+    await bot.wait_metric(
+        'infrabot_commands_total{command="aws stop",outcome="error"} 2.0', timeout=60
+    )
+    assert [r.outcome for r in of_command(store, "aws stop")] == ["error", "error"]
+    listing = await alice.ask(room, "!aws machines", bot.user_id, timeout=60)
+    assert "archeology: could not ask AWS: AWS call ec2:describe_instances failed" in (listing.body)
+    await bot.barrier(alice, room)
+    assert len([e for e in alice.seen[mark:] if e.body.startswith("❌ could not stop")]) == 1
+    assert _state(ec2, archeology) == "running"
+    await bot.stop()
+
+    # With AWS back, the next start stops it and says it was overdue.
+    mark = alice.mark()
+    bot = make_bot(edit=_aws(moto.url, builder), clock=ManualClock(_at(2026, 11, 30, 18, 20)))
+    await bot.start()
+    stopped = await alice.wait_for(_from_bot(bot, "⏹ stopped"), timeout=60, after=mark)
+    assert stopped.body.startswith(
+        f"⏹ stopped archeology ({archeology}, overdue: its auto-stop was due at 18:00 UTC): "
+        "running → stopping; it ran 8 h 20 min this time."
+    ), stopped.body
+    assert _state(ec2, archeology) == "stopped"
+    outcomes = [(r.sender, r.outcome) for r in of_command(bot.rt.store, "aws stop")]
+    assert outcomes == [(bot.user_id, "error"), (bot.user_id, "error"), (bot.user_id, "ok")]
 
 
 def test_timer_and_month_cost_rules() -> None:

@@ -194,6 +194,11 @@ class Machines:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # name → (when to try again, Unix seconds) for auto-stops that failed.
     retry: dict[str, float] = field(default_factory=dict)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """The lock that serialises starting, stopping and extending machine `name`."""
+        return self.locks.setdefault(name, asyncio.Lock())
 
     @property
     def by_name(self) -> dict[str, OnDemand]:
@@ -268,10 +273,15 @@ class Machines:
     # --- commands ---------------------------------------------------------------------------
 
     async def start(self, ctx: Context, m: OnDemand) -> None:
+        """See `_start`; one command or auto-stop acts on a machine at a time."""
+        self.check_role(ctx, m, f"aws start {m.name}")
+        async with self.lock(m.name):
+            await self._start(ctx, m)
+
+    async def _start(self, ctx: Context, m: OnDemand) -> None:
         """Start `m` (or keep it running), set its auto-stop, answer, then say once it runs."""
         rt = ctx.rt
         p = rt.prefix
-        self.check_role(ctx, m, f"aws start {m.name}")
         inst = await self.describe(m)
         now = rt.clock.now()
         if inst.state in ("stopping", "shutting-down"):
@@ -289,6 +299,8 @@ class Machines:
                 f"(`{p}aws extend {m.name} 2h` keeps it longer)."
             )
             return
+        # A run left open by a stop outside the bot ends here (when it stopped is not known).
+        self._reconcile(m, inst, now)
         await ctx.react("👀")
         answer = await self.aws.call(
             "ec2", "start_instances", m.region or self.region, InstanceIds=[inst.id]
@@ -309,9 +321,14 @@ class Machines:
         ctx.spawn(self._wait(m, "running", ("pending",)), f"waiting for {m.name}")
 
     async def stop(self, ctx: Context, m: OnDemand) -> None:
+        """See `_stop`; one command or auto-stop acts on a machine at a time."""
+        self.check_role(ctx, m, f"aws stop {m.name}")
+        async with self.lock(m.name):
+            await self._stop(ctx, m)
+
+    async def _stop(self, ctx: Context, m: OnDemand) -> None:
         """Stop `m`, drop its auto-stop, answer with what the run cost, then say once stopped."""
         rt = ctx.rt
-        self.check_role(ctx, m, f"aws stop {m.name}")
         inst = await self.describe(m)
         now = rt.clock.now()
         if inst.state in ("stopped", "stopping", "shutting-down"):
@@ -332,10 +349,15 @@ class Machines:
         ctx.spawn(self._wait(m, "stopped", ("stopping",)), f"waiting for {m.name}")
 
     async def extend(self, ctx: Context, m: OnDemand, by: timedelta) -> None:
+        """See `_extend`; one command or auto-stop acts on a machine at a time."""
+        self.check_role(ctx, m, f"aws extend {m.name}")
+        async with self.lock(m.name):
+            await self._extend(ctx, m, by)
+
+    async def _extend(self, ctx: Context, m: OnDemand, by: timedelta) -> None:
         """Move `m`'s auto-stop `by` later (from now if it was due already)."""
         rt = ctx.rt
         p = rt.prefix
-        self.check_role(ctx, m, f"aws extend {m.name}")
         inst = await self.describe(m)
         now = rt.clock.now()
         if inst.state not in ("running", "pending"):
@@ -465,6 +487,13 @@ class Machines:
         db.mark_warned(self.rt.store, row.name)
 
     async def _auto_stop(self, row: db.TimerRow) -> None:
+        async with self.lock(row.name):
+            # A command may have stopped or extended it while this waited.
+            current = db.timer(self.rt.store, row.name)
+            if current is not None and due(current, self.rt.clock.time()) == "stop":
+                await self._stop_now(current)
+
+    async def _stop_now(self, row: db.TimerRow) -> None:
         rt = self.rt
         m = self.by_name.get(row.name)
         now = rt.clock.now()
@@ -493,6 +522,8 @@ class Machines:
             first = row.name not in self.retry
             self.retry[row.name] = (now + RETRY_AFTER).timestamp()
             audit.end(rt.store, audit_id, "error", str(exc), now=rt.clock.time())
+            # Counted like a command's outcome, so /metrics shows failing auto-stops.
+            rt.metrics.commands.labels("aws stop", "error").inc()
             log.warning("auto-stop of %s failed: %s", row.name, exc)
             if first:
                 rt.post(
@@ -507,11 +538,12 @@ class Machines:
         ran = self._stopped(m, now)
         late = now.timestamp() - row.stop_at > LATE.total_seconds()
         why = (
-            f"its auto-stop was due at {at(row.stop_at, now)}, while the bot was not running"
+            f"overdue: its auto-stop was due at {at(row.stop_at, now)}"
             if late
             else f"auto-stop at {at(row.stop_at, now)}"
         )
         audit.end(rt.store, audit_id, "ok", f"auto-stop of {row.instance_id}", now=rt.clock.time())
+        rt.metrics.commands.labels("aws stop", "ok").inc()
         rt.post(
             row.room_id,
             f"⏹ stopped {m.name} ({row.instance_id}, {why}): {change}{ran}. "
