@@ -14,9 +14,11 @@ from typing import Any
 
 import boto3
 import pytest
+from pydantic import ValidationError
 
 from bot.audit import of_command
 from bot.clock import ManualClock
+from commands.costs import AwsConfig
 from commands.costs.machines import due, month_cost, next_moment
 from commands.costs.machines_db import TimerRow
 from devstack.client import RoomUser, SeenEvent
@@ -329,3 +331,16 @@ def test_timer_and_month_cost_rules() -> None:
     ]
     assert month_cost(runs, now, 0.5) == pytest.approx(1.5)
     assert month_cost(runs, now, None) is None
+
+
+def test_on_demand_config_is_checked() -> None:
+    ok = AwsConfig.model_validate({"on_demand": [{"name": "archeology", "auto_stop_after": "8h"}]})
+    assert ok.on_demand[0].ref == "archeology" and ok.on_demand[0].role == "operator"
+    for bad, reason in [
+        ([{"name": "a"}, {"name": "a"}], "on_demand names must be unique: a given twice"),
+        ([{"name": "Big Machine"}], "one lower-case word"),
+        ([{"name": "a", "auto_stop_after": "30s"}], "auto_stop_after must be at least 1m"),
+        ([{"name": "a", "stop_after": "2h"}], "Extra inputs are not permitted"),
+    ]:
+        with pytest.raises(ValidationError, match=reason):
+            AwsConfig.model_validate({"on_demand": bad})
