@@ -120,6 +120,10 @@ async def test_start_warn_extend_restart_auto_stop_and_refusals(
         unknown.body
     )
     assert "usage: `!aws start <machine>`" in unknown.body
+    helped = await mallory.ask(room, "!help aws start", bot.user_id)
+    assert helped.body.endswith(
+        "needs role: the machine's role: archeology: operator · builder: admin · ghost: operator"
+    ), helped.body
     ghost = await bob.ask(room, "!aws start ghost", bot.user_id, timeout=30)
     assert ghost.body.startswith("❌ no instance ghost in us-east-1")
     assert _state(ec2, archeology) == "stopped"
