@@ -19,7 +19,7 @@ from bot.config import Config, ScheduleConfig, Section
 from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration
 from bot.errors import RemoteError, UserError
-from bot.registry import Router, StateKey
+from bot.registry import ANYONE, Router, StateKey
 from commands.costs import db
 from commands.costs.anomalies import AnomalyConfig
 from commands.costs.aws import AwsClients
@@ -28,6 +28,8 @@ from commands.costs.dates import month_windows, trailing, utc_day
 from commands.costs.explorer import daily_costs, month_figures
 from commands.costs.grouping import BY_USAGE_TYPE, GROUPING_LABEL, grouping, parse_grouping
 from commands.costs.idle import Prices, find_idle
+from commands.costs.machines import MACHINES, Machines, OnDemandList, extension, machine
+from commands.costs.machines_db import MIGRATIONS as MACHINE_MIGRATIONS
 from commands.costs.period import PERIOD_LABEL, aws_region, aws_service, period, today
 from commands.costs.render import (
     BASIS_LINE,
@@ -131,6 +133,7 @@ class AwsConfig(Section):
     weekly_cron: str = "0 9 * * 1"
     room: str | None = None
     top: int = Field(default=5, ge=1, le=20)
+    on_demand: OnDemandList = Field(default_factory=list)
 
     @field_validator("cost_tag")
     @classmethod
@@ -303,3 +306,60 @@ async def anomalies_job(ctx: JobContext) -> str:
     if cfg.anomalies is None:
         raise UserError("`aws.anomalies` is not configured")
     return await check_anomalies(ctx.rt, aws, cfg.anomalies, ctx.room_id)
+
+
+# --- on-demand machines (commands.costs.machines) ---------------------------------------
+
+router.migrations.extend(MACHINE_MIGRATIONS)
+
+
+@router.lifespan(MACHINES)
+@asynccontextmanager
+async def machines_state(rt: Runtime) -> AsyncIterator[Machines]:
+    """The on-demand machines from `aws.on_demand`, on the feature's clients (`AWS`)."""
+    cfg = rt.config.section("aws", AwsConfig) or AwsConfig()
+    yield Machines(rt, rt[AWS], list(cfg.on_demand), cfg.region, _prices(cfg).instance_hour)
+
+
+@router.service
+async def machines_auto_stop(rt: Runtime) -> None:
+    """Warn before and stop at each machine's auto-stop, also those due while the bot was down."""
+    await rt[MACHINES].run()
+
+
+MACHINE = arg("machine", machine)
+EXTEND_BY = arg("duration", extension)
+
+
+def _who_machines(rt: Runtime) -> str:
+    return rt[MACHINES].who()
+
+
+# The guard lets everyone through: each machine names its own role (checked by the handler;
+# a refusal is audited as 'denied' all the same).
+@router.command("aws start", params=[MACHINE], role=ANYONE, who=_who_machines)
+async def start_cmd(ctx: Context) -> None:
+    """Start an on-demand machine; it stops by itself after its `auto_stop_after`."""
+    _config(ctx.rt)
+    await ctx.rt[MACHINES].start(ctx, ctx[MACHINE])
+
+
+@router.command("aws stop", params=[MACHINE], role=ANYONE, who=_who_machines)
+async def stop_cmd(ctx: Context) -> None:
+    """Stop an on-demand machine now."""
+    _config(ctx.rt)
+    await ctx.rt[MACHINES].stop(ctx, ctx[MACHINE])
+
+
+@router.command("aws extend", params=[MACHINE, EXTEND_BY], role=ANYONE, who=_who_machines)
+async def extend_cmd(ctx: Context) -> None:
+    """Move a running machine's auto-stop later, e.g. `!aws extend archeology 2h`."""
+    _config(ctx.rt)
+    await ctx.rt[MACHINES].extend(ctx, ctx[MACHINE], ctx[EXTEND_BY])
+
+
+@router.command("aws machines")
+async def machines_cmd(ctx: Context) -> None:
+    """On-demand machines: state, address, uptime, auto-stop and cost so far this month."""
+    _config(ctx.rt)
+    await ctx.rt[MACHINES].listing(ctx)
