@@ -1051,7 +1051,8 @@ async def test_host_groups_need_their_own_role(
     assert (
         "needs role: the hosts' group role: "
         "@critical (pluto, mimas, titan; colmena in build/): deploy-critical, four-eyes · "
-        "@non-critical (caliban, umbriel; colmena in non-critical-infra/): deploy"
+        "@non-critical (caliban, umbriel; colmena in non-critical-infra/): deploy "
+        "(and admin: every group)"
     ) in helped.body
 
 

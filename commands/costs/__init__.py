@@ -258,7 +258,8 @@ async def idle_cmd(ctx: Context) -> None:
 
 @router.job("aws.weekly")
 async def weekly_job(ctx: JobContext) -> str:
-    """The weekly AWS summary: costs, idle resources, savings tracker and a chart."""
+    """The weekly AWS summary: costs, top costs by `cost_tag`, idle resources, the savings
+    tracker (with a chart of the months since `baseline_since`) and a chart of daily spend."""
     cfg, aws = _aws(ctx.rt)
     now = ctx.rt.clock.now()
     day = utc_day(now)

@@ -639,7 +639,8 @@ def _where(method: str, dir_: str) -> str:
 
 
 def who_may_deploy(rt: Runtime) -> str:
-    """One line: each group, its hosts, method and the role that may deploy it."""
+    """One line: each group, its hosts, method and the role that may deploy it (and the admin
+    role, which may deploy every group)."""
     inventory = rt.config.section("hosts", Inventory)
     if inventory is None:
         return "no hosts are configured (`hosts:`)"
@@ -648,7 +649,8 @@ def who_may_deploy(rt: Runtime) -> str:
         eyes = ", four-eyes" if g.four_eyes else ""
         hosts = ", ".join(h.name for h in g.hosts)
         parts.append(f"@{g.name} ({hosts}; {_where(g.method, g.dir)}): {g.role}{eyes}")
-    return "the hosts' group role: " + " · ".join(parts)
+    admin = rt.config.core.permissions.admin_role
+    return f"the hosts' group role: {' · '.join(parts)} (and {admin}: every group)"
 
 
 def may_deploy_some_group(rt: Runtime, user: str, room_id: str) -> bool:
