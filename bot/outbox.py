@@ -27,6 +27,7 @@ longer be amended, and a row that waits untried can still take in more of a burs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -40,7 +41,7 @@ from bot.matrix import MatrixError, Transport, new_txn_id
 from bot.messages import MAX_CONTENT_BYTES, fit
 from bot.metrics import Metrics
 from bot.outbox_db import FAILED, SENT, OutboxRow
-from bot.store import Store
+from bot.store import Store, StoreUnavailable
 from bot.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
@@ -230,22 +231,32 @@ class Outbox:
         """Deliver forever: per room in order, rooms in parallel, with backoff."""
         next_prune = 0.0
         sending = TaskOwner()
+        store_down = Backoff(0.5, 30)
         try:
             while True:
-                if time.monotonic() >= next_prune:
-                    await self.prune()
-                    next_prune = time.monotonic() + 3600
                 # Cleared before looking, so a post or a finished send from here on wakes us.
                 self._wake.clear()
-                ready, waiting = await self._ready()
+                try:
+                    if time.monotonic() >= next_prune:
+                        await self.prune()
+                        next_prune = time.monotonic() + 3600
+                    ready, waiting = await self._ready()
+                except StoreUnavailable as exc:
+                    pause = store_down.next()
+                    self.metrics.errors.labels("outbox").inc()
+                    log.warning("outbox: %s; looking again in %.1f s", exc, pause)
+                    await asyncio.sleep(pause)
+                    continue
+                store_down.reset()
                 for row in ready:
                     # Marked before the first await: from here on nobody may amend or drop it.
                     self._in_flight.add(row.id)
                     task = sending.spawn(self._deliver(row), f"outbox:{row.id}")
                     task.add_done_callback(lambda _: self._wake.set())
-                self.metrics.outbox_pending.set(
-                    await self.pending() if ready or waiting or sending else 0
-                )
+                with contextlib.suppress(StoreUnavailable):  # the gauge waits a turn
+                    self.metrics.outbox_pending.set(
+                        await self.pending() if ready or waiting or sending else 0
+                    )
                 wait = min((self._retry_at[r] for r in waiting), default=None)
                 try:
                     timeout = None if wait is None else max(0.0, wait - time.monotonic())

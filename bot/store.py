@@ -67,7 +67,10 @@ MIGRATE_LOCK = WRITE_LOCK + 1
 
 
 class StoreUnavailable(BotError):
-    """The store could not be reached or did not answer in time; the work was not done."""
+    """The store could not be reached or did not answer in time; the work was not done.
+
+    The message is fit for the room and the log: "the state store (PostgreSQL) is
+    unavailable: <libpq's first line>", which names host and port, never a password."""
 
 
 @dataclass(frozen=True)
@@ -428,7 +431,6 @@ class PostgresStore(Store):
             timeout=timeout,
             # A connection broken by a server restart is found and replaced before use.
             check=AsyncConnectionPool.check_connection,
-            reconnect_timeout=0,  # keep trying for ever (the pool retries with backoff)
             open=False,
             name="infrabot",
         )
@@ -454,9 +456,9 @@ class PostgresStore(Store):
             async with self.pool.connection(timeout=self.timeout) as conn:
                 yield conn
         except PoolTimeout as exc:
-            raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+            raise _unavailable(str(exc)) from exc
         except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}") from exc
+            raise _unavailable(_first_line(exc)) from exc
 
     async def _migrate(self, migrations: Sequence[Migration]) -> None:
         async with self._connection() as conn:
@@ -494,7 +496,7 @@ class PostgresStore(Store):
             try:
                 return await self._run(conn, sql, params)
             except psycopg.OperationalError as exc:
-                raise StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}") from exc
+                raise _unavailable(_first_line(exc)) from exc
         async with self._connection() as conn:
             return await self._run(conn, sql, params)
 
@@ -521,6 +523,10 @@ class PostgresStore(Store):
             raise RuntimeError("savepoint() outside a transaction")
         async with conn.transaction():
             yield self
+
+
+def _unavailable(detail: str) -> StoreUnavailable:
+    return StoreUnavailable(f"the state store (PostgreSQL) is unavailable: {detail}")
 
 
 def _first_line(exc: BaseException) -> str:

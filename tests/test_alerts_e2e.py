@@ -27,7 +27,7 @@ from commands.alerts.render import REMINDER
 from devstack.alertmanager import LocalAlertmanager
 from devstack.client import RoomUser, SeenEvent
 from devstack.synapse import LocalSynapse, free_port
-from tests.conftest import BotFactory, BotHandle
+from tests.conftest import BotFactory, BotHandle, both_stores
 
 TOKEN = "webhook-token-123456"
 
@@ -89,6 +89,7 @@ def _unit_failed(host: str) -> dict[str, str]:
     }
 
 
+@both_stores
 async def test_alerts_are_grouped_and_resolving_edits_the_message(
     alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
 ) -> None:
@@ -341,6 +342,7 @@ async def _wait_counts(
     return _count(user, bot.user_id, names)
 
 
+@both_stores
 async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
 ) -> None:
@@ -385,6 +387,7 @@ async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
     assert not [e for e in people["alice"].seen[mark:] if _edit(e)], "a shared message was edited"
 
 
+@both_stores
 async def test_a_group_changing_before_its_message_is_sent_changes_that_message(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
 ) -> None:
@@ -495,6 +498,7 @@ async def test_routes_pick_rooms_and_mentions_ping(
     assert quiet.room_id == room and quiet.content["m.mentions"] == {"user_ids": []}
 
 
+@both_stores
 async def test_two_alertmanager_replicas_post_one_message(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, tmp_path: Path
 ) -> None:
@@ -633,6 +637,7 @@ async def test_reminders_can_be_switched_off(
     assert len(posts) == 1, [e.body for e in posts]
 
 
+@both_stores
 async def test_a_bell_reaction_on_the_message_silences_its_group(
     alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
 ) -> None:

@@ -20,7 +20,7 @@ from bot.registry import Router
 from bot.store import open_store
 from devstack.client import RoomUser, SeenEvent
 from devstack.synapse import LocalSynapse
-from tests.conftest import Accounts, BotFactory
+from tests.conftest import Accounts, BotFactory, both_stores
 
 # The core's command checks run with the default prefix and with another one: every answer
 # that names a command must name it with the prefix the config sets.
@@ -129,6 +129,7 @@ async def test_unknown_command_bad_quoting_and_bad_arguments(
     assert outcomes == ["bad_input", "bad_input"]
 
 
+@both_stores
 @PREFIXES
 async def test_roles_outsider_refused_and_audited(
     p: str,
@@ -166,6 +167,7 @@ async def test_roles_outsider_refused_and_audited(
     assert [r.args for r in rows if r.command == "jobs run"] == [("reminder",), ("reminder",)]
 
 
+@both_stores
 async def test_command_sent_while_bot_is_down_is_never_run(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str
 ) -> None:
@@ -225,6 +227,7 @@ async def test_survives_a_homeserver_restart(
     assert bot.task is not None and not bot.task.done()
 
 
+@both_stores
 async def test_scheduled_job_posts_and_missed_run_runs_once(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str
 ) -> None:
@@ -412,6 +415,7 @@ async def test_commands_only_from_configured_rooms(
     assert not any(e.replies_to(ignored) for e in people["alice"].seen)
 
 
+@both_stores
 async def test_password_login_keeps_token_and_device(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
 ) -> None:
@@ -550,6 +554,7 @@ async def test_a_room_newly_served_does_not_run_its_history(
     assert not any(e.replies_to(job) or "rotate the on-call pager" in e.body for e in mine)
 
 
+@both_stores
 async def test_two_manual_runs_of_one_job_at_once_run_it_once(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
 ) -> None:
