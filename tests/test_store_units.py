@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 
+from bot.cli import load, load_registry
 from bot.config import ConfigError, StateConfig, parse_config
 from bot.matrix import Transport
 from bot.metrics import Metrics
@@ -18,6 +19,7 @@ from bot.registry import Registry
 from bot.store import PostgresStore, SqliteStore, Store, to_postgres
 from commands import ROUTERS
 from tests.conftest import PG_PASSWORD, PgState
+from tests.test_config import example_config
 
 
 def test_sqlite_spelling_becomes_postgres_in_one_place() -> None:
@@ -162,3 +164,20 @@ async def test_sqlite_statements_of_other_tasks_wait_for_an_open_transaction(
         assert await store.get("other") == "kept", "not swept into the rolled-back transaction"
     finally:
         await store.close()
+
+
+def test_the_example_configs_postgres_form_is_valid(tmp_path: Path) -> None:
+    text = example_config(tmp_path).read_text()
+    block = text.split("\nstate:\n", 1)[1].split("\n\n", 1)[0]
+    pg_block = "\n".join(
+        line.replace("# ", "", 1).split("   #")[0]
+        for line in block.splitlines()
+        if line.strip().startswith(("# dsn:", "# password_file:", "# connect_timeout:"))
+        or line.strip().startswith(("# statement_timeout:", "# pool_size:"))
+    )
+    assert pg_block.count("\n") == 4, pg_block
+    path = tmp_path / "pg.yaml"
+    path.write_text(text.replace(block, pg_block))
+    state = load(str(path), load_registry()).core.state
+    assert state.dsn is not None and "dbname=infrabot" in state.dsn
+    assert state.password is not None and state.statement_timeout == timedelta(seconds=30)
