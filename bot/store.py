@@ -41,8 +41,8 @@ import logging
 import re
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -179,6 +179,32 @@ class Store(ABC):
 
     kind = "abstract"
 
+    def __init__(self) -> None:
+        # The callbacks waiting for the current task's outermost transaction to end.
+        self._hooks: contextvars.ContextVar[list[Callable[[], None]] | None] = (
+            contextvars.ContextVar(f"store-hooks-{id(self)}", default=None)
+        )
+
+    def after_transaction(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the current task's transaction has ended, committed or rolled
+        back (at once outside one). What others see only once committed (a row for the
+        outbox's sender, which reads through another connection on PostgreSQL) is announced
+        from here, and what was held for the transaction is let go."""
+        hooks = self._hooks.get()
+        if hooks is None:
+            callback()
+        else:
+            hooks.append(callback)
+
+    @contextmanager
+    def _collecting_hooks(self) -> Iterator[list[Callable[[], None]]]:
+        hooks: list[Callable[[], None]] = []
+        token = self._hooks.set(hooks)
+        try:
+            yield hooks
+        finally:
+            self._hooks.reset(token)
+
     @abstractmethod
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         """Run one statement (SQLite spelling, `?` parameters), inside the current task's
@@ -264,6 +290,7 @@ class SqliteStore(Store):
     kind = "sqlite"
 
     def __init__(self, path: Path, migrations: Sequence[Migration] = ()) -> None:
+        super().__init__()
         self.path = path
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,18 +352,24 @@ class SqliteStore(Store):
         if self._inside.get():
             yield self
             return
-        async with self._lock:
-            token = self._inside.set(True)
-            try:
-                self.db.execute("BEGIN IMMEDIATE")
+        hooks: list[Callable[[], None]] = []
+        try:
+            async with self._lock:
+                token = self._inside.set(True)
                 try:
-                    yield self
-                except BaseException:
-                    self.db.execute("ROLLBACK")
-                    raise
-                self.db.execute("COMMIT")
-            finally:
-                self._inside.reset(token)
+                    with self._collecting_hooks() as hooks:
+                        self.db.execute("BEGIN IMMEDIATE")
+                        try:
+                            yield self
+                        except BaseException:
+                            self.db.execute("ROLLBACK")
+                            raise
+                        self.db.execute("COMMIT")
+                finally:
+                    self._inside.reset(token)
+        finally:
+            for hook in hooks:
+                hook()
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[SqliteStore]:
@@ -389,6 +422,7 @@ class PostgresStore(Store):
     kind = "postgres"
 
     def __init__(self, pool: AsyncConnectionPool[Any], *, timeout: float) -> None:
+        super().__init__()
         self.pool = pool
         self.timeout = timeout
         self._conn: contextvars.ContextVar[AsyncConnection[Any] | None] = contextvars.ContextVar(
@@ -506,14 +540,20 @@ class PostgresStore(Store):
         if self._conn.get() is not None:
             yield self
             return
-        async with self._connection() as conn:
-            token = self._conn.set(conn)
-            try:
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-                    yield self
-            finally:
-                self._conn.reset(token)
+        hooks: list[Callable[[], None]] = []
+        try:
+            async with self._connection() as conn:
+                token = self._conn.set(conn)
+                try:
+                    with self._collecting_hooks() as hooks:
+                        async with conn.transaction():
+                            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                            yield self
+                finally:
+                    self._conn.reset(token)
+        finally:
+            for hook in hooks:
+                hook()
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[PostgresStore]:
