@@ -181,3 +181,19 @@ def test_the_example_configs_postgres_form_is_valid(tmp_path: Path) -> None:
     state = load(str(path), load_registry()).core.state
     assert state.dsn is not None and "dbname=infrabot" in state.dsn
     assert state.password is not None and state.statement_timeout == timedelta(seconds=30)
+
+
+async def test_after_transaction_runs_once_the_transaction_has_ended(any_store: Store) -> None:
+    seen: list[str] = []
+    any_store.after_transaction(lambda: seen.append("outside: at once"))
+    async with any_store.transaction() as tx:
+        await tx.put("k", "v")
+        tx.after_transaction(lambda: seen.append("committed"))
+        async with tx.transaction():  # nested: the outer one decides
+            tx.after_transaction(lambda: seen.append("nested"))
+        assert seen == ["outside: at once"], "not while the transaction is open"
+    with pytest.raises(RuntimeError):
+        async with any_store.transaction() as tx:
+            tx.after_transaction(lambda: seen.append("rolled back"))
+            raise RuntimeError("undo")
+    assert seen == ["outside: at once", "committed", "nested", "rolled back"]
