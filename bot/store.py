@@ -48,12 +48,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from bot.backoff import Backoff
 from bot.errors import BotError
 
 if TYPE_CHECKING:
-    from psycopg import AsyncConnection
-    from psycopg_pool import AsyncConnectionPool
-
     from bot.config import StateConfig
 
 log = logging.getLogger(__name__)
@@ -444,9 +447,6 @@ class PostgresStore(Store):
 
         `dsn` is a libpq connection string or URI without a password; `password` is given
         apart so that no DSN that is logged can hold it. Raises StoreUnavailable."""
-        from psycopg.rows import dict_row
-        from psycopg_pool import AsyncConnectionPool
-
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "row_factory": dict_row,
@@ -472,6 +472,9 @@ class PostgresStore(Store):
         try:
             await pool.open(wait=True, timeout=timeout)
             await store._migrate([*CORE_MIGRATIONS, *migrations])
+        except PoolTimeout as exc:
+            await pool.close()
+            raise _unavailable(str(exc)) from exc
         except BaseException:
             await pool.close()
             raise
@@ -483,9 +486,6 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
-        import psycopg
-        from psycopg_pool import PoolTimeout
-
         try:
             async with self.pool.connection(timeout=self.timeout) as conn:
                 yield conn
@@ -523,8 +523,6 @@ class PostgresStore(Store):
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         """Run one statement (see Store.execute)."""
-        import psycopg
-
         conn = self._conn.get()
         if conn is not None:
             try:
@@ -575,17 +573,27 @@ def _first_line(exc: BaseException) -> str:
 
 
 async def open_store(state: StateConfig, migrations: Sequence[Migration] = ()) -> Store:
-    """The store `state:` names: PostgreSQL when it gives a `dsn`, else the SQLite file."""
+    """The store `state:` names: PostgreSQL when it gives a `dsn`, else the SQLite file.
+
+    A PostgreSQL that cannot be reached at start is waited for (logged, backing off from 1 s
+    to 60 s) rather than ending the process."""
     if state.dsn is None:
         return SqliteStore(state.db_path, migrations)
-    return await PostgresStore.open(
-        state.dsn,
-        migrations,
-        password=None if state.password is None else state.password.get_secret_value(),
-        connect_timeout=state.connect_timeout,
-        statement_timeout=state.statement_timeout,
-        pool_size=state.pool_size,
-    )
+    backoff = Backoff(1.0, 60.0)
+    while True:
+        try:
+            return await PostgresStore.open(
+                state.dsn,
+                migrations,
+                password=None if state.password is None else state.password.get_secret_value(),
+                connect_timeout=state.connect_timeout,
+                statement_timeout=state.statement_timeout,
+                pool_size=state.pool_size,
+            )
+        except StoreUnavailable as exc:
+            wait = backoff.next()
+            log.warning("%s; trying again in %.1f s", exc, wait)
+            await asyncio.sleep(wait)
 
 
 def split_statements(script: str) -> list[str]:
