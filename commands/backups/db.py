@@ -5,7 +5,7 @@ zrepl job, or NULL for a result of the whole check), for `backups NAME`. `backup
 per result key (`check` or `check:item`, see CheckResult.key), the state the room was last
 told and since when, so a restart does not announce again what the room already knows.
 Times are stored as Unix seconds (REAL) and handed out as aware UTC datetimes. The SQL is
-plain (`?` parameters, ON CONFLICT upsert) so that another store can run it unchanged.
+plain (`?` parameters, ON CONFLICT upsert), so both stores run it (bot.store.to_postgres).
 """
 
 from __future__ import annotations
