@@ -1,9 +1,9 @@
 """From accepted notification to committed room message: group commit and decisions applied.
 
 Webhooks that arrive together (in one loop turn, or during the previous batch's commit) are
-committed in one transaction (each in its own savepoint), so
-a storm costs one commit per batch rather than per webhook, and every webhook is still answered
-only after its message is in the outbox. What each notification does is decided by
+committed in one transaction (each in its own savepoint), so a storm costs one commit per batch
+rather than per webhook, and every webhook is still answered only after its message is in the
+outbox. What each notification does is decided by
 `commands.alerts.rules.decide`; where a new message goes, by `commands.alerts.packing`.
 """
 
