@@ -129,7 +129,6 @@ async def test_unknown_command_bad_quoting_and_bad_arguments(
     assert outcomes == ["bad_input", "bad_input"]
 
 
-@both_stores
 @PREFIXES
 async def test_roles_outsider_refused_and_audited(
     p: str,
@@ -415,7 +414,6 @@ async def test_commands_only_from_configured_rooms(
     assert not any(e.replies_to(ignored) for e in people["alice"].seen)
 
 
-@both_stores
 async def test_password_login_keeps_token_and_device(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
 ) -> None:
@@ -554,7 +552,6 @@ async def test_a_room_newly_served_does_not_run_its_history(
     assert not any(e.replies_to(job) or "rotate the on-call pager" in e.body for e in mine)
 
 
-@both_stores
 async def test_two_manual_runs_of_one_job_at_once_run_it_once(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
 ) -> None:
