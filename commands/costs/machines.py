@@ -129,6 +129,11 @@ def parse_instance(raw: dict[str, Any]) -> Instance:
     )
 
 
+def month_start(now: datetime) -> float:
+    """The 1st of `now`'s month, 00:00 UTC, as Unix seconds."""
+    return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
 def month_cost(
     runs: Sequence[tuple[float, float | None]],
     now: datetime,
@@ -139,7 +144,7 @@ def month_cost(
     when the price is unknown."""
     if price is None:
         return None
-    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+    month = month_start(now)
     end_now = now.timestamp()
     seconds = sum(
         max(0.0, min(end if end is not None else end_now, end_now) - max(start, month))
@@ -401,9 +406,7 @@ class Machines:
             await self._reconcile(m, inst, now)
             runs = [
                 (r.started_at, r.stopped_at)
-                for r in await db.runs_since(
-                    rt.store, m.name, now.replace(day=1, hour=0, minute=0, second=0).timestamp()
-                )
+                for r in await db.runs_since(rt.store, m.name, month_start(now))
             ]
             running = inst.state in ("running", "pending")
             open_since = next((s for s, e in runs if e is None), None)
