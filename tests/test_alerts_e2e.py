@@ -29,7 +29,7 @@ from commands.alerts.render import REMINDER
 from devstack.alertmanager import LocalAlertmanager
 from devstack.client import RoomUser, SeenEvent
 from devstack.synapse import LocalSynapse, free_port
-from tests.conftest import BotFactory, BotHandle
+from tests.conftest import BotFactory, BotHandle, both_stores
 
 TOKEN = "webhook-token-123456"
 
@@ -91,6 +91,7 @@ def _unit_failed(host: str) -> dict[str, str]:
     }
 
 
+@both_stores
 async def test_alerts_are_grouped_and_resolving_edits_the_message(
     alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
 ) -> None:
@@ -343,6 +344,7 @@ async def _wait_counts(
     return _count(user, bot.user_id, names)
 
 
+@both_stores
 async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
 ) -> None:
@@ -357,7 +359,7 @@ async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
         assert [status for status, _ in posted] == [200] * 14
         # The first group's message was tried (so it can no longer change); the other 14
         # groups share messages of at most 6 instead of queueing 14.
-        assert bot.rt.outbox.pending() == 1 + 3
+        assert await bot.rt.outbox.pending() == 1 + 3
     finally:
         synapse.start()
     counts = await _wait_counts(people["alice"], bot, room, names, timeout=60)
@@ -387,6 +389,7 @@ async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
     assert not [e for e in people["alice"].seen[mark:] if _edit(e)], "a shared message was edited"
 
 
+@both_stores
 async def test_a_group_changing_before_its_message_is_sent_changes_that_message(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
 ) -> None:
@@ -404,7 +407,7 @@ async def test_a_group_changing_before_its_message_is_sent_changes_that_message(
             _post(bot, _payload("Shared", n=3)),
         )
         assert [status for status, _ in posted] == [200] * 4
-        assert bot.rt.outbox.pending() == 2, "First, and one message for the four others"
+        assert await bot.rt.outbox.pending() == 2, "First, and one message for the four others"
     finally:
         synapse.start()
     alice = people["alice"]
@@ -497,6 +500,7 @@ async def test_routes_pick_rooms_and_mentions_ping(
     assert quiet.room_id == room and quiet.content["m.mentions"] == {"user_ids": []}
 
 
+@both_stores
 async def test_two_alertmanager_replicas_post_one_message(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, tmp_path: Path
 ) -> None:
@@ -635,6 +639,7 @@ async def test_reminders_can_be_switched_off(
     assert len(posts) == 1, [e.body for e in posts]
 
 
+@both_stores
 async def test_a_bell_reaction_on_the_message_silences_its_group(
     alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
 ) -> None:
@@ -889,9 +894,9 @@ async def test_truncated_alerts_are_counted_and_never_resolve_the_group(
         await alice.ask(room, "!ping", bot.user_id)  # after anything the edit brought along
         said = [e.body for e in alice.seen[mark:] if e.sender == bot.user_id]
         assert not [b for b in said if b.startswith("✅ resolved")], said
-        outbox_id = bot.rt.outbox.row_of(message.event_id)
+        outbox_id = await bot.rt.outbox.row_of(message.event_id)
         assert outbox_id is not None
-        (group,) = db.groups_of_message(bot.rt.store, outbox_id, room)
+        (group,) = await db.groups_of_message(bot.rt.store, outbox_id, room)
         assert group.open
     finally:
         am.stop()

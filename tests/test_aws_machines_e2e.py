@@ -235,7 +235,7 @@ async def test_start_warn_extend_restart_auto_stop_and_refusals(
 
     # Every start, stop and extend is audited, the bot's own auto-stops included.
     store = bot.rt.store
-    starts = [(r.sender, r.args, r.outcome) for r in of_command(store, "aws start")]
+    starts = [(r.sender, r.args, r.outcome) for r in await of_command(store, "aws start")]
     assert (mallory.client.user_id, ("archeology",), "denied") in starts
     assert (alice.client.user_id, ("nothing",), "bad_input") in starts
     assert (bob.client.user_id, ("ghost",), "error") in starts
@@ -245,7 +245,7 @@ async def test_start_warn_extend_restart_auto_stop_and_refusals(
         (bob.client.user_id, ("archeology",), "ok"),
         (alice.client.user_id, ("builder",), "ok"),
     ]
-    stops = [(r.sender, r.args, r.outcome) for r in of_command(store, "aws stop")]
+    stops = [(r.sender, r.args, r.outcome) for r in await of_command(store, "aws stop")]
     assert stops == [
         (bot.user_id, ("archeology", "auto-stop"), "ok"),
         (bot.user_id, ("archeology", "auto-stop"), "ok"),
@@ -253,7 +253,7 @@ async def test_start_warn_extend_restart_auto_stop_and_refusals(
         (alice.client.user_id, ("builder",), "ok"),
         (alice.client.user_id, ("builder",), "ok"),
     ]
-    extends = [(r.args, r.outcome) for r in of_command(store, "aws extend")]
+    extends = [(r.args, r.outcome) for r in await of_command(store, "aws extend")]
     assert extends == [
         (("archeology", "2h"), "ok"),
         (("archeology", "9d"), "bad_input"),
@@ -295,7 +295,7 @@ async def test_auto_stop_while_aws_is_unreachable_is_said_and_retried(
     await bot.wait_metric(
         'infrabot_commands_total{command="aws stop",outcome="error"} 2.0', timeout=60
     )
-    assert [r.outcome for r in of_command(store, "aws stop")] == ["error", "error"]
+    assert [r.outcome for r in await of_command(store, "aws stop")] == ["error", "error"]
     listing = await alice.ask(room, "!aws machines", bot.user_id, timeout=60)
     assert "archeology: could not ask AWS: AWS call ec2:describe_instances failed" in (listing.body)
     await bot.barrier(alice, room)
@@ -313,7 +313,7 @@ async def test_auto_stop_while_aws_is_unreachable_is_said_and_retried(
         "running → stopping; it ran 8 h 20 min this time."
     ), stopped.body
     assert _state(ec2, archeology) == "stopped"
-    outcomes = [(r.sender, r.outcome) for r in of_command(bot.rt.store, "aws stop")]
+    outcomes = [(r.sender, r.outcome) for r in await of_command(bot.rt.store, "aws stop")]
     assert outcomes == [(bot.user_id, "error"), (bot.user_id, "error"), (bot.user_id, "ok")]
 
 

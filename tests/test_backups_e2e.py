@@ -33,7 +33,7 @@ from tests.backups_fixtures import (
     zfs_lines,
     zrepl_status,
 )
-from tests.conftest import BotFactory
+from tests.conftest import BotFactory, both_stores
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +157,7 @@ async def run_job(asker: RoomUser, watcher: RoomUser, room: str, bot: str) -> Se
     return reply
 
 
+@both_stores
 async def test_backups_table_state_changes_and_no_repeat_after_restart(
     make_bot: BotFactory,
     people: dict[str, RoomUser],

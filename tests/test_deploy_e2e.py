@@ -21,7 +21,7 @@ from commands.deploy import DEPLOY
 from devstack.client import RoomUser, SeenEvent
 from devstack.openssh import OpenSshServer
 from devstack.ssh import LocalSshServer
-from tests.conftest import BotFactory
+from tests.conftest import BotFactory, both_stores
 
 SHA = "3f2c1a9b8e7d6c5b4a39281706f5e4d3c2b1a098"
 
@@ -328,6 +328,7 @@ async def _final(user: RoomUser, bot: str, host: str, after: int, timeout: float
     )
 
 
+@both_stores
 async def test_deploy_streams_progress_and_records_history(
     make_bot: BotFactory,
     people: dict[str, RoomUser],
@@ -630,6 +631,7 @@ async def test_confirmation_expires_on_the_clock_and_answers_use_the_prefix(
     await _final(alice, bot.user_id, "pluto", mark)
 
 
+@both_stores
 async def test_host_key_mismatch_timeout_restart_and_status(
     make_bot: BotFactory,
     people: dict[str, RoomUser],
@@ -764,6 +766,7 @@ async def test_two_deploys_of_one_host_at_once_run_once(
     assert len((data / "args.log").read_text().splitlines()) == 2
 
 
+@both_stores
 async def test_confirmations_arriving_together_confirm_once(
     make_bot: BotFactory,
     people: dict[str, RoomUser],

@@ -122,13 +122,13 @@ async def run_all(rt: Runtime) -> Run:
     per_check = await asyncio.gather(
         *(run_check(c, services, cfg.timeout_s, now) for c in cfg.checks)
     )
-    with rt.store.transaction():
+    async with rt.store.transaction():
         for check, results in zip(cfg.checks, per_check, strict=True):
-            record(rt, cfg, check, results, now)
+            await record(rt, cfg, check, results, now)
     return Run(now, [r for results in per_check for r in results])
 
 
-def record(
+async def record(
     rt: Runtime,
     cfg: BackupsConfig,
     check: BackupCheck,
@@ -140,23 +140,25 @@ def record(
     even when its state did not change — a new failure reported by the job itself)."""
     room = rt.transport.resolve_room(cfg.room) if cfg.room else rt.default_room()
     for result in results:
-        prev = db.state_of(rt.store, result.key)
+        prev = await db.state_of(rt.store, result.key)
         earlier_error = (
-            db.last_error(rt.store, result.name, result.item) if result.state != "ERROR" else None
+            await db.last_error(rt.store, result.name, result.item)
+            if result.state != "ERROR"
+            else None
         )
-        db.add_result(rt.store, result, now)
+        await db.add_result(rt.store, result, now)
         step = transition(prev, result.key, result.state, now, cfg.remind_every)
         announce, save = step.announce, step.save
         if force and announce is None and result.state != "OK":
             announce = "now"
             save = db.StateRow(result.key, result.state, step.since, now)
         if save is not None:
-            db.save_state(rt.store, save)
+            await db.save_state(rt.store, save)
         if announce is not None:
             story = Story(prev, step.since, earlier_error if result.state != "OK" else None)
-            _announce(rt, cfg, room, check, result, announce, now, story)
+            await _announce(rt, cfg, room, check, result, announce, now, story)
     if results and all(r.item is not None for r in results):
-        _whole_check_recovered(rt, room, check, results, now)
+        await _whole_check_recovered(rt, room, check, results, now)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class Story:
     earlier_error: db.ResultRow | None
 
 
-def _whole_check_recovered(
+async def _whole_check_recovered(
     rt: Runtime,
     room: str,
     check: BackupCheck,
@@ -181,10 +183,10 @@ def _whole_check_recovered(
     Its items' own states are announced by their own results; this only closes the
     whole-check fault, which no later result would otherwise ever clear.
     """
-    prev = db.state_of(rt.store, check.name)
+    prev = await db.state_of(rt.store, check.name)
     if prev is None or prev.state == "OK":
         return
-    db.save_state(rt.store, db.StateRow(check.name, "OK", now, now))
+    await db.save_state(rt.store, db.StateRow(check.name, "OK", now, now))
     counts = ", ".join(f"{n} {s}" for s in ICONS if (n := sum(1 for r in results if r.state == s)))
     head = f"✅ backup {check.name} answers again"
     detail = f"it was {prev.state} as a whole; each of its items is judged on its own: {counts}"
@@ -195,10 +197,10 @@ def _whole_check_recovered(
     )
     content = messages.notice(text, html)
     content["m.mentions"] = NOBODY.content()
-    rt.outbox.post(room, content)
+    await rt.outbox.post(room, content)
 
 
-def _announce(
+async def _announce(
     rt: Runtime,
     cfg: BackupsConfig,
     room: str,
@@ -241,7 +243,7 @@ def _announce(
     ).lstrip()
     content = messages.notice(text, html)
     content["m.mentions"] = pings.content()
-    rt.outbox.post(room, content)
+    await rt.outbox.post(room, content)
 
 
 @router.job("backups.check")
@@ -334,7 +336,7 @@ async def backups_cmd(ctx: Context) -> None:
 
 async def _details(ctx: Context, check: BackupCheck) -> None:
     # The last five runs, each with every item it judged.
-    rows = db.recent_runs(ctx.rt.store, check.name, 5)
+    rows = await db.recent_runs(ctx.rt.store, check.name, 5)
     lines = [
         f"{check.name}: {check.kind} on {check.target()}, "
         f"max age {format_duration(check.limit)}, severity {check.severity}"
@@ -396,12 +398,12 @@ async def _heartbeat(rt: Runtime, request: web.Request, signal: heartbeat.Signal
     now = rt.clock.now()
     verdicts = Verdicts(check.name, check.limit, format_duration(check.limit), now)
     # One transaction, no await inside: the signal, its verdict and its announcement together.
-    with rt.store.transaction():
-        row = heartbeat.record(db.heartbeat_of(rt.store, check.name), signal, now, lines)
-        db.save_heartbeat(rt.store, row)
+    async with rt.store.transaction():
+        row = heartbeat.record(await db.heartbeat_of(rt.store, check.name), signal, now, lines)
+        await db.save_heartbeat(rt.store, row)
         results = [heartbeat.judge(row, check.grace, check.max_run, verdicts)]
         # A failure is told at once with its lines, even right after another one.
-        record(rt, cfg, check, results, now, force=signal == "fail")
+        await record(rt, cfg, check, results, now, force=signal == "fail")
     log.info("heartbeat %s: %s, now %s", check.name, signal, results[0].state)
     if refused is not None:
         reason = f"{refused.reason}; the {signal} was recorded without the body"

@@ -282,10 +282,12 @@ async def check_prometheus(
     return prometheus.judge(series, check.value_is, check.labels, check.what, v)
 
 
-def check_heartbeat(check: BackupCheck, store: Store | None, v: Verdicts) -> list[CheckResult]:
+async def check_heartbeat(
+    check: BackupCheck, store: Store | None, v: Verdicts
+) -> list[CheckResult]:
     """What the job last reported, judged now (see commands.backups.heartbeat)."""
     assert store is not None
-    row = db.heartbeat_of(store, check.name)
+    row = await db.heartbeat_of(store, check.name)
     return [heartbeat.judge(row, check.grace, check.max_run, v)]
 
 
@@ -318,7 +320,7 @@ async def run_check(
             if check.kind == "prometheus":
                 return await check_prometheus(check, use.http, timeout_s, verdicts)
             if check.kind == "heartbeat":
-                return check_heartbeat(check, use.store, verdicts)
+                return await check_heartbeat(check, use.store, verdicts)
             if check.kind == "zpool":
                 return await check_zpool(check, ssh, timeout_s, verdicts)
             if check.kind == "zfs_snapshots":

@@ -5,7 +5,7 @@ zrepl job, or NULL for a result of the whole check), for `backups NAME`. `backup
 per result key (`check` or `check:item`, see CheckResult.key), the state the room was last
 told and since when, so a restart does not announce again what the room already knows.
 Times are stored as Unix seconds (REAL) and handed out as aware UTC datetimes. The SQL is
-plain (`?` parameters, ON CONFLICT upsert) so that another store can run it unchanged.
+plain (`?` parameters, ON CONFLICT upsert), so both stores run it (bot.store.to_postgres).
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def _dt(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-def add_result(store: Store, result: CheckResult, checked_at: datetime) -> None:
+async def add_result(store: Store, result: CheckResult, checked_at: datetime) -> None:
     """Keep one result of the run at `checked_at`."""
-    store.execute(
+    await store.execute(
         "INSERT INTO backup_results(check_name, item, checked_at, state, newest, detail, facts) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
@@ -108,11 +108,13 @@ def add_result(store: Store, result: CheckResult, checked_at: datetime) -> None:
     )
 
 
-def state_of(store: Store, key: str) -> StateRow | None:
+async def state_of(store: Store, key: str) -> StateRow | None:
     """The stored state of a result key (`check` or `check:item`), if any."""
-    row = store.execute(
-        "SELECT check_name, state, since, announced_at FROM backup_state WHERE check_name = ?",
-        (key,),
+    row = (
+        await store.execute(
+            "SELECT check_name, state, since, announced_at FROM backup_state WHERE check_name = ?",
+            (key,),
+        )
     ).fetchone()
     if row is None:
         return None
@@ -121,9 +123,9 @@ def state_of(store: Store, key: str) -> StateRow | None:
     return StateRow(row["check_name"], cast(State, row["state"]), since, _dt(row["announced_at"]))
 
 
-def save_state(store: Store, row: StateRow) -> None:
+async def save_state(store: Store, row: StateRow) -> None:
     """Insert or replace the stored state of `row.key`."""
-    store.execute(
+    await store.execute(
         "INSERT INTO backup_state(check_name, state, since, announced_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(check_name) DO UPDATE SET state = excluded.state, since = excluded.since, "
         "announced_at = excluded.announced_at",
@@ -136,14 +138,16 @@ def save_state(store: Store, row: StateRow) -> None:
     )
 
 
-def recent_runs(store: Store, check_name: str, runs: int = 5) -> list[ResultRow]:
+async def recent_runs(store: Store, check_name: str, runs: int = 5) -> list[ResultRow]:
     """Every result of the check's last `runs` runs, newest run first, items in order."""
-    rows = store.execute(
-        "SELECT check_name, item, checked_at, state, newest, detail, facts FROM backup_results "
-        "WHERE check_name = ? AND checked_at IN ("
-        " SELECT DISTINCT checked_at FROM backup_results WHERE check_name = ?"
-        " ORDER BY checked_at DESC LIMIT ?) ORDER BY checked_at DESC, item",
-        (check_name, check_name, runs),
+    rows = (
+        await store.execute(
+            "SELECT check_name, item, checked_at, state, newest, detail, facts FROM backup_results "
+            "WHERE check_name = ? AND checked_at IN ("
+            " SELECT DISTINCT checked_at FROM backup_results WHERE check_name = ?"
+            " ORDER BY checked_at DESC LIMIT ?) ORDER BY checked_at DESC, item NULLS FIRST",
+            (check_name, check_name, runs),
+        )
     ).fetchall()
     out = []
     for row in rows:
@@ -177,12 +181,14 @@ class HeartbeatRow:
     last_duration: float | None = None
 
 
-def heartbeat_of(store: Store, check_name: str) -> HeartbeatRow:
+async def heartbeat_of(store: Store, check_name: str) -> HeartbeatRow:
     """The check's stored heartbeat (an empty row when its job never reported)."""
-    row = store.execute(
-        "SELECT check_name, running_since, last_start, last_success, last_fail, fail_lines, "
-        "last_duration FROM backup_heartbeats WHERE check_name = ?",
-        (check_name,),
+    row = (
+        await store.execute(
+            "SELECT check_name, running_since, last_start, last_success, last_fail, fail_lines, "
+            "last_duration FROM backup_heartbeats WHERE check_name = ?",
+            (check_name,),
+        )
     ).fetchone()
     if row is None:
         return HeartbeatRow(check_name)
@@ -197,13 +203,13 @@ def heartbeat_of(store: Store, check_name: str) -> HeartbeatRow:
     )
 
 
-def save_heartbeat(store: Store, row: HeartbeatRow) -> None:
+async def save_heartbeat(store: Store, row: HeartbeatRow) -> None:
     """Insert or replace the check's heartbeat."""
 
     def ts(moment: datetime | None) -> float | None:
         return None if moment is None else _ts(moment)
 
-    store.execute(
+    await store.execute(
         "INSERT INTO backup_heartbeats(check_name, running_since, last_start, last_success, "
         "last_fail, fail_lines, last_duration) VALUES (?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT(check_name) DO UPDATE SET running_since = excluded.running_since, "
@@ -222,16 +228,18 @@ def save_heartbeat(store: Store, row: HeartbeatRow) -> None:
     )
 
 
-def last_error(store: Store, check_name: str, item: str | None) -> ResultRow | None:
+async def last_error(store: Store, check_name: str, item: str | None) -> ResultRow | None:
     """The newest ERROR of one result key, or of its check as a whole, since the key was last
     OK, if any: the error behind a backup that is now merely stale."""
-    rows = store.execute(
-        "SELECT check_name, item, checked_at, state, newest, detail, facts FROM backup_results "
-        "WHERE check_name = ? AND (item = ? OR item IS NULL) "
-        "AND state = 'ERROR' AND checked_at > COALESCE((SELECT MAX(checked_at) FROM "
-        "backup_results WHERE check_name = ? AND (item = ? OR (item IS NULL AND ? IS NULL)) "
-        "AND state = 'OK'), 0) ORDER BY checked_at DESC LIMIT 1",
-        (check_name, item, check_name, item, item),
+    rows = (
+        await store.execute(
+            "SELECT check_name, item, checked_at, state, newest, detail, facts FROM backup_results "
+            "WHERE check_name = ? AND (item = ? OR item IS NULL) "
+            "AND state = 'ERROR' AND checked_at > COALESCE((SELECT MAX(checked_at) FROM "
+            "backup_results WHERE check_name = ? AND (item = ? OR (item IS NULL AND ? IS NULL)) "
+            "AND state = 'OK'), 0) ORDER BY checked_at DESC LIMIT 1",
+            (check_name, item, check_name, item, item),
+        )
     ).fetchall()
     if not rows:
         return None

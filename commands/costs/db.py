@@ -44,23 +44,27 @@ class AnomalyRow:
     usual: float
 
 
-def record(store: Store, row: AnomalyRow, now: datetime) -> bool:
+async def record(store: Store, row: AnomalyRow, now: datetime) -> bool:
     """Keep the row; True when the room must be told: it is new, and the key was not already
     anomalous the day before. Run it inside the transaction that queues the post."""
-    before = store.execute(
-        "SELECT 1 FROM cost_anomalies WHERE grouping = ? AND key = ? AND day = ?",
-        (row.grouping, row.key, (row.day - timedelta(days=1)).isoformat()),
+    before = (
+        await store.execute(
+            "SELECT 1 FROM cost_anomalies WHERE grouping = ? AND key = ? AND day = ?",
+            (row.grouping, row.key, (row.day - timedelta(days=1)).isoformat()),
+        )
     ).fetchone()
-    inserted = store.execute(
-        "INSERT INTO cost_anomalies(grouping, key, day, amount, usual, posted_at) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(grouping, key, day) DO NOTHING",
-        (
-            row.grouping,
-            row.key,
-            row.day.isoformat(),
-            row.amount,
-            row.usual,
-            None if before else now.timestamp(),
-        ),
+    inserted = (
+        await store.execute(
+            "INSERT INTO cost_anomalies(grouping, key, day, amount, usual, posted_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(grouping, key, day) DO NOTHING",
+            (
+                row.grouping,
+                row.key,
+                row.day.isoformat(),
+                row.amount,
+                row.usual,
+                None if before else now.timestamp(),
+            ),
+        )
     ).rowcount
     return bool(inserted) and before is None

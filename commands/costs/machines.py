@@ -295,8 +295,8 @@ class Machines:
                 f"(`{p}aws machines` shows its state)."
             )
         if inst.state in ("running", "pending"):
-            stop_at = self._keep_timer(m, inst, ctx.room_id, ctx.sender, now)
-            db.open_run(rt.store, m.name, inst.id, now.timestamp())
+            stop_at = await self._keep_timer(m, inst, ctx.room_id, ctx.sender, now)
+            await db.open_run(rt.store, m.name, inst.id, now.timestamp())
             ctx.audit_note = f"{inst.id} already {inst.state}"
             await ctx.reply(
                 f"{m.name} is already {inst.state} (address {inst.address}, "
@@ -305,15 +305,15 @@ class Machines:
             )
             return
         # A run left open by a stop outside the bot ends here (when it stopped is not known).
-        self._reconcile(m, inst, now)
+        await self._reconcile(m, inst, now)
         await ctx.react("👀")
         answer = await self.aws.call(
             "ec2", "start_instances", m.region or self.region, InstanceIds=[inst.id]
         )
         change = _change(answer.get("StartingInstances", []), inst.state, "pending")
         stop_at = (now + m.auto_stop_after).timestamp()
-        db.set_timer(rt.store, m.name, inst.id, ctx.room_id, stop_at, ctx.sender)
-        db.open_run(rt.store, m.name, inst.id, now.timestamp())
+        await db.set_timer(rt.store, m.name, inst.id, ctx.room_id, stop_at, ctx.sender)
+        await db.open_run(rt.store, m.name, inst.id, now.timestamp())
         self.retry.pop(m.name, None)
         self.wake.set()
         ctx.audit_note = f"started {inst.id}; auto-stop at {at(stop_at, now)}"
@@ -337,8 +337,8 @@ class Machines:
         inst = await self.describe(m)
         now = rt.clock.now()
         if inst.state in ("stopped", "stopping", "shutting-down"):
-            db.clear_timer(rt.store, m.name)
-            db.close_run(rt.store, m.name, now.timestamp())
+            await db.clear_timer(rt.store, m.name)
+            await db.close_run(rt.store, m.name, now.timestamp())
             self.wake.set()
             ctx.audit_note = f"{inst.id} already {inst.state}"
             await ctx.reply(f"{m.name} is already {inst.state}; nothing to do.")
@@ -348,7 +348,7 @@ class Machines:
             "ec2", "stop_instances", m.region or self.region, InstanceIds=[inst.id]
         )
         change = _change(answer.get("StoppingInstances", []), inst.state, "stopping")
-        ran = self._stopped(m, now)
+        ran = await self._stopped(m, now)
         ctx.audit_note = f"stopped {inst.id}"
         await ctx.reply(f"⏹ stopping {m.name} ({inst.id}): {change}{ran}.")
         ctx.spawn(self._wait(m, "stopped", ("stopping",)), f"waiting for {m.name}")
@@ -366,14 +366,14 @@ class Machines:
         inst = await self.describe(m)
         now = rt.clock.now()
         if inst.state not in ("running", "pending"):
-            db.clear_timer(rt.store, m.name)
+            await db.clear_timer(rt.store, m.name)
             self.wake.set()
             raise UserError(f"{m.name} is {inst.state}; `{p}aws start {m.name}` starts it.")
-        row = db.timer(rt.store, m.name)
+        row = await db.timer(rt.store, m.name)
         base = max(row.stop_at if row else now.timestamp(), now.timestamp())
         stop_at = base + by.total_seconds()
-        db.set_timer(rt.store, m.name, inst.id, ctx.room_id, stop_at, ctx.sender)
-        db.open_run(rt.store, m.name, inst.id, now.timestamp())
+        await db.set_timer(rt.store, m.name, inst.id, ctx.room_id, stop_at, ctx.sender)
+        await db.open_run(rt.store, m.name, inst.id, now.timestamp())
         self.retry.pop(m.name, None)
         self.wake.set()
         before = f" instead of {at(row.stop_at, now)}" if row else ""
@@ -403,10 +403,10 @@ class Machines:
                 rows.append([m.name, "?", "?", "-", "-", "-", "?", "?"])
                 notes.append(f"{m.name}: could not ask AWS: {inst}")
                 continue
-            self._reconcile(m, inst, now)
+            await self._reconcile(m, inst, now)
             runs = [
                 (r.started_at, r.stopped_at)
-                for r in db.runs_since(rt.store, m.name, month_start(now))
+                for r in await db.runs_since(rt.store, m.name, month_start(now))
             ]
             running = inst.state in ("running", "pending")
             open_since = next((s for s, e in runs if e is None), None)
@@ -417,7 +417,7 @@ class Machines:
             cost = month_cost(runs, now, self.price(inst.type))
             total += cost or 0.0
             unknown = unknown or cost is None
-            row = db.timer(rt.store, m.name)
+            row = await db.timer(rt.store, m.name)
             uptime = (
                 human_duration(max(0.0, now.timestamp() - open_since))
                 if running and open_since is not None
@@ -462,15 +462,15 @@ class Machines:
         while True:
             self.wake.clear()
             now = self.rt.clock.now().timestamp()
-            for row in db.timers(self.rt.store):
+            for row in await db.timers(self.rt.store):
                 if self.retry.get(row.name, 0.0) > now:
                     continue
                 action = due(row, now)
                 if action == "warn":
-                    self._warn(row)
+                    await self._warn(row)
                 elif action == "stop":
                     await self._auto_stop(row)
-            rows = db.timers(self.rt.store)
+            rows = await db.timers(self.rt.store)
             moments = [max(next_moment(r), self.retry.get(r.name, 0.0)) for r in rows]
             if moments:
                 await self.rt.clock.sleep_until(
@@ -479,20 +479,20 @@ class Machines:
             else:
                 await self.wake.wait()
 
-    def _warn(self, row: db.TimerRow) -> None:
+    async def _warn(self, row: db.TimerRow) -> None:
         p = self.rt.prefix
         now = self.rt.clock.now()
-        self.rt.post(
+        await self.rt.post(
             row.room_id,
             f"⏰ stopping {row.name} at {at(row.stop_at, now)}; "
             f"`{p}aws extend {row.name} 2h` to keep it",
         )
-        db.mark_warned(self.rt.store, row.name)
+        await db.mark_warned(self.rt.store, row.name)
 
     async def _auto_stop(self, row: db.TimerRow) -> None:
         async with self.lock(row.name):
             # A command may have stopped or extended it while this waited.
-            current = db.timer(self.rt.store, row.name)
+            current = await db.timer(self.rt.store, row.name)
             if current is not None and due(current, self.rt.clock.time()) == "stop":
                 await self._stop_now(current)
 
@@ -501,14 +501,14 @@ class Machines:
         m = self.by_name.get(row.name)
         now = rt.clock.now()
         if m is None:
-            db.clear_timer(rt.store, row.name)
-            rt.post(
+            await db.clear_timer(rt.store, row.name)
+            await rt.post(
                 row.room_id,
                 f"⚠️ {row.name} is no longer in `aws.on_demand`: "
                 f"its auto-stop at {at(row.stop_at, now)} is dropped; it was not stopped.",
             )
             return
-        audit_id = audit.start(
+        audit_id = await audit.start(
             rt.store,
             sender=rt.config.core.matrix.user_id,
             room_id=row.room_id,
@@ -524,12 +524,12 @@ class Machines:
         except BotError as exc:
             first = row.name not in self.retry
             self.retry[row.name] = (now + RETRY_AFTER).timestamp()
-            audit.end(rt.store, audit_id, "error", str(exc), now=rt.clock.time())
+            await audit.end(rt.store, audit_id, "error", str(exc), now=rt.clock.time())
             # Counted like a command's outcome, so /metrics shows failing auto-stops.
             rt.metrics.commands.labels("aws stop", "error").inc()
             log.warning("auto-stop of %s failed: %s", row.name, exc)
             if first:
-                rt.post(
+                await rt.post(
                     row.room_id,
                     f"❌ could not stop {row.name} ({row.instance_id}) at its "
                     f"auto-stop: {exc}. Trying again every "
@@ -538,16 +538,18 @@ class Machines:
             return
         self.retry.pop(row.name, None)
         change = _change(answer.get("StoppingInstances", []), "running", "stopping")
-        ran = self._stopped(m, now)
+        ran = await self._stopped(m, now)
         late = now.timestamp() - row.stop_at > LATE.total_seconds()
         why = (
             f"overdue: its auto-stop was due at {at(row.stop_at, now)}"
             if late
             else f"auto-stop at {at(row.stop_at, now)}"
         )
-        audit.end(rt.store, audit_id, "ok", f"auto-stop of {row.instance_id}", now=rt.clock.time())
+        await audit.end(
+            rt.store, audit_id, "ok", f"auto-stop of {row.instance_id}", now=rt.clock.time()
+        )
         rt.metrics.commands.labels("aws stop", "ok").inc()
-        rt.post(
+        await rt.post(
             row.room_id,
             f"⏹ stopped {m.name} ({row.instance_id}, {why}): {change}{ran}. "
             f"`{rt.prefix}aws start {m.name}` starts it again.",
@@ -555,33 +557,33 @@ class Machines:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _keep_timer(
+    async def _keep_timer(
         self, m: OnDemand, inst: Instance, room: str, user: str, now: datetime
     ) -> float:
-        row = db.timer(self.rt.store, m.name)
+        row = await db.timer(self.rt.store, m.name)
         if row is not None:
             return row.stop_at
         stop_at = (now + m.auto_stop_after).timestamp()
-        db.set_timer(self.rt.store, m.name, inst.id, room, stop_at, user)
+        await db.set_timer(self.rt.store, m.name, inst.id, room, stop_at, user)
         self.wake.set()
         return stop_at
 
-    def _stopped(self, m: OnDemand, now: datetime) -> str:
+    async def _stopped(self, m: OnDemand, now: datetime) -> str:
         """Drop the timer and end the run; "; it ran 2 h 5 min this time" when known."""
-        db.clear_timer(self.rt.store, m.name)
+        await db.clear_timer(self.rt.store, m.name)
         self.wake.set()
-        run = db.close_run(self.rt.store, m.name, now.timestamp())
+        run = await db.close_run(self.rt.store, m.name, now.timestamp())
         if run is None or run.stopped_at is None:
             return ""
         took = run.stopped_at - run.started_at
         return f"; it ran {human_duration(took) if took >= 60 else 'under a minute'} this time"
 
-    def _reconcile(self, m: OnDemand, inst: Instance, now: datetime) -> None:
+    async def _reconcile(self, m: OnDemand, inst: Instance, now: datetime) -> None:
         """A machine stopped outside the bot: its run ends now and its auto-stop is dropped."""
         if inst.state in ("stopped", "shutting-down"):
-            db.close_run(self.rt.store, m.name, now.timestamp())
-            if db.timer(self.rt.store, m.name) is not None:
-                db.clear_timer(self.rt.store, m.name)
+            await db.close_run(self.rt.store, m.name, now.timestamp())
+            if await db.timer(self.rt.store, m.name) is not None:
+                await db.clear_timer(self.rt.store, m.name)
                 self.wake.set()
 
     async def _wait(self, m: OnDemand, target: str, passing: tuple[str, ...]) -> str:

@@ -8,10 +8,9 @@ plain with `?` parameters, so that a later PostgreSQL store can run it unchanged
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from bot.store import Migration, Store
+from bot.store import Migration, Row, Store
 
 # Their own component (not the `costs` router's), so that other cost tables can be versioned
 # without agreeing on numbers with this module.
@@ -53,7 +52,7 @@ class TimerRow:
     set_by: str
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> TimerRow:
+    def of(cls, row: Row) -> TimerRow:
         """The dataclass of a `SELECT * FROM machine_timers` row."""
         return cls(
             name=str(row["name"]),
@@ -75,11 +74,11 @@ class RunRow:
     stopped_at: float | None
 
 
-def set_timer(
+async def set_timer(
     store: Store, name: str, instance_id: str, room_id: str, stop_at: float, set_by: str
 ) -> None:
     """Set (or replace) the auto-stop of `name`; a replaced one's warning is due again."""
-    store.execute(
+    await store.execute(
         "INSERT INTO machine_timers(name, instance_id, room_id, stop_at, warned, set_by) "
         "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT(name) DO UPDATE SET "
         "instance_id = excluded.instance_id, room_id = excluded.room_id, "
@@ -88,60 +87,66 @@ def set_timer(
     )
 
 
-def timer(store: Store, name: str) -> TimerRow | None:
+async def timer(store: Store, name: str) -> TimerRow | None:
     """The pending auto-stop of `name`, if any."""
-    row = store.execute("SELECT * FROM machine_timers WHERE name = ?", (name,)).fetchone()
+    row = (await store.execute("SELECT * FROM machine_timers WHERE name = ?", (name,))).fetchone()
     return None if row is None else TimerRow.of(row)
 
 
-def timers(store: Store) -> list[TimerRow]:
+async def timers(store: Store) -> list[TimerRow]:
     """Every pending auto-stop, soonest first."""
-    rows = store.execute("SELECT * FROM machine_timers ORDER BY stop_at, name").fetchall()
+    rows = (await store.execute("SELECT * FROM machine_timers ORDER BY stop_at, name")).fetchall()
     return [TimerRow.of(r) for r in rows]
 
 
-def mark_warned(store: Store, name: str) -> None:
+async def mark_warned(store: Store, name: str) -> None:
     """Record that the room was warned of `name`'s auto-stop."""
-    store.execute("UPDATE machine_timers SET warned = 1 WHERE name = ?", (name,))
+    await store.execute("UPDATE machine_timers SET warned = 1 WHERE name = ?", (name,))
 
 
-def clear_timer(store: Store, name: str) -> None:
+async def clear_timer(store: Store, name: str) -> None:
     """Drop the auto-stop of `name` (stopped, or no longer configured)."""
-    store.execute("DELETE FROM machine_timers WHERE name = ?", (name,))
+    await store.execute("DELETE FROM machine_timers WHERE name = ?", (name,))
 
 
-def open_run(store: Store, name: str, instance_id: str, started_at: float) -> None:
+async def open_run(store: Store, name: str, instance_id: str, started_at: float) -> None:
     """Record that `name` runs since `started_at`, unless a run of it is already open."""
-    with store.transaction() as db:
-        row = db.execute(
-            "SELECT 1 FROM machine_runs WHERE name = ? AND stopped_at IS NULL", (name,)
+    async with store.transaction() as tx:
+        row = (
+            await tx.execute(
+                "SELECT 1 FROM machine_runs WHERE name = ? AND stopped_at IS NULL", (name,)
+            )
         ).fetchone()
         if row is None:
-            db.execute(
+            await tx.execute(
                 "INSERT INTO machine_runs(name, instance_id, started_at) VALUES (?, ?, ?)",
                 (name, instance_id, started_at),
             )
 
 
-def close_run(store: Store, name: str, stopped_at: float) -> RunRow | None:
+async def close_run(store: Store, name: str, stopped_at: float) -> RunRow | None:
     """End the open run of `name` at `stopped_at`; returns it as ended, or None if none was open."""
-    with store.transaction() as db:
-        row = db.execute(
-            "SELECT * FROM machine_runs WHERE name = ? AND stopped_at IS NULL", (name,)
+    async with store.transaction() as tx:
+        row = (
+            await tx.execute(
+                "SELECT * FROM machine_runs WHERE name = ? AND stopped_at IS NULL", (name,)
+            )
         ).fetchone()
         if row is None:
             return None
         end = max(stopped_at, float(row["started_at"]))
-        db.execute("UPDATE machine_runs SET stopped_at = ? WHERE id = ?", (end, row["id"]))
+        await tx.execute("UPDATE machine_runs SET stopped_at = ? WHERE id = ?", (end, row["id"]))
     return RunRow(str(row["name"]), str(row["instance_id"]), float(row["started_at"]), end)
 
 
-def runs_since(store: Store, name: str, since: float) -> list[RunRow]:
+async def runs_since(store: Store, name: str, since: float) -> list[RunRow]:
     """Runs of `name` still open or ended after `since`, oldest first."""
-    rows = store.execute(
-        "SELECT * FROM machine_runs WHERE name = ? AND (stopped_at IS NULL OR stopped_at > ?) "
-        "ORDER BY started_at",
-        (name, since),
+    rows = (
+        await store.execute(
+            "SELECT * FROM machine_runs WHERE name = ? AND (stopped_at IS NULL OR stopped_at > ?) "
+            "ORDER BY started_at",
+            (name, since),
+        )
     ).fetchall()
     return [
         RunRow(

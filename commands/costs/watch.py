@@ -36,18 +36,20 @@ async def check_anomalies(rt: Runtime, aws: AwsClients, check: AnomalyConfig, ro
     yesterday = day - timedelta(days=1)
     daily = await daily_costs(aws, trailing(day, check.days + 1, "anomaly check"), group)
     found = find_anomalies(daily, yesterday, check.days, check.min_share, check.min_amount)
-    with rt.store.transaction():
+    async with rt.store.transaction():
         new = [
             a
             for a in found
-            if db.record(rt.store, db.AnomalyRow(group.label, a.key, a.day, a.amount, a.usual), now)
+            if await db.record(
+                rt.store, db.AnomalyRow(group.label, a.key, a.day, a.amount, a.usual), now
+            )
         ]
         if new:
             pings = Mentions(list(check.mentions))
             text, html = anomaly_message(new, group.label, day, check.days, pings)
             content = messages.notice(text, html)
             content["m.mentions"] = pings.content()
-            rt.outbox.post(room, content)
+            await rt.outbox.post(room, content)
     known = len(found) - len(new)
     return f"{len(new)} new anomal{'y' if len(new) == 1 else 'ies'} on {yesterday}" + (
         f", {known} already told" if known else ""
