@@ -354,7 +354,7 @@ async def stop_cmd(ctx: Context) -> None:
 
 @router.command("aws extend", params=[MACHINE, EXTEND_BY], role=ANYONE, who=_who_machines)
 async def extend_cmd(ctx: Context) -> None:
-    """Move a running machine's auto-stop later (e.g. by 2h)."""
+    """Move a running machine's auto-stop later by a duration, e.g. 2h."""
     _config(ctx.rt)
     await ctx.rt[MACHINES].extend(ctx, ctx[MACHINE], ctx[EXTEND_BY])
 
