@@ -93,12 +93,16 @@ def refused(exc: BodyRefused) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the bot syncs with its homeserver, 503 with the reason otherwise."""
+    """200 while the bot does its part (bot.health), 503 with the reason otherwise.
+
+    `role` is `leader` or `standby` (bot.leader).
+    """
     rt = request.app[RUNTIME]
     stale_after = rt.config.core.matrix.sync_timeout_s * 2 + 30
     ok, reason = rt.health.check(stale_after)
     body = {
         "status": "ok" if ok else "failing",
+        "role": rt.health.role,
         "reason": reason,
         "since": rt.health.since,
         "outbox_pending": rt.outbox.pending(),

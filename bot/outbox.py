@@ -121,6 +121,10 @@ class Outbox:
         self._wake.set()
         return outbox_id
 
+    def wake(self) -> None:
+        """Look for rows at once: another instance committed some (bot.leader)."""
+        self._wake.set()
+
     def amend(self, outbox_id: int, content: dict[str, Any]) -> bool:
         """Replace the content of a row never tried yet; False if too late.
 
