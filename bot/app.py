@@ -21,7 +21,7 @@ from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.permissions import Permissions
 from bot.registry import Registry
-from bot.store import Store
+from bot.store import open_store
 from bot.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,8 @@ class Bot:
         """Connect, then sync, deliver and schedule until cancelled; always cleans up."""
         core = self.config.core
         async with AsyncExitStack() as stack:
-            store = Store(core.state.db_path, self.registry.migrations)
-            stack.callback(store.close)
+            store = await open_store(core.state, self.registry.migrations)
+            stack.push_async_callback(store.close)
             metrics, health = Metrics(), Health(self.clock)
             transport = Transport(core.matrix, store, metrics, health)
             stack.push_async_callback(transport.close)

@@ -8,11 +8,10 @@ or `error`. Times are Unix seconds from the bot's clock.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.store import Store
+from bot.store import Row, Store
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class AuditRow:
     detail: str | None
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> AuditRow:
+    def of(cls, row: Row) -> AuditRow:
         """The dataclass for a row of `SELECT * FROM audit`."""
         return cls(
             id=int(row["id"]),
@@ -47,7 +46,7 @@ class AuditRow:
         )
 
 
-def start(
+async def start(
     store: Store,
     *,
     sender: str,
@@ -58,29 +57,33 @@ def start(
     now: float,
 ) -> int:
     """Record that a command started at `now`; returns the row id for `end`."""
-    cur = store.execute(
+    cur = await store.execute(
         "INSERT INTO audit(started_at, sender, room_id, event_id, command, args) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         (now, sender, room_id, event_id, command, json.dumps(list(args))),
     )
-    return int(cur.lastrowid or 0)
+    return cur.new_id()
 
 
-def end(store: Store, audit_id: int, outcome: str, detail: str | None, *, now: float) -> None:
+async def end(store: Store, audit_id: int, outcome: str, detail: str | None, *, now: float) -> None:
     """Record how the command of row `audit_id` ended, at `now`."""
-    store.execute(
+    await store.execute(
         "UPDATE audit SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
         (now, outcome, detail, audit_id),
     )
 
 
-def recent(store: Store, limit: int = 20) -> list[AuditRow]:
+async def recent(store: Store, limit: int = 20) -> list[AuditRow]:
     """The newest `limit` rows, newest first."""
-    rows = store.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    rows = (
+        await store.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+    ).fetchall()
     return [AuditRow.of(r) for r in rows]
 
 
-def of_command(store: Store, command: str) -> list[AuditRow]:
+async def of_command(store: Store, command: str) -> list[AuditRow]:
     """Every row of one command (or reaction acting as it), oldest first."""
-    rows = store.execute("SELECT * FROM audit WHERE command = ? ORDER BY id", (command,)).fetchall()
+    rows = (
+        await store.execute("SELECT * FROM audit WHERE command = ? ORDER BY id", (command,))
+    ).fetchall()
     return [AuditRow.of(r) for r in rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -20,6 +21,7 @@ from pydantic import (
 )
 
 from bot.cron import CronError, CronSchedule
+from bot.durations import Duration
 
 
 class ConfigError(Exception):
@@ -129,8 +131,43 @@ class HttpConfig(Section):
 
 
 class StateConfig(Section):
+    """Where the state lives: a SQLite file (default), or a PostgreSQL database (`dsn`)."""
+
     data_dir: Path = Path("~/.local/share/infrabot")
     path: Path | None = None
+    # libpq connection string or URI, e.g. "host=db.example port=5432 user=infrabot dbname=infrabot"
+    dsn: str | None = None
+    # The PostgreSQL password (or password_file / password_env); never inside `dsn`.
+    password: SecretStr | None = None
+    connect_timeout: Duration = timedelta(seconds=10)
+    statement_timeout: Duration = timedelta(seconds=30)
+    pool_size: int = Field(default=4, ge=1, le=64)
+    # Two instances on PostgreSQL: how long the speaker's lease lasts (bot.leader).
+    lease: Duration = timedelta(seconds=15)
+
+    @model_validator(mode="after")
+    def _postgres_or_sqlite(self) -> StateConfig:
+        if self.dsn is None:
+            if self.password is not None:
+                raise ValueError("password is for a PostgreSQL state: give dsn as well")
+            return self
+        if self.path is not None:
+            raise ValueError("give either dsn (PostgreSQL) or path (SQLite), not both")
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+
+            parts = conninfo_to_dict(self.dsn)
+        except Exception as exc:  # psycopg.ProgrammingError: the libpq parser's complaint
+            raise ValueError(f"dsn: not a libpq connection string or URI ({exc})") from None
+        if "password" in parts:
+            raise ValueError(
+                "dsn: holds a password; give it as password_file or password_env instead"
+            )
+        if self.lease.total_seconds() < 3:
+            raise ValueError("lease must be at least 3s")
+        if self.connect_timeout.total_seconds() < 1 or self.statement_timeout.total_seconds() <= 0:
+            raise ValueError("connect_timeout must be at least 1s and statement_timeout above 0")
+        return self
 
     @property
     def db_path(self) -> Path:

@@ -89,9 +89,9 @@ class Runtime:
         """The first configured room's id, where unsolicited messages go by default."""
         return self.transport.resolve_room(self.config.core.matrix.rooms[0])
 
-    def post(self, room_id: str, text: str, html: str | None = None) -> int:
+    async def post(self, room_id: str, text: str, html: str | None = None) -> int:
         """Queue a notice for a room through the durable outbox."""
-        return self.outbox.post(room_id, messages.notice(text, html))
+        return await self.outbox.post(room_id, messages.notice(text, html))
 
 
 def answer_to(msg: IncomingMessage, text: str, html: str | None = None) -> messages.Content:
@@ -206,10 +206,10 @@ class ReactionContext:
         """The room of the reaction."""
         return self.reaction.room_id
 
-    def answer(self, text: str, html: str | None = None) -> int:
+    async def answer(self, text: str, html: str | None = None) -> int:
         """Queue an answer in the thread of the message reacted to; returns the outbox id."""
         content = messages.in_thread(messages.notice(text, html), self.reaction.reacts_to)
-        return self.rt.outbox.post(self.room_id, content)
+        return await self.rt.outbox.post(self.room_id, content)
 
 
 @dataclass

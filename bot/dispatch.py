@@ -15,6 +15,7 @@ from bot.errors import BotError, PermissionDenied, UserError
 from bot.matrix import Incoming, IncomingMessage, IncomingReaction
 from bot.messages import escape
 from bot.registry import Reaction
+from bot.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Dispatcher:
                 return text[len(name) + 1 :].strip() or None
         return None
 
-    def on_events(self, events: list[Incoming]) -> None:
+    async def on_events(self, events: list[Incoming]) -> None:
         """Called by the sync loop for each batch; never blocks it.
 
         A late event (sent while the bot could not see the room) is never acted on; the
@@ -79,7 +80,10 @@ class Dispatcher:
             recent = [e for e in late if now_ms - e.server_ts <= LATE_NOTICE_WINDOW_MS]
             if recent:
                 text, html = self._skipped_notice(recent)
-                self.rt.post(room_id, text, html)
+                try:
+                    await self.rt.post(room_id, text, html)
+                except StoreUnavailable as exc:
+                    log.warning("could not queue the notice of skipped commands: %s", exc)
 
     def _is_command(self, event: Incoming) -> bool:
         if isinstance(event, IncomingReaction):
@@ -141,7 +145,7 @@ class Dispatcher:
                 raise UserError(self._unknown(tokens[0]))
             cmd, args = found
             name = cmd.name
-            audit_id = audit.start(
+            audit_id = await audit.start(
                 self.rt.store,
                 sender=msg.sender,
                 room_id=msg.room_id,
@@ -167,7 +171,7 @@ class Dispatcher:
             await self._answer(msg, text)
         finally:
             if audit_id is not None:
-                audit.end(self.rt.store, audit_id, outcome, detail, now=self.rt.clock.time())
+                await audit.end(self.rt.store, audit_id, outcome, detail, now=self.rt.clock.time())
             known = name if name in self.rt.registry.commands else "(unknown)"
             self._count(known, outcome, started)
 
@@ -188,7 +192,7 @@ class Dispatcher:
         if target is None:
             return
         name = reaction.name
-        audit_id = audit.start(
+        audit_id = await audit.start(
             self.rt.store,
             sender=event.sender,
             room_id=event.room_id,
@@ -210,9 +214,9 @@ class Dispatcher:
             detail = ctx.audit_note
         except Exception as exc:
             outcome, detail, text = _outcome(exc, event.key, event.sender)
-            ctx.answer(text, _inline_code(text))
+            await ctx.answer(text, _inline_code(text))
         finally:
-            audit.end(self.rt.store, audit_id, outcome, detail, now=self.rt.clock.time())
+            await audit.end(self.rt.store, audit_id, outcome, detail, now=self.rt.clock.time())
             self._count(name, outcome, started)
 
     def _count(self, name: str, outcome: str, started: float) -> None:

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from bot.context import Runtime
 from bot.registry import HttpHandler
+from bot.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,17 @@ async def healthz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     stale_after = rt.config.core.matrix.sync_timeout_s * 2 + 30
     ok, reason = rt.health.check(stale_after)
+    pending: int | None = None
+    try:
+        pending = await rt.outbox.pending()
+    except StoreUnavailable as exc:
+        ok, reason = False, f"state store unavailable: {exc}"
     body = {
         "status": "ok" if ok else "failing",
         "role": rt.health.role,
         "reason": reason,
         "since": rt.health.since,
-        "outbox_pending": rt.outbox.pending(),
+        "outbox_pending": pending,
     }
     return web.json_response(body, status=200 if ok else 503)
 

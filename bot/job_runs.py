@@ -8,10 +8,9 @@ the schedule slot the run stands for (for a manual run, when it was asked); `tri
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from bot.store import Store
+from bot.store import Row, Store
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class JobRunRow:
     detail: str | None
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> JobRunRow:
+    def of(cls, row: Row) -> JobRunRow:
         """The dataclass for a row of `SELECT * FROM job_runs`."""
         return cls(
             id=int(row["id"]),
@@ -42,51 +41,58 @@ class JobRunRow:
         )
 
 
-def interrupt_running(store: Store, *, now: float) -> int:
+async def interrupt_running(store: Store, *, now: float) -> int:
     """Mark runs left `running` by a stop as `interrupted`; returns how many."""
-    cur = store.execute(
+    cur = await store.execute(
         "UPDATE job_runs SET outcome = 'interrupted', ended_at = ? WHERE outcome = 'running'",
         (now,),
     )
     return cur.rowcount
 
 
-def last_scheduled(store: Store, job: str) -> float | None:
+async def last_scheduled(store: Store, job: str) -> float | None:
     """The latest slot the schedule (not a manual run) ran `job` for, or None."""
-    row = store.execute(
-        "SELECT MAX(scheduled_for) AS t FROM job_runs WHERE job = ? AND trigger <> 'manual'",
-        (job,),
+    row = (
+        await store.execute(
+            "SELECT MAX(scheduled_for) AS t FROM job_runs WHERE job = ? AND trigger <> 'manual'",
+            (job,),
+        )
     ).fetchone()
     return None if row["t"] is None else float(row["t"])
 
 
-def start(store: Store, job: str, *, scheduled_for: float, trigger: str, now: float) -> int:
+async def start(store: Store, job: str, *, scheduled_for: float, trigger: str, now: float) -> int:
     """Record that a run of `job` started at `now`; returns the row id for `end`."""
-    cur = store.execute(
-        "INSERT INTO job_runs(job, scheduled_for, trigger, started_at) VALUES (?, ?, ?, ?)",
+    cur = await store.execute(
+        "INSERT INTO job_runs(job, scheduled_for, trigger, started_at) VALUES (?, ?, ?, ?) "
+        "RETURNING id",
         (job, scheduled_for, trigger, now),
     )
-    return int(cur.lastrowid or 0)
+    return cur.new_id()
 
 
-def end(store: Store, run_id: int, outcome: str, detail: str, *, now: float) -> None:
+async def end(store: Store, run_id: int, outcome: str, detail: str, *, now: float) -> None:
     """Record how the run `run_id` ended (`detail` is cut to 500 characters)."""
-    store.execute(
+    await store.execute(
         "UPDATE job_runs SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
         (now, outcome, detail[:500], run_id),
     )
 
 
-def latest(store: Store, job: str) -> JobRunRow | None:
+async def latest(store: Store, job: str) -> JobRunRow | None:
     """The run of `job` that started last, or None."""
-    row = store.execute(
-        "SELECT * FROM job_runs WHERE job = ? ORDER BY started_at DESC, id DESC LIMIT 1",
-        (job,),
+    row = (
+        await store.execute(
+            "SELECT * FROM job_runs WHERE job = ? ORDER BY started_at DESC, id DESC LIMIT 1",
+            (job,),
+        )
     ).fetchone()
     return None if row is None else JobRunRow.of(row)
 
 
-def of_job(store: Store, job: str) -> list[JobRunRow]:
+async def of_job(store: Store, job: str) -> list[JobRunRow]:
     """Every run of `job`, oldest first."""
-    rows = store.execute("SELECT * FROM job_runs WHERE job = ? ORDER BY id", (job,)).fetchall()
+    rows = (
+        await store.execute("SELECT * FROM job_runs WHERE job = ? ORDER BY id", (job,))
+    ).fetchall()
     return [JobRunRow.of(r) for r in rows]

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from psycopg.conninfo import make_conninfo
 
 if TYPE_CHECKING:
     from bot.config import StateConfig
@@ -165,10 +164,10 @@ class SoleLeader:
 class PostgresLease:
     """The lease row in PostgreSQL (see the module docstring).
 
-    `dsn` is a libpq connection string (the password may come from a file through libpq's
-    own `passfile`, or in the DSN the store built); `lease` is how long a renewal holds, at
-    least 3 s. `on_notify` is called when another instance commits outbox rows, and after
-    every renewal (a lost notification is made up for within `lease / 3`).
+    `dsn` is a libpq connection string without a password (`password` apart, so that no
+    DSN can show it); `lease` is how long a renewal holds, at least 3 s (ValueError).
+    `on_notify` is called when another instance commits outbox rows, and after every renewal
+    (a lost notification is made up for within `lease / 3`).
     """
 
     def __init__(
@@ -178,11 +177,13 @@ class PostgresLease:
         metrics: LeaseMetrics,
         *,
         me: str | None = None,
+        password: str | None = None,
         on_notify: Callable[[], None] = lambda: None,
     ) -> None:
         if lease < timedelta(seconds=3):
             raise ValueError("the lease must last at least 3 s")
         self.dsn = dsn
+        self._password = password
         self.lease_s = lease.total_seconds()
         self.metrics = metrics
         self.me = me or instance_id()
@@ -348,8 +349,10 @@ class PostgresLease:
         return self._conn
 
     async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
         return await psycopg.AsyncConnection.connect(
             self.dsn,
+            **extra,
             autocommit=True,
             connect_timeout=max(2, int(self.interval_s)),
             application_name="infrabot-lease",
@@ -395,12 +398,12 @@ def make_leadership(
 ) -> SoleLeader | PostgresLease:
     """The lease for this configuration: PostgreSQL's when the state is there, else sole."""
     lease_metrics = LeaseMetrics(metrics.registry)
-    dsn = getattr(state, "dsn", None)
-    if dsn is None:
+    if state.dsn is None:
         return SoleLeader(lease_metrics)
-    password = getattr(state, "password", None)
-    if password is not None:
-        dsn = make_conninfo(dsn, password=password.get_secret_value())
     return PostgresLease(
-        dsn, getattr(state, "lease", DEFAULT_LEASE), lease_metrics, on_notify=on_notify
+        state.dsn,
+        state.lease,
+        lease_metrics,
+        password=None if state.password is None else state.password.get_secret_value(),
+        on_notify=on_notify,
     )

@@ -49,7 +49,7 @@ from bot.config import MatrixConfig
 from bot.errors import RemoteError
 from bot.health import Health
 from bot.metrics import Metrics
-from bot.store import Store
+from bot.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,7 @@ class Transport:
         # The end of the last failed sync attempt: what was sent before it, the bot missed.
         self._blind_until_ms = self.started_ms
         self._seen_ms: dict[str, int] = {}
+        self._since: str | None = None  # the newest sync token, stored or not
         # Served rooms the bot was invited to and has not joined yet (a join may fail for a while).
         self._invited: set[str] = set()
 
@@ -252,7 +253,7 @@ class Transport:
         if self.cfg.access_token is not None:
             self.client.access_token = self.cfg.access_token.get_secret_value()
         else:
-            saved = self.store.get_json(key)
+            saved = await self.store.get_json(key)
             if saved:
                 self.client.access_token = saved["access_token"]
                 self.client.device_id = saved["device_id"]
@@ -280,7 +281,9 @@ class Transport:
             _raise_for(login, "the password login")
             raise MatrixError("login failed", transient=False)
         # Keep the device: its transaction ids deduplicate retries across restarts.
-        self.store.put_json(key, {"access_token": login.access_token, "device_id": login.device_id})
+        await self.store.put_json(
+            key, {"access_token": login.access_token, "device_id": login.device_id}
+        )
         log.info("logged in as %s (device %s)", login.user_id, login.device_id)
 
     async def _join_rooms(self) -> None:
@@ -326,14 +329,16 @@ class Transport:
             },
         }
 
-    async def sync_forever(self, on_events: Callable[[list[Incoming]], None]) -> None:
+    async def sync_forever(self, on_events: Callable[[list[Incoming]], Awaitable[None]]) -> None:
         """Long-poll the homeserver and hand each batch of messages and reactions on.
 
         Events the bot could not see when they were sent (before this start, before it
         (re)joined the room, or during a failed sync) are handed on with `late=True`; the
         sync token is stored after each batch.
         """
-        since = self.store.get("matrix.sync_token")
+        # After a crash of this loop (e.g. the store down) go on from the token in memory: the
+        # stored one may be older, and its batches were handed on already.
+        since = self._since or await self.store.get("matrix.sync_token")
         caught_up = False
         delay = Backoff(1.0, self.cfg.max_backoff_s)
         sync_filter = self._sync_filter()
@@ -376,19 +381,35 @@ class Transport:
             delay.reset()
             self.metrics.sync_seconds.observe(time.monotonic() - started)
             if events:
-                on_events(events)
+                await on_events(events)
             for room_id in resp.rooms.invite:
                 if room_id in self.served_rooms or room_id in self.cfg.rooms:
                     log.info("invited to served room %s; joining", room_id)
                     self._invited.add(room_id)
             if self._invited and await self._join_invited():
                 sync_filter = self._sync_filter()
-            since = resp.next_batch
-            self.store.put("matrix.sync_token", since)
+            since = self._since = resp.next_batch
+            stored = await self._store_token(since)
             if not caught_up:
                 self._warn_encrypted()
             caught_up = True
-            self.health.set_ok("syncing")
+            if stored:
+                self.health.set_ok("syncing")
+
+    async def _store_token(self, since: str) -> bool:
+        """Store the sync token; False (logged, counted, health failing) if the store is down.
+
+        The batch was handed on and the token stays in memory: the next sync goes on from it,
+        and the next token stored covers this one.
+        """
+        try:
+            await self.store.put("matrix.sync_token", since)
+        except StoreUnavailable as exc:
+            self.health.set_failing(f"cannot store the sync token: {exc}")
+            self.metrics.errors.labels("sync").inc()
+            log.warning("cannot store the sync token (%s); keeping it in memory", exc)
+            return False
+        return True
 
     async def _join_invited(self) -> bool:
         """Join the served rooms the bot was invited to; True if it joined any.
@@ -424,21 +445,21 @@ class Transport:
         log.error("%s", reason)
         if self.cfg.password is not None and self.cfg.access_token is None:
             self.client.access_token = ""
-            self.store.delete_prefix("matrix.session:")
+            await self.store.delete_prefix("matrix.session:")
             await self.connect()
         else:
             await asyncio.sleep(self.cfg.max_backoff_s)
 
-    def _seen_until(self, room_id: str) -> int:
+    async def _seen_until(self, room_id: str) -> int:
         if room_id not in self._seen_ms:
-            self._seen_ms[room_id] = int(self.store.get(f"matrix.seen_until:{room_id}") or 0)
+            self._seen_ms[room_id] = int(await self.store.get(f"matrix.seen_until:{room_id}") or 0)
         return self._seen_ms[room_id]
 
-    def _mark_seen(self, room_id: str, events: list[Event]) -> None:
+    async def _mark_seen(self, room_id: str, events: list[Event]) -> None:
         newest = max((e.server_timestamp for e in events), default=0)
-        if newest > self._seen_until(room_id):
+        if newest > await self._seen_until(room_id):
             self._seen_ms[room_id] = newest
-            self.store.put(f"matrix.seen_until:{room_id}", str(newest))
+            await self.store.put(f"matrix.seen_until:{room_id}", str(newest))
 
     async def _incoming(self, resp: SyncResponse, since: str | None) -> list[Incoming]:
         """The batch's messages and reactions in served rooms, each marked late or not."""
@@ -450,7 +471,7 @@ class Transport:
             events = list(info.timeline.events)
             if info.timeline.limited and since is not None and info.timeline.prev_batch:
                 events = await self._fill_gap(room_id, info.timeline.prev_batch, since) + events
-            horizon, seen = self.horizon(room_id), self._seen_until(room_id)
+            horizon, seen = self.horizon(room_id), await self._seen_until(room_id)
             for event in events:
                 late = event.server_timestamp < horizon
                 if late and event.server_timestamp <= seen:
@@ -467,11 +488,11 @@ class Transport:
                         room_id,
                     )
                 out.append(incoming)
-            self._mark_seen(room_id, events)
+            await self._mark_seen(room_id, events)
         for room_id, left in resp.rooms.leave.items():
             if room_id in self.served_rooms:
                 # What the bot saw up to losing the room (a kick) is not news on its return.
-                self._mark_seen(room_id, list(left.timeline.events))
+                await self._mark_seen(room_id, list(left.timeline.events))
         return out
 
     async def _fill_gap(self, room_id: str, prev_batch: str, since: str) -> list[Event]:

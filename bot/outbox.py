@@ -96,7 +96,7 @@ class Outbox:
         self._pace: dict[str, float] = {}  # seconds between sends, learnt from a rate limit
         self._in_flight: set[int] = set()
 
-    def post(
+    async def post(
         self,
         room_id: str,
         content: dict[str, Any],
@@ -104,12 +104,12 @@ class Outbox:
         coalesce_key: str | None = None,
     ) -> int:
         """Commit an event for delivery; returns its outbox id."""
-        with self.store.transaction():
+        async with self.store.transaction():
             if coalesce_key is not None:
-                for stale in db.pending_with_key(self.store, coalesce_key):
+                for stale in await db.pending_with_key(self.store, coalesce_key):
                     if stale not in self._in_flight:
-                        db.delete(self.store, stale)
-            outbox_id = db.insert(
+                        await db.delete(self.store, stale)
+            outbox_id = await db.insert(
                 self.store,
                 room_id=room_id,
                 event_type=event_type,
@@ -125,7 +125,7 @@ class Outbox:
         """Look for rows at once: another instance committed some (bot.leader)."""
         self._wake.set()
 
-    def amend(self, outbox_id: int, content: dict[str, Any]) -> bool:
+    async def amend(self, outbox_id: int, content: dict[str, Any]) -> bool:
         """Replace the content of a row never tried yet; False if too late.
 
         A row already tried may have reached the server with only its answer lost: its retry
@@ -134,29 +134,36 @@ class Outbox:
         """
         if outbox_id in self._in_flight:
             return False
-        return db.amend_untried(self.store, outbox_id, _encode(content))
+        # Held like a send while the UPDATE runs: a store that awaits (PostgreSQL) must not let
+        # the sender read the old content in between.
+        self._in_flight.add(outbox_id)
+        try:
+            return await db.amend_untried(self.store, outbox_id, _encode(content))
+        finally:
+            self._in_flight.discard(outbox_id)
+            self._wake.set()
 
-    def waiting(self, outbox_id: int) -> bool:
+    async def waiting(self, outbox_id: int) -> bool:
         """Whether the row is queued and was never tried (so `amend` would succeed)."""
         if outbox_id in self._in_flight:
             return False
-        return db.untried(self.store, outbox_id)
+        return await db.untried(self.store, outbox_id)
 
-    def event_id(self, outbox_id: int) -> str | None:
+    async def event_id(self, outbox_id: int) -> str | None:
         """The event id of a delivered row, or None."""
-        row = db.get(self.store, outbox_id)
+        row = await db.get(self.store, outbox_id)
         return None if row is None else row.event_id
 
-    def row_of(self, event_id: str) -> int | None:
+    async def row_of(self, event_id: str) -> int | None:
         """The row that was delivered as `event_id`, or None (e.g. not the bot's event)."""
-        return db.id_of_event(self.store, event_id)
+        return await db.id_of_event(self.store, event_id)
 
-    def _fill_refs(self, value: Any) -> Any:
+    async def _fill_refs(self, value: Any) -> Any:
         if isinstance(value, str):
             match = _REF.match(value)
             if match is None:
                 return value
-            target = db.get(self.store, int(match.group(1)))
+            target = await db.get(self.store, int(match.group(1)))
             if (
                 target is None
                 or target.state == FAILED
@@ -172,14 +179,14 @@ class Outbox:
                 raise _NotYetSent(value)
             return target.event_id
         if isinstance(value, dict):
-            return {k: self._fill_refs(v) for k, v in value.items()}
+            return {k: await self._fill_refs(v) for k, v in value.items()}
         if isinstance(value, list):
-            return [self._fill_refs(v) for v in value]
+            return [await self._fill_refs(v) for v in value]
         return value
 
     async def wait_sent(self, outbox_id: int) -> str:
         """Wait until the row is delivered; returns its event id (raises if it was given up)."""
-        row = db.get(self.store, outbox_id)
+        row = await db.get(self.store, outbox_id)
         if row is not None and row.state == SENT:
             return row.event_id or ""
         if row is not None and row.state == FAILED:
@@ -194,34 +201,34 @@ class Outbox:
         self, room_id: str, content: dict[str, Any], event_type: str = "m.room.message"
     ) -> str:
         """Post and wait for delivery; returns the event id."""
-        return await self.wait_sent(self.post(room_id, content, event_type))
+        return await self.wait_sent(await self.post(room_id, content, event_type))
 
-    def pending(self) -> int:
+    async def pending(self) -> int:
         """How many rows wait for delivery."""
-        return db.count(self.store, db.PENDING)
+        return await db.count(self.store, db.PENDING)
 
-    def failed(self) -> int:
+    async def failed(self) -> int:
         """How many rows were given up."""
-        return db.count(self.store, FAILED)
+        return await db.count(self.store, FAILED)
 
-    def _ready(self) -> tuple[list[OutboxRow], list[str]]:
+    async def _ready(self) -> tuple[list[OutboxRow], list[str]]:
         """Each room's oldest pending row unless it is being sent, and rooms waiting a retry."""
         now = time.monotonic()
         ready, waiting = [], []
-        for row in db.room_heads(self.store):
+        for row in await db.room_heads(self.store):
             if self._retry_at.get(row.room_id, 0) > now:
                 waiting.append(row.room_id)
             elif row.id not in self._in_flight:
                 ready.append(row)
         return ready, waiting
 
-    def prune(self) -> int:
+    async def prune(self) -> int:
         """Drop the content of rows finished over a week ago; returns how many.
 
         The rows themselves stay: a later edit (an alert group open for weeks) still needs
         the event id its `outbox:N` placeholder stands for.
         """
-        return db.prune_content(self.store, before=self.clock.time() - KEEP_SENT_S)
+        return await db.prune_content(self.store, before=self.clock.time() - KEEP_SENT_S)
 
     async def run(self) -> None:
         """Deliver forever: per room in order, rooms in parallel, with backoff."""
@@ -230,19 +237,19 @@ class Outbox:
         try:
             while True:
                 if time.monotonic() >= next_prune:
-                    self.prune()
+                    await self.prune()
                     next_prune = time.monotonic() + 3600
                 # Cleared before looking, so a post or a finished send from here on wakes us.
                 self._wake.clear()
-                ready, waiting = self._ready()
-                self.metrics.outbox_pending.set(
-                    self.pending() if ready or waiting or sending else 0
-                )
+                ready, waiting = await self._ready()
                 for row in ready:
                     # Marked before the first await: from here on nobody may amend or drop it.
                     self._in_flight.add(row.id)
                     task = sending.spawn(self._deliver(row), f"outbox:{row.id}")
                     task.add_done_callback(lambda _: self._wake.set())
+                self.metrics.outbox_pending.set(
+                    await self.pending() if ready or waiting or sending else 0
+                )
                 wait = min((self._retry_at[r] for r in waiting), default=None)
                 try:
                     timeout = None if wait is None else max(0.0, wait - time.monotonic())
@@ -272,7 +279,7 @@ class Outbox:
             room_id = row.room_id
             # Straight on to the next, without a turn through `run`: under load each loop
             # turn costs milliseconds that a burst would otherwise pay per message.
-            row = self._next_in_room(room_id)
+            row = await self._next_in_room(room_id)
             if room_id in self._pace:
                 if row is None:
                     del self._pace[room_id]  # the backlog is gone, and so is the hurry
@@ -281,9 +288,9 @@ class Outbox:
                     self._retry_at[room_id] = time.monotonic() + self._pace[room_id]
                     break
 
-    def _next_in_room(self, room_id: str) -> OutboxRow | None:
+    async def _next_in_room(self, room_id: str) -> OutboxRow | None:
         """The room's oldest pending row, marked in flight, unless it is being sent already."""
-        row = db.oldest_pending(self.store, room_id)
+        row = await db.oldest_pending(self.store, room_id)
         if row is None or row.id in self._in_flight:
             return None
         self._in_flight.add(row.id)
@@ -292,11 +299,16 @@ class Outbox:
     def _backoff_for(self, room_id: str) -> Backoff:
         return self._backoff.setdefault(room_id, Backoff(0.5, 60))
 
-    async def _deliver_one(self, row: OutboxRow) -> bool:
+    async def _deliver_one(self, listed: OutboxRow) -> bool:
+        # Read again now that it is marked in flight: a store that really awaits (PostgreSQL)
+        # may have let an amend or a coalescing delete in since the row was listed.
+        row = await db.get(self.store, listed.id)
+        if row is None or row.state != db.PENDING:
+            return True  # coalesced away, or done: the room's next row goes on
         room_id = row.room_id
         started = time.monotonic()
         try:
-            content = self._fill_refs(json.loads(row.content))
+            content = await self._fill_refs(json.loads(row.content))
             event_id = await self.transport.send_event(room_id, row.event_type, content, row.txn_id)
         except _NotYetSent as missing:
             # The referenced message is still queued (e.g. in flight, or in another room).
@@ -310,7 +322,7 @@ class Outbox:
             give_up = not exc.transient and (
                 exc.errcode not in WAIT_ON or attempts >= MAX_PERMANENT_ATTEMPTS
             )
-            db.record_refusal(self.store, row.id, attempts, str(exc), give_up=give_up)
+            await db.record_refusal(self.store, row.id, attempts, str(exc), give_up=give_up)
             self.metrics.errors.labels("outbox").inc()
             if give_up:
                 log.error(
@@ -334,7 +346,7 @@ class Outbox:
             self._retry_at[room_id] = time.monotonic() + wait
             log.warning("outbox message %d to %s: %s; retry in %.1f s", row.id, room_id, exc, wait)
             return False
-        db.mark_sent(self.store, row.id, event_id, now=self.clock.time())
+        await db.mark_sent(self.store, row.id, event_id, now=self.clock.time())
         self._retry_at.pop(room_id, None)
         if room_id in self._backoff:
             self._backoff[room_id].reset()
@@ -359,7 +371,7 @@ class Outbox:
             event_id or "event id unknown",
         )
         self.metrics.outbox_refused.labels(DUPLICATE, "already_delivered").inc()
-        db.mark_sent(self.store, row.id, event_id, now=self.clock.time(), note=DUPLICATE)
+        await db.mark_sent(self.store, row.id, event_id, now=self.clock.time(), note=DUPLICATE)
         self._retry_at.pop(row.room_id, None)
         self._resolve(row.id, event_id=event_id or "")
         return True

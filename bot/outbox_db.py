@@ -7,10 +7,9 @@ every attempt reuses. Times are Unix seconds from the bot's clock.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from bot.store import Store
+from bot.store import Row, Store
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 
@@ -33,7 +32,7 @@ class OutboxRow:
     coalesce_key: str | None
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> OutboxRow:
+    def of(cls, row: Row) -> OutboxRow:
         """The dataclass for a row of `SELECT * FROM outbox`."""
         return cls(
             id=int(row["id"]),
@@ -51,7 +50,7 @@ class OutboxRow:
         )
 
 
-def insert(
+async def insert(
     store: Store,
     *,
     room_id: str,
@@ -62,92 +61,102 @@ def insert(
     coalesce_key: str | None = None,
 ) -> int:
     """Add a pending row; returns its id (ids are never reused)."""
-    cur = store.execute(
+    cur = await store.execute(
         "INSERT INTO outbox(room_id, event_type, content, txn_id, created_at, coalesce_key) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         (room_id, event_type, content, txn_id, now, coalesce_key),
     )
-    return int(cur.lastrowid or 0)
+    return cur.new_id()
 
 
-def pending_with_key(store: Store, coalesce_key: str) -> list[int]:
+async def pending_with_key(store: Store, coalesce_key: str) -> list[int]:
     """The ids of pending rows posted with `coalesce_key`."""
-    rows = store.execute(
-        "SELECT id FROM outbox WHERE coalesce_key = ? AND state = ?", (coalesce_key, PENDING)
+    rows = (
+        await store.execute(
+            "SELECT id FROM outbox WHERE coalesce_key = ? AND state = ?", (coalesce_key, PENDING)
+        )
     ).fetchall()
     return [int(r["id"]) for r in rows]
 
 
-def delete(store: Store, outbox_id: int) -> None:
+async def delete(store: Store, outbox_id: int) -> None:
     """Remove a row (one replaced by a newer version before it was sent)."""
-    store.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
+    await store.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
 
 
-def get(store: Store, outbox_id: int) -> OutboxRow | None:
+async def get(store: Store, outbox_id: int) -> OutboxRow | None:
     """The row `outbox_id`, or None."""
-    row = store.execute("SELECT * FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
+    row = (await store.execute("SELECT * FROM outbox WHERE id = ?", (outbox_id,))).fetchone()
     return None if row is None else OutboxRow.of(row)
 
 
-def id_of_event(store: Store, event_id: str) -> int | None:
+async def id_of_event(store: Store, event_id: str) -> int | None:
     """The id of the row delivered as `event_id`, or None."""
-    row = store.execute("SELECT id FROM outbox WHERE event_id = ?", (event_id,)).fetchone()
+    row = (await store.execute("SELECT id FROM outbox WHERE event_id = ?", (event_id,))).fetchone()
     return None if row is None else int(row["id"])
 
 
-def amend_untried(store: Store, outbox_id: int, content: str) -> bool:
+async def amend_untried(store: Store, outbox_id: int, content: str) -> bool:
     """Replace the content of a pending row never tried; False if there is no such row."""
-    cur = store.execute(
+    cur = await store.execute(
         "UPDATE outbox SET content = ? WHERE id = ? AND state = ? AND attempts = 0",
         (content, outbox_id, PENDING),
     )
     return cur.rowcount == 1
 
 
-def untried(store: Store, outbox_id: int) -> bool:
+async def untried(store: Store, outbox_id: int) -> bool:
     """Whether the row is pending and was never tried."""
-    row = store.execute(
-        "SELECT 1 FROM outbox WHERE id = ? AND state = ? AND attempts = 0", (outbox_id, PENDING)
+    row = (
+        await store.execute(
+            "SELECT 1 FROM outbox WHERE id = ? AND state = ? AND attempts = 0", (outbox_id, PENDING)
+        )
     ).fetchone()
     return row is not None
 
 
-def count(store: Store, state: str) -> int:
+async def count(store: Store, state: str) -> int:
     """How many rows are in `state`."""
-    row = store.execute("SELECT COUNT(*) AS n FROM outbox WHERE state = ?", (state,)).fetchone()
+    row = (
+        await store.execute("SELECT COUNT(*) AS n FROM outbox WHERE state = ?", (state,))
+    ).fetchone()
     return int(row["n"])
 
 
-def room_heads(store: Store) -> list[OutboxRow]:
+async def room_heads(store: Store) -> list[OutboxRow]:
     """Each room's oldest pending row."""
-    rows = store.execute(
-        "SELECT * FROM outbox WHERE id IN "
-        "(SELECT MIN(id) FROM outbox WHERE state = ? GROUP BY room_id)",
-        (PENDING,),
+    rows = (
+        await store.execute(
+            "SELECT * FROM outbox WHERE id IN "
+            "(SELECT MIN(id) FROM outbox WHERE state = ? GROUP BY room_id)",
+            (PENDING,),
+        )
     ).fetchall()
     return [OutboxRow.of(r) for r in rows]
 
 
-def oldest_pending(store: Store, room_id: str) -> OutboxRow | None:
+async def oldest_pending(store: Store, room_id: str) -> OutboxRow | None:
     """The room's oldest pending row, or None."""
-    row = store.execute(
-        "SELECT * FROM outbox WHERE state = ? AND room_id = ? ORDER BY id LIMIT 1",
-        (PENDING, room_id),
+    row = (
+        await store.execute(
+            "SELECT * FROM outbox WHERE state = ? AND room_id = ? ORDER BY id LIMIT 1",
+            (PENDING, room_id),
+        )
     ).fetchone()
     return None if row is None else OutboxRow.of(row)
 
 
-def record_refusal(
+async def record_refusal(
     store: Store, outbox_id: int, attempts: int, error: str, *, give_up: bool
 ) -> None:
     """Count a refused attempt; the row is `failed` when given up, else stays pending."""
-    store.execute(
+    await store.execute(
         "UPDATE outbox SET attempts = ?, last_error = ?, state = ? WHERE id = ?",
         (attempts, error, FAILED if give_up else PENDING, outbox_id),
     )
 
 
-def mark_sent(
+async def mark_sent(
     store: Store, outbox_id: int, event_id: str | None, *, now: float, note: str | None = None
 ) -> None:
     """Record delivery as `event_id` (None: delivered, id unknown) at `now`.
@@ -155,16 +164,16 @@ def mark_sent(
     `note` goes to `last_error` (why a refusal still counts as delivered); without one it is
     left as it was.
     """
-    store.execute(
+    await store.execute(
         "UPDATE outbox SET state = ?, event_id = ?, sent_at = ?, attempts = attempts + 1, "
         "last_error = COALESCE(?, last_error) WHERE id = ?",
         (SENT, event_id, now, note, outbox_id),
     )
 
 
-def prune_content(store: Store, *, before: float) -> int:
+async def prune_content(store: Store, *, before: float) -> int:
     """Empty the content of finished rows created before `before`; returns how many."""
-    cur = store.execute(
+    cur = await store.execute(
         "UPDATE outbox SET content = '{}' WHERE state <> ? AND created_at < ? AND content <> '{}'",
         (PENDING, before),
     )

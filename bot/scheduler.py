@@ -58,19 +58,19 @@ class Scheduler:
         """The jobs running now."""
         return {n for n in self.schedules if self.rt.claims.holder(_key(n)) is not None}
 
-    def _last_scheduled(self, name: str) -> datetime | None:
-        last = job_runs.last_scheduled(self.rt.store, name)
+    async def _last_scheduled(self, name: str) -> datetime | None:
+        last = await job_runs.last_scheduled(self.rt.store, name)
         return None if last is None else datetime.fromtimestamp(last, UTC)
 
     async def run(self) -> None:
         """Drive every enabled schedule until cancelled."""
-        job_runs.interrupt_running(self.rt.store, now=self.rt.clock.time())
+        await job_runs.interrupt_running(self.rt.store, now=self.rt.clock.time())
         now = self.rt.clock.now()
         for name, sched in self.schedules.items():
             if not sched.enabled:
                 continue
             cron = self.crons[name]
-            last = self._last_scheduled(name)
+            last = await self._last_scheduled(name)
             if last is not None and cron.next_after(last) <= now:
                 missed = cron.prev_before(now)
                 log.info("job %s missed its run at %s; running it once now", name, missed)
@@ -140,7 +140,7 @@ class Scheduler:
         room = self.rt.transport.resolve_room(sched.room) if sched.room else self.rt.default_room()
         stored_for = scheduled_for.timestamp()
         # Manual runs are stored with their trigger so they never move the schedule's last run.
-        run_id = job_runs.start(
+        run_id = await job_runs.start(
             self.rt.store, name, scheduled_for=stored_for, trigger=trigger, now=self.rt.clock.time()
         )
         ctx = JobContext(self.rt, sched, room, stored_for, trigger)
@@ -149,23 +149,23 @@ class Scheduler:
             detail = await job_type.func(ctx) or ""
         except BotError as exc:
             outcome, detail = "error", str(exc)
-            self.rt.post(room, f"⚠️ scheduled job {name} failed: {exc}")
+            await self.rt.post(room, f"⚠️ scheduled job {name} failed: {exc}")
         except Exception as exc:
             ref = error_ref()
             outcome, detail = "error", f"{type(exc).__name__} (ref {ref})"
             log.exception("job %s failed (ref %s)", name, ref)
-            self.rt.post(room, f"⚠️ scheduled job {name} failed unexpectedly (ref {ref})")
+            await self.rt.post(room, f"⚠️ scheduled job {name} failed unexpectedly (ref {ref})")
         finally:
             self._last_outcome[name] = outcome
-            job_runs.end(self.rt.store, run_id, outcome, detail, now=self.rt.clock.time())
+            await job_runs.end(self.rt.store, run_id, outcome, detail, now=self.rt.clock.time())
             self.rt.metrics.job_runs.labels(name, outcome).inc()
         return f"{outcome}: {detail}" if detail else outcome
 
-    def status(self) -> list[JobStatus]:
+    async def status(self) -> list[JobStatus]:
         """Every configured job with its last run and next run."""
         out = []
         for name, sched in self.schedules.items():
-            last = job_runs.latest(self.rt.store, name)
+            last = await job_runs.latest(self.rt.store, name)
             out.append(
                 JobStatus(
                     name=name,

@@ -1,28 +1,73 @@
-"""SQLite state (WAL) with versioned migrations per component, and the key/value table.
+"""The bot's state: versioned migrations per component, the key/value table, and the
+async primitive (`execute`, `transaction`) that every table's owner module uses.
 
-Calls are synchronous on purpose: each statement is a sub-millisecond local write, cheaper than
-a hop to a thread, and keeping one connection on the loop thread serialises writers for free.
+Two implementations behind one API, chosen by `state:` in the config (`open_store`):
+
+- `SqliteStore` (the default, one instance): one sqlite3 connection in WAL mode used on the
+  loop thread. Each statement is a sub-millisecond local write, cheaper than a hop to a thread;
+  the async API only lets a statement from another task wait while a transaction is open.
+- `PostgresStore` (`state: {dsn: ...}`, for two instances): psycopg 3 `AsyncConnectionPool`,
+  autocommit connections, a connect timeout, a per-statement timeout.
 
 Each table has one owner, the only module that reads or writes it, through named functions and
 row dataclasses: `kv` here (`get`, `put`, `delete_prefix`), `audit` in bot.audit, `job_runs` in
 bot.job_runs, `outbox` in bot.outbox_db, and each feature's tables in the feature's own database
-module. `execute` and `transaction` are the primitive those modules use. SQL stays plain (`?`
-parameters, no SQLite-only syntax where a portable form costs nothing) for a later PostgreSQL
-store.
+module. SQL is written once, in SQLite's spelling with `?` parameters; `to_postgres` (the one
+place) translates it: `?` → `%s`, and in migrations `INTEGER PRIMARY KEY [AUTOINCREMENT]` →
+an identity column and `REAL` → `DOUBLE PRECISION`. Inserts that need the new id say
+`RETURNING id` (SQLite ≥ 3.35 and PostgreSQL both have it).
+
+Concurrency (two processes on one PostgreSQL): every `transaction()` first takes one
+transaction-scoped advisory lock, so writers are serialised across processes as SQLite's
+BEGIN IMMEDIATE serialises them within one: a check-then-write inside a transaction (outbox
+coalescing, an alert group opened once, a backup state change) cannot interleave with the other
+instance's. Autocommit statements outside a transaction are single statements, atomic anyway.
+Ids come from identity sequences (never reused); `UNIQUE` constraints (outbox.txn_id, one open
+alert group per room and key) hold across processes. Migrations run under a session advisory
+lock, so two instances starting together apply each step once.
+
+Errors: a store that cannot be reached (server down, pool exhausted, a timeout) raises
+`StoreUnavailable`, a `BotError` whose message names no password; callers answer 503, retry
+or log — the statement's effect is then unknown only for an autocommit write whose answer was
+lost, and none of the owner modules' writes is harmful to repeat.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
+import re
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from bot.errors import BotError
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+    from bot.config import StateConfig
 
 log = logging.getLogger(__name__)
+
+Row = Mapping[str, Any]
+"""One result row: column name → value (sqlite3.Row or psycopg's dict_row)."""
+
+# The advisory locks (any fixed 64-bit numbers; "infrabot" in ASCII, then + 1).
+WRITE_LOCK = 0x696E667261626F74
+MIGRATE_LOCK = WRITE_LOCK + 1
+
+
+class StoreUnavailable(BotError):
+    """The store could not be reached or did not answer in time; the work was not done."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +148,117 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-class Store:
-    """The bot's one SQLite connection; features add tables through their own migrations."""
+@dataclass(frozen=True)
+class Result:
+    """What a statement gave: its rows (all fetched), and how many rows it changed."""
+
+    rows: list[Row]
+    rowcount: int
+
+    def fetchone(self) -> Any:
+        """The first row, or None (typed Any, as sqlite3's is)."""
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Row]:
+        """Every row."""
+        return self.rows
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+    def new_id(self) -> int:
+        """The `id` of an `INSERT … RETURNING id`."""
+        return int(self.rows[0]["id"])
+
+
+class Store(ABC):
+    """The async API both stores offer; features add tables through their own migrations."""
+
+    kind = "abstract"
+
+    @abstractmethod
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        """Run one statement (SQLite spelling, `?` parameters), inside the current task's
+        transaction if it has one, else on its own; raises StoreUnavailable."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Store]:
+        """`async with store.transaction() as tx:` all or nothing; nests into an outer one.
+
+        Writers are serialised (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock)."""
+
+    @abstractmethod
+    def savepoint(self) -> AbstractAsyncContextManager[Store]:
+        """`async with store.savepoint():` a part of the current transaction, undone alone
+        if it raises."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the connection(s)."""
+
+    # --- key/value -------------------------------------------------------------------------
+    async def get(self, key: str) -> str | None:
+        """A value from the key/value table, or None."""
+        row = (await self.execute("SELECT value FROM kv WHERE key = ?", (key,))).fetchone()
+        return None if row is None else str(row["value"])
+
+    async def put(self, key: str, value: str) -> None:
+        """Set a key/value pair."""
+        await self.execute(
+            "INSERT INTO kv(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    async def get_json(self, key: str) -> Any:
+        """A JSON value from the key/value table, or None."""
+        raw = await self.get(key)
+        return None if raw is None else json.loads(raw)
+
+    async def put_json(self, key: str, value: Any) -> None:
+        """Set a JSON value."""
+        await self.put(key, json.dumps(value))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key that starts with `prefix`; returns how many.
+
+        Compared with `substr`, not LIKE, so '%' and '_' in a prefix mean themselves.
+        """
+        cur = await self.execute(
+            "DELETE FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return cur.rowcount
+
+
+def _ordered(migrations: Sequence[Migration]) -> list[Migration]:
+    return sorted(migrations, key=lambda m: (m.component != "core", m.component, m.version))
+
+
+def _check_next(mig: Migration, have: int) -> bool:
+    """Whether `mig` is to be applied on top of version `have` (raises on a gap)."""
+    if mig.version <= have:
+        return False
+    if mig.version != have + 1:
+        raise RuntimeError(
+            f"migration {mig.component} v{mig.version} skips v{have + 1}; refusing to guess"
+        )
+    return True
+
+
+_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version "
+    "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+)
+_SET_VERSION = (
+    "INSERT INTO schema_version(component, version) VALUES (?, ?) "
+    "ON CONFLICT(component) DO UPDATE SET version = excluded.version"
+)
+
+
+class SqliteStore(Store):
+    """The bot's one SQLite connection (WAL), used on the loop thread."""
+
+    kind = "sqlite"
 
     def __init__(self, path: Path, migrations: Sequence[Migration] = ()) -> None:
         self.path = path
@@ -118,102 +272,274 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=5000")
         if str(path) != ":memory:":
             path.chmod(0o600)  # holds the access token when logging in with a password
+        # Held for a whole transaction: another task's statement waits instead of joining it.
+        self._lock = asyncio.Lock()
+        self._inside: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            f"sqlite-tx-{id(self)}", default=False
+        )
         self._migrate([*CORE_MIGRATIONS, *migrations])
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the connection."""
         self.db.close()
 
     def _migrate(self, migrations: Sequence[Migration]) -> None:
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version "
-            "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
+        self.db.execute(_SCHEMA_TABLE)
         current = {
             r["component"]: r["version"]
             for r in self.db.execute("SELECT component, version FROM schema_version")
         }
-        for mig in sorted(
-            migrations, key=lambda m: (m.component != "core", m.component, m.version)
-        ):
-            have = current.get(mig.component, 0)
-            if mig.version <= have:
+        for mig in _ordered(migrations):
+            if not _check_next(mig, current.get(mig.component, 0)):
                 continue
-            if mig.version != have + 1:
-                raise RuntimeError(
-                    f"migration {mig.component} v{mig.version} skips v{have + 1}; refusing to guess"
-                )
             log.info("applying schema migration %s v%d", mig.component, mig.version)
-            with self.transaction():
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
                 for statement in split_statements(mig.sql):
                     self.db.execute(statement)
-                self.db.execute(
-                    "INSERT INTO schema_version(component, version) VALUES (?, ?) "
-                    "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
-                    (mig.component, mig.version),
-                )
+                self.db.execute(_SET_VERSION, (mig.component, mig.version))
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
             current[mig.component] = mig.version
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception; nests into an outer one."""
-        if self.db.in_transaction:
-            yield self.db
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _run(self, sql: str, params: Sequence[Any]) -> Result:
+        cur = self.db.execute(sql, params)
+        rows: list[Row] = cur.fetchall() if cur.description else []
+        return Result(rows, cur.rowcount)
 
-    @contextmanager
-    def savepoint(self) -> Iterator[sqlite3.Connection]:
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        """Run one statement (see Store.execute)."""
+        if self._inside.get() or not self._lock.locked():
+            return self._run(sql, params)
+        async with self._lock:
+            return self._run(sql, params)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteStore]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception; nests into an outer one."""
+        if self._inside.get():
+            yield self
+            return
+        async with self._lock:
+            token = self._inside.set(True)
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
+            finally:
+                self._inside.reset(token)
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[SqliteStore]:
         """A nested part of the current transaction, undone alone if it raises."""
         self.db.execute("SAVEPOINT part")
         try:
-            yield self.db
+            yield self
         except BaseException:
             self.db.execute("ROLLBACK TO part")
             self.db.execute("RELEASE part")
             raise
         self.db.execute("RELEASE part")
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        """Run one statement in autocommit mode."""
-        return self.db.execute(sql, params)
 
-    # --- key/value -------------------------------------------------------------------------
-    def get(self, key: str) -> str | None:
-        """A value from the key/value table, or None."""
-        row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row["value"])
+_PARAM = re.compile(r"'(?:[^']|'')*'|\?|%")
+_ROWID = re.compile(r"\bINTEGER\s+PRIMARY\s+KEY(?:\s+AUTOINCREMENT)?\b", re.IGNORECASE)
+_REAL = re.compile(r"\bREAL\b", re.IGNORECASE)
 
-    def put(self, key: str, value: str) -> None:
-        """Set a key/value pair."""
-        self.db.execute(
-            "INSERT INTO kv(key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, value),
+
+def to_postgres(sql: str, *, ddl: bool = False) -> str:
+    """A statement in SQLite's spelling as PostgreSQL (psycopg) takes it.
+
+    `?` (outside string literals) becomes `%s` and a literal `%` becomes `%%`. With `ddl`,
+    for migrations: `INTEGER PRIMARY KEY [AUTOINCREMENT]` (SQLite's row id, never reused with
+    AUTOINCREMENT) becomes `BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY` (a sequence
+    never hands a number out twice), and `REAL` (8 bytes in SQLite, 4 in PostgreSQL) becomes
+    `DOUBLE PRECISION`, so Unix seconds keep their microseconds.
+    """
+
+    def param(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if text == "?":
+            return "%s"
+        return "%%" if text == "%" else text.replace("%", "%%")
+
+    if ddl:
+        sql = _ROWID.sub("BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", sql)
+        sql = _REAL.sub("DOUBLE PRECISION", sql)
+    return _PARAM.sub(param, sql)
+
+
+class PostgresStore(Store):
+    """A psycopg 3 async connection pool on one PostgreSQL database.
+
+    Open it with `await PostgresStore.open(...)`. Connections are in autocommit mode; a
+    `transaction()` takes one connection for its task (a context variable routes the task's
+    statements to it) and the write lock first.
+    """
+
+    kind = "postgres"
+
+    def __init__(self, pool: AsyncConnectionPool[Any], *, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self._conn: contextvars.ContextVar[AsyncConnection[Any] | None] = contextvars.ContextVar(
+            f"pg-tx-{id(self)}", default=None
         )
 
-    def get_json(self, key: str) -> Any:
-        """A JSON value from the key/value table, or None."""
-        raw = self.get(key)
-        return None if raw is None else json.loads(raw)
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        migrations: Sequence[Migration] = (),
+        *,
+        password: str | None = None,
+        connect_timeout: timedelta = timedelta(seconds=10),
+        statement_timeout: timedelta = timedelta(seconds=30),
+        pool_size: int = 4,
+    ) -> PostgresStore:
+        """Connect (waiting up to `connect_timeout`), migrate, and return the store.
 
-    def put_json(self, key: str, value: Any) -> None:
-        """Set a JSON value."""
-        self.put(key, json.dumps(value))
+        `dsn` is a libpq connection string or URI without a password; `password` is given
+        apart so that no DSN that is logged can hold it. Raises StoreUnavailable."""
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
 
-    def delete_prefix(self, prefix: str) -> int:
-        """Delete every key that starts with `prefix`; returns how many.
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "row_factory": dict_row,
+            "connect_timeout": max(1, int(connect_timeout.total_seconds())),
+            "options": f"-c statement_timeout={int(statement_timeout.total_seconds() * 1000)}",
+            "application_name": "infrabot",
+        }
+        if password is not None:
+            kwargs["password"] = password
+        timeout = connect_timeout.total_seconds()
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            dsn,
+            kwargs=kwargs,
+            min_size=1,
+            max_size=pool_size,
+            timeout=timeout,
+            # A connection broken by a server restart is found and replaced before use.
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=0,  # keep trying for ever (the pool retries with backoff)
+            open=False,
+            name="infrabot",
+        )
+        store = cls(pool, timeout=timeout)
+        try:
+            await pool.open(wait=True, timeout=timeout)
+            await store._migrate([*CORE_MIGRATIONS, *migrations])
+        except BaseException:
+            await pool.close()
+            raise
+        return store
 
-        Compared with `substr`, not LIKE, so '%' and '_' in a prefix mean themselves.
-        """
-        cur = self.db.execute("DELETE FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
-        return cur.rowcount
+    async def close(self) -> None:
+        """Close every connection of the pool."""
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            async with self.pool.connection(timeout=self.timeout) as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}") from exc
+
+    async def _migrate(self, migrations: Sequence[Migration]) -> None:
+        async with self._connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+            try:
+                await conn.execute(_SCHEMA_TABLE)
+                cur = await conn.execute("SELECT component, version FROM schema_version")
+                current = {r["component"]: r["version"] for r in await cur.fetchall()}
+                for mig in _ordered(migrations):
+                    if not _check_next(mig, current.get(mig.component, 0)):
+                        continue
+                    log.info("applying schema migration %s v%d", mig.component, mig.version)
+                    async with conn.transaction():
+                        for statement in split_statements(mig.sql):
+                            await conn.execute(to_postgres(statement, ddl=True).encode())
+                        await conn.execute(
+                            to_postgres(_SET_VERSION).encode(), (mig.component, mig.version)
+                        )
+                    current[mig.component] = mig.version
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+
+    @staticmethod
+    async def _run(conn: AsyncConnection[Any], sql: str, params: Sequence[Any]) -> Result:
+        cur = await conn.execute(to_postgres(sql).encode(), params)
+        rows: list[Row] = await cur.fetchall() if cur.description else []
+        return Result(rows, cur.rowcount)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        """Run one statement (see Store.execute)."""
+        import psycopg
+
+        conn = self._conn.get()
+        if conn is not None:
+            try:
+                return await self._run(conn, sql, params)
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}") from exc
+        async with self._connection() as conn:
+            return await self._run(conn, sql, params)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresStore]:
+        """One connection, BEGIN, the write lock … COMMIT; nests into an outer one."""
+        if self._conn.get() is not None:
+            yield self
+            return
+        async with self._connection() as conn:
+            token = self._conn.set(conn)
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                    yield self
+            finally:
+                self._conn.reset(token)
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[PostgresStore]:
+        """A nested part of the current transaction, undone alone if it raises."""
+        conn = self._conn.get()
+        if conn is None:
+            raise RuntimeError("savepoint() outside a transaction")
+        async with conn.transaction():
+            yield self
+
+
+def _first_line(exc: BaseException) -> str:
+    # libpq's messages name host and port, never the password; the first line says it all.
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+async def open_store(state: StateConfig, migrations: Sequence[Migration] = ()) -> Store:
+    """The store `state:` names: PostgreSQL when it gives a `dsn`, else the SQLite file."""
+    if state.dsn is None:
+        return SqliteStore(state.db_path, migrations)
+    return await PostgresStore.open(
+        state.dsn,
+        migrations,
+        password=None if state.password is None else state.password.get_secret_value(),
+        connect_timeout=state.connect_timeout,
+        statement_timeout=state.statement_timeout,
+        pool_size=state.pool_size,
+    )
 
 
 def split_statements(script: str) -> list[str]:

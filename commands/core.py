@@ -97,7 +97,7 @@ def _when(moment: datetime | None, now: datetime) -> str:
 @router.command("jobs")
 async def jobs(ctx: Context) -> None:
     """List scheduled jobs with their last and next run."""
-    status = ctx.rt.scheduler.status()
+    status = await ctx.rt.scheduler.status()
     now = ctx.rt.clock.now()
     if not status:
         await ctx.reply("No scheduled jobs are configured (see `schedules:` in the config).")
@@ -135,7 +135,7 @@ async def audit(ctx: Context) -> None:
             " ".join([r.command, *r.args]),
             r.outcome + (f": {r.detail}" if r.detail and r.outcome == "ok" else ""),
         ]
-        for r in audit_log.recent(ctx.rt.store, ctx[COUNT])
+        for r in await audit_log.recent(ctx.rt.store, ctx[COUNT])
     ]
     text, html = table(["when (UTC)", "who", "command", "outcome"], rows)
     await ctx.reply(text, html)

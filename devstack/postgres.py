@@ -11,9 +11,11 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from devstack.synapse import free_port
 
@@ -75,6 +77,48 @@ class LocalPostgres:
         """Stop the cluster (fast mode)."""
         if (self.data / "postmaster.pid").exists():
             self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def add_login(self, role: str, password: str) -> None:
+        """A role that must log in with `password` over TCP (scram-sha-256), as in production.
+
+        initdb's `-A trust` lets anyone in without one; the line put before the trust lines
+        makes this role's password checked. The server reloads its pg_hba.conf.
+        """
+        hba = self.data / "pg_hba.conf"
+        line = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+        if line not in hba.read_text():
+            hba.write_text(line + hba.read_text())
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                    sql.SQL(verb), sql.Identifier(role), sql.Literal(password)
+                )
+            )
+            conn.execute("SELECT pg_reload_conf()")
+        # The postmaster rereads pg_hba.conf when it gets to the signal: wait until a wrong
+        # password is refused, so no later test connects under the old trust rule.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                psycopg.connect(
+                    f"host=127.0.0.1 port={self.port} user={role} dbname=postgres",
+                    password="wrong-" + password,
+                ).close()
+            except psycopg.OperationalError:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("pg_hba.conf reload did not take effect")
+
+    def create_database(self, name: str, owner: str) -> None:
+        """A new empty database owned by `owner`."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(owner)
+                )
+            )
 
     def switch_wal(self) -> None:
         """Write a little and switch WAL segments so the archiver has something to archive."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +21,10 @@ from bot.clock import Clock
 from bot.config import parse_config
 from bot.context import Runtime
 from bot.registry import Registry, Router
+from bot.store import PostgresStore, SqliteStore, Store
 from commands import ROUTERS
 from devstack.client import RoomUser
+from devstack.postgres import LocalPostgres
 from devstack.synapse import Account, LocalSynapse
 
 
@@ -62,6 +67,68 @@ def room(synapse: LocalSynapse, accounts: Accounts) -> str:
     synapse.join(accounts.member, room_id)
     synapse.join(accounts.outsider, room_id)
     return room_id
+
+
+# --- The state store (issue 17): SQLite by default, or a real PostgreSQL ------------------------
+# `INFRABOT_STATE=postgres` runs every bot of the suite on PostgreSQL; otherwise the tests that
+# ask for both (`parametrize("state_store", STORES, indirect=True)`) run on each.
+STORES = ("sqlite", "postgres")
+PG_ROLE, PG_PASSWORD = "infrabot", "state-password-1"
+
+
+@dataclass(frozen=True)
+class PgState:
+    """The session's PostgreSQL: the bot's role logs in with a password from a file."""
+
+    server: LocalPostgres
+    password_file: Path
+
+    def fresh_database(self) -> str:
+        """A new empty database for one test; returns its DSN (no password in it)."""
+        name = f"t_{secrets.token_hex(6)}"
+        self.server.create_database(name, PG_ROLE)
+        return f"host=127.0.0.1 port={self.server.port} user={PG_ROLE} dbname={name}"
+
+    def state(self) -> dict[str, Any]:
+        """A `state:` section naming a fresh database."""
+        return {"dsn": self.fresh_database(), "password_file": str(self.password_file)}
+
+
+@pytest.fixture(scope="session")
+def pg_state() -> Iterator[PgState]:
+    # Under /tmp with open permissions: the cluster runs as the unprivileged postgres user.
+    base = Path(tempfile.mkdtemp(prefix="infrabot-state-pg-", dir="/tmp"))
+    base.chmod(0o755)
+    server = LocalPostgres(base / "pg")
+    server.start()
+    try:
+        server.add_login(PG_ROLE, PG_PASSWORD)
+        secret = base / "password"
+        secret.write_text(PG_PASSWORD + "\n")
+        yield PgState(server, secret)
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def state_store(request: pytest.FixtureRequest) -> str:
+    """Which store the test's bots use: "sqlite" or "postgres"."""
+    return str(getattr(request, "param", os.environ.get("INFRABOT_STATE", "sqlite")))
+
+
+@pytest.fixture(params=STORES)
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An empty store with every router's tables: SQLite, then a fresh PostgreSQL database."""
+    migrations = Registry(list(ROUTERS)).migrations
+    store: Store
+    if request.param == "sqlite":
+        store = SqliteStore(tmp_path / "state.sqlite3", migrations)
+    else:
+        pg: PgState = request.getfixturevalue("pg_state")
+        store = await PostgresStore.open(pg.fresh_database(), migrations, password=PG_PASSWORD)
+    yield store
+    await store.close()
 
 
 @dataclass
@@ -167,10 +234,21 @@ def base_config(hs_url: str, accounts: Accounts, room: str, state_dir: Path) -> 
 
 @pytest.fixture
 async def make_bot(
-    synapse: LocalSynapse, accounts: Accounts, room: str, tmp_path: Path
+    synapse: LocalSynapse,
+    accounts: Accounts,
+    room: str,
+    tmp_path: Path,
+    state_store: str,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[BotFactory]:
-    """Build bots against the test room; every bot is stopped at the end."""
+    """Build bots against the test room; every bot is stopped at the end.
+
+    With `state_store` "postgres" the test's bots share one fresh PostgreSQL database.
+    """
     handles: list[BotHandle] = []
+    pg_section: dict[str, Any] | None = None
+    if state_store == "postgres":
+        pg_section = request.getfixturevalue("pg_state").state()
 
     def factory(
         extra_routers: tuple[Router, ...] = (),
@@ -179,6 +257,8 @@ async def make_bot(
         clock: Clock | None = None,
     ) -> BotHandle:
         raw = base_config(homeserver or synapse.url, accounts, room, tmp_path / "state")
+        if pg_section is not None:
+            raw["state"] = dict(pg_section)
         if edit is not None:
             edit(raw)
         handle = BotHandle(raw, Registry([*ROUTERS, *extra_routers]), clock)

@@ -67,7 +67,7 @@ async def _any_message(rt: Runtime, reaction: IncomingReaction) -> str | None:
 async def bookmark_by_reaction(ctx: ReactionContext, event_id: str) -> None:
     """A 🔖 on a message bookmarks a link to it."""
     ctx.rt[BOOKMARKS].saved.append(f"https://matrix.to/#/{ctx.room_id}/{event_id}")
-    ctx.answer("🔖 saved")
+    await ctx.answer("🔖 saved")
 
 
 @router.job("bookmarks digest")

@@ -355,7 +355,7 @@ async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
         assert [status for status, _ in posted] == [200] * 14
         # The first group's message was tried (so it can no longer change); the other 14
         # groups share messages of at most 6 instead of queueing 14.
-        assert bot.rt.outbox.pending() == 1 + 3
+        assert await bot.rt.outbox.pending() == 1 + 3
     finally:
         synapse.start()
     counts = await _wait_counts(people["alice"], bot, room, names, timeout=60)
@@ -402,7 +402,7 @@ async def test_a_group_changing_before_its_message_is_sent_changes_that_message(
             _post(bot, _payload("Shared", n=3)),
         )
         assert [status for status, _ in posted] == [200] * 4
-        assert bot.rt.outbox.pending() == 2, "First, and one message for the four others"
+        assert await bot.rt.outbox.pending() == 2, "First, and one message for the four others"
     finally:
         synapse.start()
     alice = people["alice"]
@@ -887,9 +887,9 @@ async def test_truncated_alerts_are_counted_and_never_resolve_the_group(
         await alice.ask(room, "!ping", bot.user_id)  # after anything the edit brought along
         said = [e.body for e in alice.seen[mark:] if e.sender == bot.user_id]
         assert not [b for b in said if b.startswith("✅ resolved")], said
-        outbox_id = bot.rt.outbox.row_of(message.event_id)
+        outbox_id = await bot.rt.outbox.row_of(message.event_id)
         assert outbox_id is not None
-        (group,) = db.groups_of_message(bot.rt.store, outbox_id, room)
+        (group,) = await db.groups_of_message(bot.rt.store, outbox_id, room)
         assert group.open
     finally:
         am.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -553,46 +552,43 @@ def test_no_help_text_hard_codes_the_prefix() -> None:
 # --- the feature's table, through its one module ------------------------------------------
 
 
-def test_alert_groups_through_the_db_module(tmp_path: Path) -> None:
-    store = Store(tmp_path / "state.db", alerts_router.migrations)
-    try:
-        plan = encode_plan([Matcher("alertname", "=", "Disk")])
-        firing = db.GroupState("d1", "firing", 2, True, plan)
-        first = db.open_group(
-            store,
-            "!r:x",
-            "k",
-            7,
-            firing,
-            created_at=OPENED,
-            updated_at=NOW,
-            shared=False,
-            labels='{"alertname": "Disk"}',
-        )
-        row = db.newest_group(store, "!r:x", "k")
-        assert row == db.GroupRow(
-            first, "!r:x", "k", True, 7, "d1", "firing", 2, OPENED, NOW, False,
-            '{"alertname": "Disk"}', plan,
-        )  # fmt: skip
-        assert db.newest_group(store, "!other:x", "k") is None
-        db.mark_shared(store, 7)
-        later = NOW + timedelta(hours=1)
-        db.update_group(store, first, db.GroupState("d2", "resolved", 2, False, plan), later)
-        (closed,) = db.groups_of_message(store, 7, "!r:x")
-        assert (closed.open, closed.in_digest, closed.digest, closed.updated_at) == (
-            False, True, "d2", later,
-        )  # fmt: skip
-        # It fires again: a new row, which is now the group's newest.
-        second = db.open_group(
-            store, "!r:x", "k", 8, firing, created_at=later, updated_at=later, shared=True,
-            labels="{}",
-        )  # fmt: skip
-        newest = db.newest_group(store, "!r:x", "k")
-        assert newest is not None and newest.id == second and newest.in_digest
-        assert db.groups_of_message(store, 7, "!elsewhere:x") == []
-        assert db.prune_closed(store, later) == 0, "updated at `later`, not before"
-        assert db.prune_closed(store, later + timedelta(seconds=1)) == 1
-        db.delete_group(store, second)
-        assert db.newest_group(store, "!r:x", "k") is None
-    finally:
-        store.close()
+async def test_alert_groups_through_the_db_module(any_store: Store) -> None:
+    store = any_store
+    plan = encode_plan([Matcher("alertname", "=", "Disk")])
+    firing = db.GroupState("d1", "firing", 2, True, plan)
+    first = await db.open_group(
+        store,
+        "!r:x",
+        "k",
+        7,
+        firing,
+        created_at=OPENED,
+        updated_at=NOW,
+        shared=False,
+        labels='{"alertname": "Disk"}',
+    )
+    row = await db.newest_group(store, "!r:x", "k")
+    assert row == db.GroupRow(
+        first, "!r:x", "k", True, 7, "d1", "firing", 2, OPENED, NOW, False,
+        '{"alertname": "Disk"}', plan,
+    )  # fmt: skip
+    assert await db.newest_group(store, "!other:x", "k") is None
+    await db.mark_shared(store, 7)
+    later = NOW + timedelta(hours=1)
+    await db.update_group(store, first, db.GroupState("d2", "resolved", 2, False, plan), later)
+    (closed,) = await db.groups_of_message(store, 7, "!r:x")
+    assert (closed.open, closed.in_digest, closed.digest, closed.updated_at) == (
+        False, True, "d2", later,
+    )  # fmt: skip
+    # It fires again: a new row, which is now the group's newest.
+    second = await db.open_group(
+        store, "!r:x", "k", 8, firing, created_at=later, updated_at=later, shared=True,
+        labels="{}",
+    )  # fmt: skip
+    newest = await db.newest_group(store, "!r:x", "k")
+    assert newest is not None and newest.id == second and newest.in_digest
+    assert await db.groups_of_message(store, 7, "!elsewhere:x") == []
+    assert await db.prune_closed(store, later) == 0, "updated at `later`, not before"
+    assert await db.prune_closed(store, later + timedelta(seconds=1)) == 1
+    await db.delete_group(store, second)
+    assert await db.newest_group(store, "!r:x", "k") is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -302,31 +301,28 @@ def test_transitions(
 # --- the tables (commands.backups.db) and the check-name converter --------------------------
 
 
-def test_results_and_states_round_trip(tmp_path: Path) -> None:
-    store = Store(tmp_path / "state.db", backups_router.migrations)
-    try:
-        assert db.state_of(store, "pg:tank") is None and db.recent_runs(store, "pg") == []
-        for n in range(7):
-            at = T0 + n * HOUR
-            db.add_result(store, CheckResult("pg", "OK", f"run {n}", at, {"n": n}, "tank"), at)
-            db.add_result(store, CheckResult("pg", "STALE", f"run {n}", None, {}, "media"), at)
-            db.add_result(store, CheckResult("other", "OK", "x"), at)
-        runs = db.recent_runs(store, "pg", 5)
-        assert [(r.checked_at, r.item) for r in runs[:3]] == [
-            (T0 + 6 * HOUR, "media"),
-            (T0 + 6 * HOUR, "tank"),
-            (T0 + 5 * HOUR, "media"),
-        ]
-        assert len(runs) == 10 and runs[-1].checked_at == T0 + 2 * HOUR
-        tank = runs[1]
-        assert tank.newest == T0 + 6 * HOUR and tank.facts == {"n": 6} and tank.state == "OK"
-        assert runs[0].newest is None
+async def test_results_and_states_round_trip(any_store: Store) -> None:
+    store = any_store
+    assert await db.state_of(store, "pg:tank") is None and await db.recent_runs(store, "pg") == []
+    for n in range(7):
+        at = T0 + n * HOUR
+        await db.add_result(store, CheckResult("pg", "OK", f"run {n}", at, {"n": n}, "tank"), at)
+        await db.add_result(store, CheckResult("pg", "STALE", f"run {n}", None, {}, "media"), at)
+        await db.add_result(store, CheckResult("other", "OK", "x"), at)
+    runs = await db.recent_runs(store, "pg", 5)
+    assert [(r.checked_at, r.item) for r in runs[:3]] == [
+        (T0 + 6 * HOUR, "media"),
+        (T0 + 6 * HOUR, "tank"),
+        (T0 + 5 * HOUR, "media"),
+    ]
+    assert len(runs) == 10 and runs[-1].checked_at == T0 + 2 * HOUR
+    tank = runs[1]
+    assert tank.newest == T0 + 6 * HOUR and tank.facts == {"n": 6} and tank.state == "OK"
+    assert runs[0].newest is None
 
-        db.save_state(store, StateRow("pg:tank", "STALE", T0, None))
-        db.save_state(store, StateRow("pg:tank", "STALE", T0, T0 + HOUR))
-        assert db.state_of(store, "pg:tank") == StateRow("pg:tank", "STALE", T0, T0 + HOUR)
-    finally:
-        store.close()
+    await db.save_state(store, StateRow("pg:tank", "STALE", T0, None))
+    await db.save_state(store, StateRow("pg:tank", "STALE", T0, T0 + HOUR))
+    assert await db.state_of(store, "pg:tank") == StateRow("pg:tank", "STALE", T0, T0 + HOUR)
 
 
 def test_a_check_is_named_from_the_config_with_the_usage_on_a_mistake() -> None:

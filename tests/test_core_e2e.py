@@ -17,7 +17,7 @@ from bot.clock import ManualClock
 from bot.context import Context, JobContext
 from bot.errors import RemoteError
 from bot.registry import Router
-from bot.store import Store
+from bot.store import open_store
 from devstack.client import RoomUser, SeenEvent
 from devstack.synapse import LocalSynapse
 from tests.conftest import Accounts, BotFactory
@@ -125,7 +125,7 @@ async def test_unknown_command_bad_quoting_and_bad_arguments(
     for answer in (unknown, quoting, missing, wrong, count, too_many, extra):
         _names_commands_with(answer.body, p)
     # Each bad argument is audited as such.
-    outcomes = [r.outcome for r in audit.of_command(bot.rt.store, "audit")]
+    outcomes = [r.outcome for r in await audit.of_command(bot.rt.store, "audit")]
     assert outcomes == ["bad_input", "bad_input"]
 
 
@@ -158,7 +158,7 @@ async def test_roles_outsider_refused_and_audited(
     assert accounts.outsider.user_id in log.body and "denied" in log.body
     assert accounts.member.user_id in log.body
     assert "jobs run reminder" in log.body
-    rows = audit.recent(bot.rt.store, 10)
+    rows = await audit.recent(bot.rt.store, 10)
     outcomes = {(r.sender, r.command): r.outcome for r in rows}
     assert outcomes[(accounts.outsider.user_id, "jobs run")] == "denied"
     assert outcomes[(accounts.member.user_id, "jobs run")] == "ok"
@@ -192,7 +192,7 @@ async def test_command_sent_while_bot_is_down_is_never_run(
     assert not any(e.replies_to(stale_job) or e.replies_to(stale_ping) for e in replies)
     assert stale_job not in about and stale_ping not in about
     assert not any("rotate the on-call pager" in e.body for e in replies)
-    events = {r.event_id for r in audit.recent(restarted.rt.store, 50)}
+    events = {r.event_id for r in await audit.recent(restarted.rt.store, 50)}
     assert stale_job not in events and stale_ping not in events
 
 
@@ -249,13 +249,13 @@ async def test_scheduled_job_posts_and_missed_run_runs_once(
     assert "2026-12-01 09:30 UTC (in 23 h 59 min)" in listing.body
     # Pretend the hourly job last ran three hours ago, i.e. it missed runs while we were down.
     await bot.stop()
-    store = Store(bot.rt.config.core.state.db_path)
+    store = await open_store(bot.rt.config.core.state)
     three_hours_ago = clock.time() - 3 * 3600
-    run = job_runs.start(
+    run = await job_runs.start(
         store, "hourly", scheduled_for=three_hours_ago, trigger="schedule", now=three_hours_ago
     )
-    job_runs.end(store, run, "ok", "posted", now=three_hours_ago)
-    store.close()
+    await job_runs.end(store, run, "ok", "posted", now=three_hours_ago)
+    await store.close()
     mark = alice.mark()
     again = make_bot(edit=two_jobs, clock=clock)
     await again.start()
@@ -265,7 +265,7 @@ async def test_scheduled_job_posts_and_missed_run_runs_once(
     await alice.ask(room, "!ping", bot.user_id)
     hourly = [e for e in alice.seen[mark:] if e.sender == bot.user_id and e.body == "hourly"]
     assert len(hourly) == 1, "a missed run runs once, not once per missed slot"
-    runs = job_runs.of_job(again.rt.store, "hourly")
+    runs = await job_runs.of_job(again.rt.store, "hourly")
     assert [(r.trigger, r.outcome) for r in runs] == [("schedule", "ok"), ("missed", "ok")]
     assert runs[1].scheduled_for == datetime(2026, 11, 30, 9, 0, tzinfo=UTC).timestamp()
     # A second restart right away does not run it again.
@@ -275,7 +275,7 @@ async def test_scheduled_job_posts_and_missed_run_runs_once(
     await third.start()
     await alice.ask(room, "!ping", bot.user_id)  # barrier, as above
     assert not any(e.body == "hourly" for e in alice.seen[mark:])
-    assert len(job_runs.of_job(third.rt.store, "hourly")) == 2
+    assert len(await job_runs.of_job(third.rt.store, "hourly")) == 2
     # Its next slot comes when the clock gets there.
     await clock.set(datetime(2026, 11, 30, 10, 0, tzinfo=UTC))
     await alice.wait_for(lambda e: e.sender == bot.user_id and e.body == "hourly", after=mark)
@@ -408,7 +408,7 @@ async def test_commands_only_from_configured_rooms(
     # Barrier: the ignored message was sent first, so it came in the same or an earlier sync
     # batch; had it been taken for a command, its audit row would have been written before
     # this answer was even posted.
-    assert ignored not in {r.event_id for r in audit.recent(bot.rt.store, 50)}
+    assert ignored not in {r.event_id for r in await audit.recent(bot.rt.store, 50)}
     assert not any(e.replies_to(ignored) for e in people["alice"].seen)
 
 
@@ -458,13 +458,13 @@ async def test_a_message_too_large_for_matrix_arrives_cut_not_dropped(
     await bot.start()
     mark = people["alice"].mark()
     text = "".join(f"row {i}: pluto haumea eris ⚠️\n" for i in range(8000))  # ~220 KB
-    bot.rt.outbox.post(room, messages.notice(text))
+    await bot.rt.outbox.post(room, messages.notice(text))
     seen = await people["alice"].wait_for(
         lambda e: e.sender == bot.user_id and e.body.startswith("row 0: "), timeout=20, after=mark
     )
     assert seen.body.endswith(messages.CUT_NOTE)
-    assert bot.rt.outbox.pending() == 0
-    assert bot.rt.outbox.failed() == 0
+    assert await bot.rt.outbox.pending() == 0
+    assert await bot.rt.outbox.failed() == 0
 
 
 def _skip_notice(bot_user: str) -> Callable[[SeenEvent], bool]:
@@ -521,7 +521,7 @@ async def test_no_command_runs_late_after_restart_kick_and_reinvite(
     assert not any(e.source["type"] == "m.reaction" for e in mine)
     assert not any("rotate the on-call pager" in e.body for e in mine), "the job never ran"
     assert len([e for e in mine if _skip_notice(bot.user_id)(e)]) == 2
-    audited = {r.event_id for r in audit.recent(restarted.rt.store, 50)}
+    audited = {r.event_id for r in await audit.recent(restarted.rt.store, 50)}
     assert audited.isdisjoint({deploy, silence, job})
 
 
@@ -586,4 +586,4 @@ async def test_two_manual_runs_of_one_job_at_once_run_it_once(
     done = await alice.reply_to(winner_id, bot.user_id)
     assert done.body == "job slow: ok: done"
     assert len(runs) == 1
-    assert [r.trigger for r in job_runs.of_job(bot.rt.store, "slow")] == ["manual"]
+    assert [r.trigger for r in await job_runs.of_job(bot.rt.store, "slow")] == ["manual"]

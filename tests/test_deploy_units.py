@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,7 +14,7 @@ from bot.context import Runtime
 from bot.errors import UserError
 from bot.registry import Registry
 from bot.services.ssh import guarded
-from bot.store import Store
+from bot.store import SqliteStore, Store
 from commands import ROUTERS
 from commands.deploy import (
     _spec,
@@ -140,10 +140,10 @@ class _Runtime:
 
 
 @pytest.fixture
-def store() -> Iterator[Store]:
-    s = Store(Path(":memory:"), router.migrations)
+async def store() -> AsyncIterator[Store]:
+    s = SqliteStore(Path(":memory:"), router.migrations)
     yield s
-    s.close()
+    await s.close()
 
 
 @pytest.fixture
@@ -172,12 +172,13 @@ def test_action_and_confirm_id(rt: Runtime) -> None:
             confirm_id(bad, rt)
 
 
-def test_history_host_accepts_hosts_deployed_before(rt: Runtime, store: Store) -> None:
+async def test_history_host_accepts_hosts_deployed_before(any_store: Store) -> None:
+    rt = cast(Runtime, _Runtime(any_store))
     with pytest.raises(UserError, match="No deploys of `mimas` are recorded"):
-        host_with_history("mimas", rt)
-    db.start_deploy(store, "mimas", "switch", None, "@bob:x", "!r:x", 1000.0)
-    assert host_with_history("mimas", rt) == "mimas"
-    assert host_with_history("pluto", rt) == "pluto"
+        await host_with_history("mimas", rt)
+    await db.start_deploy(any_store, "mimas", "switch", None, "@bob:x", "!r:x", 1000.0)
+    assert await host_with_history("mimas", rt) == "mimas"
+    assert await host_with_history("pluto", rt) == "pluto"
 
 
 def test_declared_usage_lines() -> None:
@@ -191,14 +192,15 @@ def test_declared_usage_lines() -> None:
     assert usage["status"] == "?status [host[,host…|@group]]"
 
 
-def test_deploys_table_round_trip(store: Store) -> None:
-    first = db.start_deploy(store, "pluto", "switch", "main", "@bob:x", "!r:x", 1000.0)
-    db.set_revision(store, first, "3f2c1a9b")
-    db.finish_deploy(
+async def test_deploys_table_round_trip(any_store: Store) -> None:
+    store = any_store
+    first = await db.start_deploy(store, "pluto", "switch", "main", "@bob:x", "!r:x", 1000.0)
+    await db.set_revision(store, first, "3f2c1a9b")
+    await db.finish_deploy(
         store, first, ended_at=1090.0, state="ok", exit_code=0, summary="done", log_excerpt="x"
     )
-    second = db.start_deploy(store, "haumea", "boot", None, "@alice:x", "!r:x", 2000.0)
-    [row] = db.history(store, "pluto")
+    second = await db.start_deploy(store, "haumea", "boot", None, "@alice:x", "!r:x", 2000.0)
+    [row] = await db.history(store, "pluto")
     assert (row.id, row.revision, row.state, row.ended_at, row.exit_code) == (
         first,
         "3f2c1a9b",
@@ -206,14 +208,14 @@ def test_deploys_table_round_trip(store: Store) -> None:
         1090.0,
         0,
     )
-    assert [r.id for r in db.history(store)] == [second, first]
-    assert db.last_deploy(store, "nowhere") is None
+    assert [r.id for r in await db.history(store)] == [second, first]
+    assert await db.last_deploy(store, "nowhere") is None
     # At start, what is still running was cut off by the previous run.
-    [cut] = db.interrupt_running(store, 3000.0, "interrupted by a bot restart")
+    [cut] = await db.interrupt_running(store, 3000.0, "interrupted by a bot restart")
     assert (cut.id, cut.state) == (second, "running")
-    again = db.last_deploy(store, "haumea")
+    again = await db.last_deploy(store, "haumea")
     assert again is not None and (again.state, again.ended_at) == ("interrupted", 3000.0)
-    assert db.interrupt_running(store, 3001.0, "again") == []
+    assert await db.interrupt_running(store, 3001.0, "again") == []
 
 
 HIVES: dict[str, Any] = {

@@ -68,7 +68,7 @@ async def _any(rt: Runtime, reaction: IncomingReaction) -> str | None:
 async def pin(ctx: ReactionContext, event_id: str) -> None:
     """A 👍 pins the message."""
     ctx.rt[NOTES].pinned.append(event_id)
-    ctx.answer("📌 pinned")
+    await ctx.answer("📌 pinned")
 
 
 @router.job("notes digest")

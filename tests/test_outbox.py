@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -27,52 +25,55 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def outbox(tmp_path: Path, clock: ManualClock) -> Iterator[Outbox]:
-    store = Store(tmp_path / "state.sqlite3")
-    yield Outbox(store, cast(Transport, None), Metrics(), clock)
-    store.close()
+def outbox(any_store: Store, clock: ManualClock) -> Outbox:
+    return Outbox(any_store, cast(Transport, None), Metrics(), clock)
 
 
-def _content(box: Outbox, outbox_id: int) -> dict[str, Any]:
-    row = outbox_db.get(box.store, outbox_id)
+async def _content(box: Outbox, outbox_id: int) -> dict[str, Any]:
+    row = await outbox_db.get(box.store, outbox_id)
     assert row is not None
     return cast(dict[str, Any], json.loads(row.content))
 
 
 async def test_coalesce_amend_prune_and_references(outbox: Outbox, clock: ManualClock) -> None:
-    first = outbox.post("!r", {"body": "v1"}, coalesce_key="edit:1")
-    second = outbox.post("!r", {"body": "v2"}, coalesce_key="edit:1")
-    assert outbox.pending() == 1 and _content(outbox, second)["body"] == "v2"
-    assert outbox_db.get(outbox.store, first) is None
+    first = await outbox.post("!r", {"body": "v1"}, coalesce_key="edit:1")
+    second = await outbox.post("!r", {"body": "v2"}, coalesce_key="edit:1")
+    assert await outbox.pending() == 1 and (await _content(outbox, second))["body"] == "v2"
+    assert await outbox_db.get(outbox.store, first) is None
 
-    assert outbox.amend(second, {"body": "v3"}) and _content(outbox, second)["body"] == "v3"
+    assert (
+        await outbox.amend(second, {"body": "v3"})
+        and (await _content(outbox, second))["body"] == "v3"
+    )
     outbox._in_flight.add(second)
-    assert not outbox.amend(second, {"body": "v4"}), "a row being sent is not changed under it"
+    assert not await outbox.amend(second, {"body": "v4"}), (
+        "a row being sent is not changed under it"
+    )
     outbox._in_flight.clear()
 
-    original = outbox.post("!r", {"body": "message"})
-    edit = outbox.post("!r", {"m.relates_to": {"event_id": ref(original)}})
+    original = await outbox.post("!r", {"body": "message"})
+    edit = await outbox.post("!r", {"m.relates_to": {"event_id": ref(original)}})
     with pytest.raises(Exception, match="outbox:"):
-        outbox._fill_refs(json.loads(json.dumps({"x": ref(original)})))
-    outbox_db.mark_sent(outbox.store, original, "$abc", now=clock.time())
-    assert outbox._fill_refs({"m.relates_to": {"event_id": ref(original)}}) == {
+        await outbox._fill_refs(json.loads(json.dumps({"x": ref(original)})))
+    await outbox_db.mark_sent(outbox.store, original, "$abc", now=clock.time())
+    assert await outbox._fill_refs({"m.relates_to": {"event_id": ref(original)}}) == {
         "m.relates_to": {"event_id": "$abc"}
     }
-    assert outbox.row_of("$abc") == original
+    assert await outbox.row_of("$abc") == original
     # Content is kept a week after the row was made, by the outbox's clock.
     await clock.advance(timedelta(seconds=KEEP_SENT_S))
-    assert outbox.prune() == 0, "not older than a week yet"
+    assert await outbox.prune() == 0, "not older than a week yet"
     await clock.advance(timedelta(seconds=1))
-    assert outbox.prune() == 1
-    assert _content(outbox, original) == {} and outbox.event_id(original) == "$abc"
-    assert outbox.pending() == 2 and edit > original
-    sent = outbox_db.get(outbox.store, original)
+    assert await outbox.prune() == 1
+    assert await _content(outbox, original) == {} and await outbox.event_id(original) == "$abc"
+    assert await outbox.pending() == 2 and edit > original
+    sent = await outbox_db.get(outbox.store, original)
     assert sent is not None and sent.created_at == START.timestamp() and sent.attempts == 1
 
-    outbox_db.record_refusal(outbox.store, original, 2, "refused", give_up=True)
+    await outbox_db.record_refusal(outbox.store, original, 2, "refused", give_up=True)
     with pytest.raises(MatrixError, match="was not delivered"):
-        outbox._fill_refs({"event_id": ref(original)})
-    assert outbox.failed() == 1
+        await outbox._fill_refs({"event_id": ref(original)})
+    assert await outbox.failed() == 1
 
 
 class _RefusesFirst:
@@ -96,25 +97,25 @@ class _RefusesFirst:
         return f"$event{len(self.bodies)}"
 
 
-async def test_a_long_retry_after_paces_the_backlog_at_most_pace_max(tmp_path: Path) -> None:
+async def test_a_long_retry_after_paces_the_backlog_at_most_pace_max(any_store: Store) -> None:
     transport = _RefusesFirst(retry_after=120)
-    box = Outbox(Store(tmp_path / "state.sqlite3"), cast(Transport, transport), Metrics())
+    box = Outbox(any_store, cast(Transport, transport), Metrics())
     for body in ("a", "b", "c"):
-        box.post("!r", {"body": body})
+        await box.post("!r", {"body": body})
     before = time.monotonic()
-    await box._deliver(box._next_in_room("!r"))
+    await box._deliver(await box._next_in_room("!r"))
     assert box._retry_at["!r"] >= before + 120, "the refused message waits as told"
     assert box._pace["!r"] == PACE_MAX_S, "but the backlog's pace is capped"
     box._retry_at.clear()  # its wait is over
     before = time.monotonic()
-    await box._deliver(box._next_in_room("!r"))
+    await box._deliver(await box._next_in_room("!r"))
     after = time.monotonic()
     assert transport.bodies == ["a", "a"], "the next one is not sent straight after"
     assert before + PACE_MAX_S <= box._retry_at["!r"] <= after + PACE_MAX_S
     box._retry_at.clear()
-    await box._deliver(box._next_in_room("!r"))
-    await box._deliver(box._next_in_room("!r"))
-    assert transport.bodies == ["a", "a", "b", "c"] and box.pending() == 0
+    await box._deliver(await box._next_in_room("!r"))
+    await box._deliver(await box._next_in_room("!r"))
+    assert transport.bodies == ["a", "a", "b", "c"] and await box.pending() == 0
     assert "!r" not in box._pace, "with the backlog gone, so is the pace"
 
 
@@ -162,16 +163,16 @@ class _Refuses:
 
 
 async def test_a_permanent_refusal_is_given_up_at_once_and_the_room_goes_on(
-    tmp_path: Path,
+    any_store: Store,
 ) -> None:
     transport = _Refuses({"bad": (400, "M_UNKNOWN")})
     metrics = Metrics()
-    box = Outbox(Store(tmp_path / "state.sqlite3"), cast(Transport, transport), metrics)
-    bad = box.post("!r", {"body": "bad"})
-    box.post("!r", {"body": "good"})
-    await box._deliver(box._next_in_room("!r"))
+    box = Outbox(any_store, cast(Transport, transport), metrics)
+    bad = await box.post("!r", {"body": "bad"})
+    await box.post("!r", {"body": "good"})
+    await box._deliver(await box._next_in_room("!r"))
     assert transport.bodies == ["bad", "good"], "tried once, and the next one went straight on"
-    assert box.pending() == 0
+    assert await box.pending() == 0
     with pytest.raises(MatrixError, match="M_UNKNOWN"):
         await box.wait_sent(bad)
     text = metrics.render().decode()

@@ -62,9 +62,9 @@ async def test_example_feature_command_reaction_job_and_state(
     assert state.saved[-1].endswith(target)
 
     # Audited and counted like a command.
-    rows = bot.rt.store.execute(
+    rows = await bot.rt.store.execute(
         "SELECT sender, command, args, outcome FROM audit WHERE command = 'bookmark'"
-    ).fetchall()
+    )
     outcomes = {(r["sender"], r["outcome"], json.loads(r["args"])[0]) for r in rows}
     assert (mallory.client.user_id, "denied", "reaction") in outcomes
     assert (alice.client.user_id, "ok", "reaction") in outcomes
@@ -104,6 +104,6 @@ async def test_a_permissions_override_covers_the_reaction_too(
     )
     await mallory.wait_for(lambda e: e.sender == bot.user_id and e.body == "🔖 saved")
     # Across the year's end, the job's next run is the next morning.
-    (status,) = [s for s in bot.rt.scheduler.status() if s.name == "digest"]
+    (status,) = [s for s in await bot.rt.scheduler.status() if s.name == "digest"]
     assert status.next_run == datetime(2027, 1, 1, 9, 0, tzinfo=UTC)
     assert clock.now() + timedelta(hours=10) == status.next_run

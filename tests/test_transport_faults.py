@@ -133,7 +133,7 @@ async def test_a_rate_limited_backlog_goes_at_the_servers_pace(
     try:
         alice = people["alice"]
         mark = alice.mark()
-        ids = [bot.rt.outbox.post(room, messages.notice(f"paced {i}")) for i in range(4)]
+        ids = [await bot.rt.outbox.post(room, messages.notice(f"paced {i}")) for i in range(4)]
         for i in range(4):
             body = f"paced {i}"
             await alice.wait_for(
@@ -148,7 +148,7 @@ async def test_a_rate_limited_backlog_goes_at_the_servers_pace(
         # Unpaced, every message after the first is refused once (and held 0.5 s by Synapse).
         assert refused == ['infrabot_errors_total{where="outbox"} 1.0'], refused
         # The bot's own records: one refusal in all, and every later message went in one try.
-        rows = [outbox_db.get(bot.rt.store, i) for i in ids]
+        rows = [await outbox_db.get(bot.rt.store, i) for i in ids]
         attempts = [r.attempts for r in rows if r is not None]
         assert sum(attempts) == 5 and attempts.count(1) == 3, attempts
         # The server accepted them at its pace: 1 a second after the burst of 1.
@@ -233,13 +233,13 @@ async def test_a_refused_reaction_never_blocks_the_room(
     target = await alice.send(room, "something to react to")  # not a command: no answer queued
     box = bot.rt.outbox
     first = await box.send(room, messages.reaction(target, "👀"), "m.reaction")
-    again = box.post(room, messages.reaction(target, "👀"), "m.reaction")
-    box.post(room, messages.notice("after the duplicate"))
+    again = await box.post(room, messages.reaction(target, "👀"), "m.reaction")
+    await box.post(room, messages.notice("after the duplicate"))
     await alice.wait_for(
         lambda e: e.sender == bot.user_id and e.body == "after the duplicate", timeout=20
     )
     assert await box.wait_sent(again) == first, "the reaction that is there"
-    assert box.pending() == 0
+    assert await box.pending() == 0
     reactions = [
         e for e in alice.seen if e.sender == bot.user_id and e.source["type"] == "m.reaction"
     ]

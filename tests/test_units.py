@@ -22,7 +22,7 @@ from bot.errors import UserError
 from bot.messages import CUT_NOTE, MAX_CONTENT_BYTES, edit, fit, human_duration, notice
 from bot.permissions import Permissions
 from bot.registry import Command, Registry, Router, with_prefix
-from bot.store import Migration, Store, split_statements
+from bot.store import Migration, SqliteStore, Store, split_statements
 
 
 async def _noop(ctx: Any) -> None:
@@ -137,7 +137,7 @@ def test_claims_one_winner_and_the_loser_learns_who() -> None:
     assert claims.holder("deploy:pluto") is None, "released when the block ends"
 
 
-def test_migrations_split_where_sqlite_sees_a_statement_end(tmp_path: Path) -> None:
+async def test_migrations_split_where_sqlite_sees_a_statement_end(tmp_path: Path) -> None:
     script = """
         CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL DEFAULT 'a; b');
         -- a comment; with a semicolon
@@ -154,81 +154,75 @@ def test_migrations_split_where_sqlite_sees_a_statement_end(tmp_path: Path) -> N
     assert statements[2].startswith('CREATE TRIGGER "notes;upper"') and statements[2].endswith(
         "END;"
     )
-    store = Store(tmp_path / "s.sqlite3", [Migration("notes", 1, script)])
+    store = SqliteStore(tmp_path / "s.sqlite3", [Migration("notes", 1, script)])
     try:
-        bodies = [r["body"] for r in store.execute("SELECT body FROM notes ORDER BY id")]
-        assert bodies == ["x;y", "a; b", "z;"]
+        rows = await store.execute("SELECT body FROM notes ORDER BY id")
+        assert [r["body"] for r in rows] == ["x;y", "a; b", "z;"]
     finally:
-        store.close()
+        await store.close()
 
 
-def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
+async def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
     bad = Migration("broken", 1, "CREATE TABLE half (x TEXT); INSERT INTO nowhere VALUES (1);")
     with pytest.raises(sqlite3.OperationalError, match="nowhere"):
-        Store(tmp_path / "s.sqlite3", [bad])
-    store = Store(tmp_path / "s.sqlite3")
+        SqliteStore(tmp_path / "s.sqlite3", [bad])
+    store = SqliteStore(tmp_path / "s.sqlite3")
     try:
-        tables = {r["name"] for r in store.execute("SELECT name FROM sqlite_master")}
+        tables = {r["name"] for r in await store.execute("SELECT name FROM sqlite_master")}
         assert "half" not in tables and "kv" in tables
-        versions = {r["component"] for r in store.execute("SELECT component FROM schema_version")}
-        assert versions == {"core"}
+        rows = await store.execute("SELECT component FROM schema_version")
+        assert {r["component"] for r in rows} == {"core"}
     finally:
-        store.close()
+        await store.close()
 
 
-def test_kv_delete_prefix_takes_the_prefix_literally(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.sqlite3")
-    try:
-        for key in ("matrix.session:hs:@bot", "matrix.session:hs:@old", "matrix_session:x"):
-            store.put(key, "v")
-        store.put("matrix.sync_token", "s1")
-        assert store.delete_prefix("matrix.session:") == 2
-        assert store.get("matrix.session:hs:@bot") is None
-        assert store.get("matrix_session:x") == "v", "'_' is no wildcard"
-        assert store.delete_prefix("matrix%") == 0, "'%' is no wildcard"
-        assert store.get("matrix.sync_token") == "s1"
-    finally:
-        store.close()
+async def test_kv_delete_prefix_takes_the_prefix_literally(any_store: Store) -> None:
+    store = any_store
+    for key in ("matrix.session:hs:@bot", "matrix.session:hs:@old", "matrix_session:x"):
+        await store.put(key, "v")
+    await store.put("matrix.sync_token", "s1")
+    assert await store.delete_prefix("matrix.session:") == 2
+    assert await store.get("matrix.session:hs:@bot") is None
+    assert await store.get("matrix_session:x") == "v", "'_' is no wildcard"
+    assert await store.delete_prefix("matrix%") == 0, "'%' is no wildcard"
+    assert await store.get("matrix.sync_token") == "s1"
 
 
-def test_audit_and_job_runs_records(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.sqlite3")
-    try:
-        first = audit.start(
-            store,
-            sender="@a:x",
-            room_id="!r:x",
-            event_id="$1",
-            command="jobs run",
-            args=["tick"],
-            now=100.0,
-        )
-        audit.start(
-            store, sender="@b:x", room_id="!r:x", event_id="$2", command="ping", args=[], now=101.0
-        )
-        audit.end(store, first, "ok", None, now=102.5)
-        newest, oldest = audit.recent(store, 2)
-        assert (newest.command, newest.outcome, newest.ended_at) == ("ping", "running", None)
-        assert (oldest.args, oldest.outcome, oldest.started_at, oldest.ended_at) == (
-            ("tick",),
-            "ok",
-            100.0,
-            102.5,
-        )
-        assert [r.event_id for r in audit.of_command(store, "jobs run")] == ["$1"]
+async def test_audit_and_job_runs_records(any_store: Store) -> None:
+    store = any_store
+    first = await audit.start(
+        store,
+        sender="@a:x",
+        room_id="!r:x",
+        event_id="$1",
+        command="jobs run",
+        args=["tick"],
+        now=100.0,
+    )
+    await audit.start(
+        store, sender="@b:x", room_id="!r:x", event_id="$2", command="ping", args=[], now=101.0
+    )
+    await audit.end(store, first, "ok", None, now=102.5)
+    newest, oldest = await audit.recent(store, 2)
+    assert (newest.command, newest.outcome, newest.ended_at) == ("ping", "running", None)
+    assert (oldest.args, oldest.outcome, oldest.started_at, oldest.ended_at) == (
+        ("tick",),
+        "ok",
+        100.0,
+        102.5,
+    )
+    assert [r.event_id for r in await audit.of_command(store, "jobs run")] == ["$1"]
 
-        assert job_runs.last_scheduled(store, "tick") is None
-        run = job_runs.start(store, "tick", scheduled_for=60.0, trigger="schedule", now=61.0)
-        job_runs.start(store, "tick", scheduled_for=200.0, trigger="manual", now=200.0)
-        assert job_runs.last_scheduled(store, "tick") == 60.0, "a manual run moves no schedule"
-        job_runs.end(store, run, "error", "x" * 600, now=62.0)
-        assert job_runs.interrupt_running(store, now=300.0) == 1
-        latest = job_runs.latest(store, "tick")
-        assert latest is not None and (latest.trigger, latest.outcome) == ("manual", "interrupted")
-        runs = job_runs.of_job(store, "tick")
-        assert len(runs[0].detail or "") == 500 and runs[1].ended_at == 300.0
-    finally:
-        store.close()
+    assert await job_runs.last_scheduled(store, "tick") is None
+    run = await job_runs.start(store, "tick", scheduled_for=60.0, trigger="schedule", now=61.0)
+    await job_runs.start(store, "tick", scheduled_for=200.0, trigger="manual", now=200.0)
+    assert await job_runs.last_scheduled(store, "tick") == 60.0, "a manual run moves no schedule"
+    await job_runs.end(store, run, "error", "x" * 600, now=62.0)
+    assert await job_runs.interrupt_running(store, now=300.0) == 1
+    latest = await job_runs.latest(store, "tick")
+    assert latest is not None and (latest.trigger, latest.outcome) == ("manual", "interrupted")
+    runs = await job_runs.of_job(store, "tick")
+    assert len(runs[0].detail or "") == 500 and runs[1].ended_at == 300.0
 
 
 # Each core table and the one module that may run SQL on it (migrations aside).
@@ -247,7 +241,7 @@ def test_each_core_table_is_read_and_written_by_its_owner_only() -> None:
         rel = path.relative_to(root).as_posix()
         source = path.read_text()
         if rel == "bot/store.py":
-            source = source.split("class Store", 1)[1]  # the migrations create every table
+            source = source.split("class Store(", 1)[1]  # the migrations create every table
         for table in sql.findall(source):
             owner = OWNERS.get(table)
             assert owner in (None, rel), f"{rel} runs SQL on {table}, owned by {owner}"

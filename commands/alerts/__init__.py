@@ -29,6 +29,7 @@ from bot.http import BodyRefused, read_body
 from bot.matrix import IncomingReaction
 from bot.messages import escape, human_duration, table
 from bot.registry import Router, StateKey
+from bot.store import StoreUnavailable
 from commands.alerts import db
 from commands.alerts.api import AlertmanagerAPI
 from commands.alerts.config import AlertRoute, AlertsConfig, alerts_config
@@ -165,7 +166,11 @@ async def _webhook(rt: Runtime, request: web.Request, path: str | None) -> web.R
     except WebhookError as exc:
         return _reject(exc.status, exc.reason, request, rt)
     state = rt[ALERTS]
-    results = await state.intake.submit(rooms_for(rt, cfg, n, path), n)
+    try:
+        results = await state.intake.submit(rooms_for(rt, cfg, n, path), n)
+    except StoreUnavailable as exc:
+        # Not committed: Alertmanager retries a 5xx, so nothing is lost.
+        return _reject(503, f"not stored, try again later ({exc})", request, rt)
     for result in results:
         state.notifications.labels(result).inc()
     log.info("webhook %s (%s, %d alerts): %s", n.groupKey[:60], n.status, len(n.alerts), results)
@@ -367,10 +372,10 @@ async def _groups_reacted_to(rt: Runtime, reaction: IncomingReaction) -> list[db
     """The open alert groups shown by the message reacted to, or None if it shows none."""
     if alerts_config(rt).silence_on_reaction is None:
         return None
-    outbox_id = rt.outbox.row_of(reaction.reacts_to)
+    outbox_id = await rt.outbox.row_of(reaction.reacts_to)
     if outbox_id is None:
         return None  # not the bot's message
-    rows = [g for g in db.groups_of_message(rt.store, outbox_id, reaction.room_id) if g.open]
+    rows = [g for g in await db.groups_of_message(rt.store, outbox_id, reaction.room_id) if g.open]
     return rows or None  # none: not the message of an open alert group, an ordinary reaction
 
 
@@ -382,19 +387,19 @@ async def silence_by_reaction(rctx: ReactionContext, rows: list[db.GroupRow]) ->
     assert cfg.silence_on_reaction is not None
     state = rt[ALERTS]
 
-    def answer(text: str, html: str | None = None) -> None:
-        rctx.answer(text, html)
+    async def answer(text: str, html: str | None = None) -> None:
+        await rctx.answer(text, html)
 
     try:
         api = state.alertmanager()
     except UserError as exc:
-        answer(f"🔕 cannot silence: {exc}")
+        await answer(f"🔕 cannot silence: {exc}")
         return
     plans = [decode_plan(row.silence, row.labels) for row in rows]
     refusals = [p for p in plans if isinstance(p, str)]
     wanted = [p for p in plans if not isinstance(p, str)]
     if refusals:
-        answer(
+        await answer(
             f"🔕 cannot silence this group exactly: {refusals[0]}. Silence it with matchers, "
             f"e.g. `{rt.prefix}silence alertname=… instance=… 2h`."
         )
@@ -439,13 +444,13 @@ async def silence_by_reaction(rctx: ReactionContext, rows: list[db.GroupRow]) ->
             )
             if not created.kept:
                 flights.release(key, None)
-                answer("🔕 " + mismatch_note(matchers, created))
+                await answer("🔕 " + mismatch_note(matchers, created))
                 continue
             flights.release(key, (created.silence_id, created.ends_at))
             shown = ", ".join(str(m) for m in created.stored)
             done.append((shown, created.silence_id, _ending(ends, duration), False))
     except RemoteError as exc:
-        answer(f"🔕 could not silence: {exc}")
+        await answer(f"🔕 could not silence: {exc}")
     finally:
         for matchers in owned:
             flights.release(key_of(matchers), None)
@@ -453,7 +458,7 @@ async def silence_by_reaction(rctx: ReactionContext, rows: list[db.GroupRow]) ->
         result = await running
         shown = ", ".join(str(m) for m in matchers)
         if result is None:
-            answer(
+            await answer(
                 f"🔕 {shown}: another 🔕 on it at the same moment did not silence it (see above)."
             )
             continue
@@ -467,7 +472,7 @@ async def silence_by_reaction(rctx: ReactionContext, rows: list[db.GroupRow]) ->
         return f"silenced {what} until {until} (id {sid})"
 
     undo = f"{rt.prefix}unsilence <id>"
-    answer(
+    await answer(
         "🔕 " + "; ".join(outcome(*d) for d in done) + f" — `{undo}` undoes it.",
         "🔕 "
         + "; ".join(

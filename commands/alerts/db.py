@@ -7,11 +7,10 @@ shows it, what the group last said (its state digest), whether it is still open,
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bot.store import Store
+from bot.store import Row, Store
 
 # (version, SQL) in order; registered by the feature's router.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -88,7 +87,7 @@ class GroupRow:
     silence: str | None  # JSON silence plan (silencing.encode_plan); None: use labels
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> GroupRow:
+    def of(cls, row: Row) -> GroupRow:
         """The dataclass for a `SELECT *` row."""
         return cls(
             id=int(row["id"]),
@@ -118,16 +117,19 @@ class GroupState:
     silence: str  # JSON silence plan
 
 
-def newest_group(store: Store, room_id: str, group_key: str) -> GroupRow | None:
+async def newest_group(store: Store, room_id: str, group_key: str) -> GroupRow | None:
     """The group's newest row in the room, open or closed, or None."""
-    row = store.execute(
-        "SELECT * FROM alert_groups WHERE room_id = ? AND group_key = ? ORDER BY id DESC LIMIT 1",
-        (room_id, group_key),
+    row = (
+        await store.execute(
+            "SELECT * FROM alert_groups WHERE room_id = ? AND group_key = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (room_id, group_key),
+        )
     ).fetchone()
     return None if row is None else GroupRow.of(row)
 
 
-def open_group(
+async def open_group(
     store: Store,
     room_id: str,
     group_key: str,
@@ -140,10 +142,10 @@ def open_group(
     labels: str,
 ) -> int:
     """Add the group's row for a new message; returns its id."""
-    cursor = store.execute(
+    cursor = await store.execute(
         "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, alerts, "
         "created_at, updated_at, in_digest, labels, silence) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             room_id,
             group_key,
@@ -159,12 +161,14 @@ def open_group(
             state.silence,
         ),
     )
-    return int(cursor.lastrowid or 0)
+    return cursor.new_id()
 
 
-def update_group(store: Store, group_id: int, state: GroupState, updated_at: datetime) -> None:
+async def update_group(
+    store: Store, group_id: int, state: GroupState, updated_at: datetime
+) -> None:
     """Record what the group says now; its message stays the same."""
-    store.execute(
+    await store.execute(
         "UPDATE alert_groups SET digest = ?, status = ?, alerts = ?, updated_at = ?, open = ?, "
         "silence = ? WHERE id = ?",
         (
@@ -179,28 +183,30 @@ def update_group(store: Store, group_id: int, state: GroupState, updated_at: dat
     )
 
 
-def delete_group(store: Store, group_id: int) -> None:
+async def delete_group(store: Store, group_id: int) -> None:
     """Forget a row (the group moves to another message)."""
-    store.execute("DELETE FROM alert_groups WHERE id = ?", (group_id,))
+    await store.execute("DELETE FROM alert_groups WHERE id = ?", (group_id,))
 
 
-def mark_shared(store: Store, outbox_id: int) -> None:
+async def mark_shared(store: Store, outbox_id: int) -> None:
     """Every group of the message now shares it with others."""
-    store.execute("UPDATE alert_groups SET in_digest = 1 WHERE outbox_id = ?", (outbox_id,))
+    await store.execute("UPDATE alert_groups SET in_digest = 1 WHERE outbox_id = ?", (outbox_id,))
 
 
-def groups_of_message(store: Store, outbox_id: int, room_id: str) -> list[GroupRow]:
+async def groups_of_message(store: Store, outbox_id: int, room_id: str) -> list[GroupRow]:
     """The groups a message shows (open or closed), oldest first."""
-    rows = store.execute(
-        "SELECT * FROM alert_groups WHERE outbox_id = ? AND room_id = ? ORDER BY id",
-        (outbox_id, room_id),
+    rows = (
+        await store.execute(
+            "SELECT * FROM alert_groups WHERE outbox_id = ? AND room_id = ? ORDER BY id",
+            (outbox_id, room_id),
+        )
     ).fetchall()
     return [GroupRow.of(row) for row in rows]
 
 
-def prune_closed(store: Store, before: datetime) -> int:
+async def prune_closed(store: Store, before: datetime) -> int:
     """Delete closed groups last updated before `before`; returns how many."""
-    cursor = store.execute(
+    cursor = await store.execute(
         "DELETE FROM alert_groups WHERE open = 0 AND updated_at < ?", (before.timestamp(),)
     )
     return cursor.rowcount

@@ -1,6 +1,7 @@
 """From accepted notification to committed room message: group commit and decisions applied.
 
-Webhooks that arrive together are committed in one transaction (each in its own savepoint), so
+Webhooks that arrive together (in one loop turn, or during the previous batch's commit) are
+committed in one transaction (each in its own savepoint), so
 a storm costs one commit per batch rather than per webhook, and every webhook is still answered
 only after its message is in the outbox. What each notification does is decided by
 `commands.alerts.rules.decide`; where a new message goes, by `commands.alerts.packing`.
@@ -58,6 +59,10 @@ class Intake:
         self.clock = clock
         self.packer = Packer(outbox, self._render)
         self._queue: list[_Pending] = []
+        # One batch at a time, in order: a store that really awaits (PostgreSQL) lets the
+        # next webhooks arrive during a commit; they wait here and form the next batch.
+        self._flush_lock = asyncio.Lock()
+        self._flushes: set[asyncio.Task[None]] = set()
         self._next_prune: datetime | None = None
 
     @functools.cached_property
@@ -72,28 +77,34 @@ class Intake:
         self._queue.append(item)
         if len(self._queue) == 1:
             # Handlers made ready by the same loop iteration join this batch.
-            loop.call_soon(self._flush)
+            task = loop.create_task(self._flush())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
         return await item.done
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            await self._flush_batch()
+
+    async def _flush_batch(self) -> None:
         batch, self._queue = self._queue, []
         outcomes: list[list[str] | BaseException] = []
         try:
-            with self.store.transaction():
+            async with self.store.transaction():
                 for item in batch:
                     try:
-                        with self.store.savepoint():
+                        async with self.store.savepoint():
                             outcomes.append(
-                                [self.record(room, item.notification) for room in item.rooms]
+                                [await self.record(room, item.notification) for room in item.rooms]
                             )
                     except Exception as exc:
                         log.exception("could not record %s", item.notification.groupKey[:80])
                         outcomes.append(exc)
-                self.packer.flush()
+                await self.packer.flush()
                 now = self.clock.now()
                 if self._next_prune is None or now >= self._next_prune:
                     self._next_prune = now + PRUNE_EVERY
-                    db.prune_closed(self.store, now - KEEP_CLOSED)
+                    await db.prune_closed(self.store, now - KEEP_CLOSED)
         except Exception as exc:
             log.exception("could not commit %d alert notification(s)", len(batch))
             outcomes = [exc] * len(batch)
@@ -107,10 +118,10 @@ class Intake:
             else:
                 item.done.set_result(outcome)
 
-    def _previous(self, row: db.GroupRow | None) -> Previous | None:
+    async def _previous(self, row: db.GroupRow | None) -> Previous | None:
         if row is None:
             return None
-        waiting = self.packer.waiting(row.room_id, row.outbox_id, row.group_key)
+        waiting = await self.packer.waiting(row.room_id, row.outbox_id, row.group_key)
         return Previous(
             open=row.open,
             digest=row.digest,
@@ -121,11 +132,11 @@ class Intake:
             pings=waiting.pings if waiting is not None else NOBODY,
         )
 
-    def record(self, room_id: str, n: Notification) -> str:
+    async def record(self, room_id: str, n: Notification) -> str:
         """Apply the rules' decision for the notification in one room; returns what was done."""
         now = self.clock.now()
-        row = db.newest_group(self.store, room_id, n.groupKey)
-        decision = decide(self._previous(row), n, self.cfg, now)
+        row = await db.newest_group(self.store, room_id, n.groupKey)
+        decision = decide(await self._previous(row), n, self.cfg, now)
         if isinstance(decision, Drop):
             return decision.result
         state = db.GroupState(
@@ -136,11 +147,11 @@ class Intake:
             silence=encode_plan(group_matchers(n)),
         )
         if isinstance(decision, Post):
-            return self._post(room_id, n, decision, state, row, now)
+            return await self._post(room_id, n, decision, state, row, now)
         assert isinstance(decision, Edit) and row is not None  # an edit needs a message
         target = ref(row.outbox_id)
         text, html = self._render(n, NOBODY, False)
-        self.outbox.post(
+        await self.outbox.post(
             room_id,
             messages.edit(group_content(text, html, NOBODY), target),
             coalesce_key=f"alerts:edit:{row.id}",
@@ -148,11 +159,11 @@ class Intake:
         if decision.lasted is not None:
             lasted = human_duration(decision.lasted.total_seconds())
             reply = f"✅ resolved: {group_title(n)} ({len(n.alerts)} alert(s), open for {lasted})"
-            self.outbox.post(room_id, messages.in_thread(messages.notice(reply), target))
-        db.update_group(self.store, row.id, state, now)
+            await self.outbox.post(room_id, messages.in_thread(messages.notice(reply), target))
+        await db.update_group(self.store, row.id, state, now)
         return decision.result
 
-    def _post(
+    async def _post(
         self,
         room_id: str,
         n: Notification,
@@ -161,15 +172,15 @@ class Intake:
         row: db.GroupRow | None,
         now: datetime,
     ) -> Result | str:
-        placed = self.packer.place(
+        placed = await self.packer.place(
             room_id, n, decision.pings, decision.reminder, self.cfg.digest_max_groups
         )
         if placed.became_shared:
             # Its first group gets its own message when it next changes, as every later one.
-            db.mark_shared(self.store, placed.outbox_id)
+            await db.mark_shared(self.store, placed.outbox_id)
         if row is not None and decision.replaces:
-            db.delete_group(self.store, row.id)
-        db.open_group(
+            await db.delete_group(self.store, row.id)
+        await db.open_group(
             self.store,
             room_id,
             n.groupKey,

@@ -84,14 +84,18 @@ class Packer:
         self.drafts: dict[str, Draft] = {}
         self._changed: dict[int, Draft] = {}  # by outbox id: a full draft is no longer in drafts
 
-    def waiting(self, room_id: str, outbox_id: int, group_key: str) -> Member | None:
+    async def waiting(self, room_id: str, outbox_id: int, group_key: str) -> Member | None:
         """The group as its message `outbox_id` holds it, if that message has not started."""
         draft = self.drafts.get(room_id)
-        if draft is None or draft.outbox_id != outbox_id or not self.outbox.waiting(outbox_id):
+        if (
+            draft is None
+            or draft.outbox_id != outbox_id
+            or not await self.outbox.waiting(outbox_id)
+        ):
             return None
         return draft.groups.get(group_key)
 
-    def place(
+    async def place(
         self,
         room_id: str,
         n: Notification,
@@ -107,18 +111,18 @@ class Packer:
             n.groupKey in draft.groups  # replaces itself
             or (len(draft.groups) < max_groups and draft.size + member.size <= DIGEST_BYTES)
         )
-        if draft is not None and fits and self.outbox.waiting(draft.outbox_id):
+        if draft is not None and fits and await self.outbox.waiting(draft.outbox_id):
             alone = len(draft.groups) == 1 and n.groupKey not in draft.groups
             draft.add(member)
             self._changed[draft.outbox_id] = draft
             return Placed(draft.outbox_id, True, alone, len(draft.groups) > 1)
         text, html = self.render(n, pings, repeat)
-        outbox_id = self.outbox.post(room_id, group_content(text, html, pings))
+        outbox_id = await self.outbox.post(room_id, group_content(text, html, pings))
         self.drafts[room_id] = draft = Draft(outbox_id)
         draft.add(member)
         return Placed(outbox_id, False, False, False)
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Rewrite each waiting message that gained or changed groups (once per batch)."""
         changed, self._changed = list(self._changed.values()), {}
         for draft in changed:
@@ -137,7 +141,7 @@ class Packer:
                 lines = [m.line for m in members]
                 repeats = sum(m.repeat for m in members)
                 text, html = render_batch(full, lines, pings, repeats)
-            if not self.outbox.amend(draft.outbox_id, group_content(text, html, pings)):
+            if not await self.outbox.amend(draft.outbox_id, group_content(text, html, pings)):
                 raise RuntimeError(f"outbox row {draft.outbox_id} started sending mid-batch")
 
     def forget(self) -> None:

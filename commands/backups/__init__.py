@@ -104,27 +104,27 @@ async def run_all(rt: Runtime) -> Run:
     now = rt.clock.now()
     per_check = await asyncio.gather(*(run_check(c, ssh, cfg.timeout_s, now) for c in cfg.checks))
     room = rt.transport.resolve_room(cfg.room) if cfg.room else rt.default_room()
-    with rt.store.transaction():
+    async with rt.store.transaction():
         for check, results in zip(cfg.checks, per_check, strict=True):
             for result in results:
-                db.add_result(rt.store, result, now)
+                await db.add_result(rt.store, result, now)
                 step = transition(
-                    db.state_of(rt.store, result.key),
+                    await db.state_of(rt.store, result.key),
                     result.key,
                     result.state,
                     now,
                     cfg.remind_every,
                 )
                 if step.save is not None:
-                    db.save_state(rt.store, step.save)
+                    await db.save_state(rt.store, step.save)
                 if step.announce is not None:
-                    _announce(rt, cfg, room, check, result, step.announce, now - step.since)
+                    await _announce(rt, cfg, room, check, result, step.announce, now - step.since)
             if results and all(r.item is not None for r in results):
-                _whole_check_recovered(rt, room, check, results, now)
+                await _whole_check_recovered(rt, room, check, results, now)
     return Run(now, [r for results in per_check for r in results])
 
 
-def _whole_check_recovered(
+async def _whole_check_recovered(
     rt: Runtime,
     room: str,
     check: BackupCheck,
@@ -136,10 +136,10 @@ def _whole_check_recovered(
     Its items' own states are announced by their own results; this only closes the
     whole-check fault, which no later result would otherwise ever clear.
     """
-    prev = db.state_of(rt.store, check.name)
+    prev = await db.state_of(rt.store, check.name)
     if prev is None or prev.state == "OK":
         return
-    db.save_state(rt.store, db.StateRow(check.name, "OK", now, now))
+    await db.save_state(rt.store, db.StateRow(check.name, "OK", now, now))
     counts = ", ".join(f"{n} {s}" for s in ICONS if (n := sum(1 for r in results if r.state == s)))
     head = f"✅ backup {check.name} answers again"
     detail = f"it was {prev.state} as a whole; each of its items is judged on its own: {counts}"
@@ -150,10 +150,10 @@ def _whole_check_recovered(
     )
     content = messages.notice(text, html)
     content["m.mentions"] = NOBODY.content()
-    rt.outbox.post(room, content)
+    await rt.outbox.post(room, content)
 
 
-def _announce(
+async def _announce(
     rt: Runtime,
     cfg: BackupsConfig,
     room: str,
@@ -181,7 +181,7 @@ def _announce(
     ).lstrip()
     content = messages.notice(text, html)
     content["m.mentions"] = pings.content()
-    rt.outbox.post(room, content)
+    await rt.outbox.post(room, content)
 
 
 @router.job("backups.check")
@@ -247,7 +247,7 @@ async def backups_cmd(ctx: Context) -> None:
 
 async def _details(ctx: Context, check: BackupCheck) -> None:
     # The last five runs, each with every item it judged.
-    rows = db.recent_runs(ctx.rt.store, check.name, 5)
+    rows = await db.recent_runs(ctx.rt.store, check.name, 5)
     lines = [
         f"{check.name}: {check.kind} on {check.target()}, "
         f"max age {format_duration(check.max_age)}, severity {check.severity}"

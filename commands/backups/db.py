@@ -76,9 +76,9 @@ def _dt(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-def add_result(store: Store, result: CheckResult, checked_at: datetime) -> None:
+async def add_result(store: Store, result: CheckResult, checked_at: datetime) -> None:
     """Keep one result of the run at `checked_at`."""
-    store.execute(
+    await store.execute(
         "INSERT INTO backup_results(check_name, item, checked_at, state, newest, detail, facts) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
@@ -93,11 +93,13 @@ def add_result(store: Store, result: CheckResult, checked_at: datetime) -> None:
     )
 
 
-def state_of(store: Store, key: str) -> StateRow | None:
+async def state_of(store: Store, key: str) -> StateRow | None:
     """The stored state of a result key (`check` or `check:item`), if any."""
-    row = store.execute(
-        "SELECT check_name, state, since, announced_at FROM backup_state WHERE check_name = ?",
-        (key,),
+    row = (
+        await store.execute(
+            "SELECT check_name, state, since, announced_at FROM backup_state WHERE check_name = ?",
+            (key,),
+        )
     ).fetchone()
     if row is None:
         return None
@@ -106,9 +108,9 @@ def state_of(store: Store, key: str) -> StateRow | None:
     return StateRow(row["check_name"], cast(State, row["state"]), since, _dt(row["announced_at"]))
 
 
-def save_state(store: Store, row: StateRow) -> None:
+async def save_state(store: Store, row: StateRow) -> None:
     """Insert or replace the stored state of `row.key`."""
-    store.execute(
+    await store.execute(
         "INSERT INTO backup_state(check_name, state, since, announced_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(check_name) DO UPDATE SET state = excluded.state, since = excluded.since, "
         "announced_at = excluded.announced_at",
@@ -121,14 +123,16 @@ def save_state(store: Store, row: StateRow) -> None:
     )
 
 
-def recent_runs(store: Store, check_name: str, runs: int = 5) -> list[ResultRow]:
+async def recent_runs(store: Store, check_name: str, runs: int = 5) -> list[ResultRow]:
     """Every result of the check's last `runs` runs, newest run first, items in order."""
-    rows = store.execute(
-        "SELECT check_name, item, checked_at, state, newest, detail, facts FROM backup_results "
-        "WHERE check_name = ? AND checked_at IN ("
-        " SELECT DISTINCT checked_at FROM backup_results WHERE check_name = ?"
-        " ORDER BY checked_at DESC LIMIT ?) ORDER BY checked_at DESC, item",
-        (check_name, check_name, runs),
+    rows = (
+        await store.execute(
+            "SELECT check_name, item, checked_at, state, newest, detail, facts FROM backup_results "
+            "WHERE check_name = ? AND checked_at IN ("
+            " SELECT DISTINCT checked_at FROM backup_results WHERE check_name = ?"
+            " ORDER BY checked_at DESC LIMIT ?) ORDER BY checked_at DESC, item NULLS FIRST",
+            (check_name, check_name, runs),
+        )
     ).fetchall()
     out = []
     for row in rows:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import Field, field_validator
 
 from bot import messages
-from bot.args import arg, choice_label, flag, git_ref
+from bot.args import arg, choice_label, flag, git_ref, text
 from bot.config import Section
 from bot.context import Context, ReactionContext, Runtime, answer_to
 from bot.durations import Duration
@@ -158,10 +158,10 @@ async def announce_interrupted(rt: Runtime) -> None:
     starting beside a running leader leaves that leader's deploys alone.
     """
     cause = "interrupted by a bot restart or failover"
-    rows = db.interrupt_running(rt.store, rt.clock.time(), cause)
+    rows = await db.interrupt_running(rt.store, rt.clock.time(), cause)
     for r in rows:
         started = datetime.fromtimestamp(r.started_at, UTC)
-        rt.post(
+        await rt.post(
             r.room_id,
             f"⚠️ the deploy of {r.host} ({r.action}) requested by {r.requested_by} at "
             f"{started:%Y-%m-%d %H:%M} UTC was {cause}; "
@@ -277,9 +277,10 @@ def known_host(word: str, rt: Runtime) -> Host:
     return host
 
 
-def host_with_history(word: str, rt: Runtime) -> str:
-    """A host of the inventory, or one that was deployed before (since removed)."""
-    if word in _hosts(rt) or db.has_history(rt.store, word):
+async def host_with_history(word: str, rt: Runtime) -> str:
+    """A host of the inventory, or one that was deployed before (since removed); UserError
+    otherwise. Checked by the handler: it reads the store, and converters do not await."""
+    if word in _hosts(rt) or await db.has_history(rt.store, word):
         return word
     raise UserError(f"No deploys of `{word}` are recorded; {_known(_hosts(rt))}.")
 
@@ -305,7 +306,7 @@ HOSTS = arg("hosts", host_list, label="host[,host…|@group]")
 ACTION = arg("action", action, default="switch", label=choice_label(ACTIONS))
 REF = flag("--ref", git_ref, metavar="REF")
 HOST = arg("host", known_host)
-HISTORY_HOST = arg("host", host_with_history, required=False)
+HISTORY_HOST = arg("host", text, required=False)
 CONFIRM_ID = arg("id", confirm_id)
 
 
@@ -343,7 +344,7 @@ async def deploy_cmd(ctx: Context) -> None:
             f"or a ✅ reaction here, until {expires_at:%H:%M:%S} UTC "
             f"(within {human_duration(timeout.total_seconds())})."
         )
-        prompt = rt.outbox.post(ctx.room_id, answer_to(ctx.msg, text))
+        prompt = await rt.outbox.post(ctx.room_id, answer_to(ctx.msg, text))
         ctx.audit_note = f"waiting for a second person: confirmation {cid}"
         state.pending[cid] = Pending(
             cid,
@@ -360,7 +361,7 @@ async def deploy_cmd(ctx: Context) -> None:
         return
     # The locks are taken here, before the first await: a second request that is already
     # waiting in this loop turn sees them.
-    start_deploys(rt, hosts, action_, ref_, ctx.sender, ctx.room_id)
+    await start_deploys(rt, hosts, action_, ref_, ctx.sender, ctx.room_id)
     await ctx.react("👀")
 
 
@@ -369,7 +370,7 @@ async def _expire(rt: Runtime, cid: str, expires_at: datetime) -> None:
     pending = rt[DEPLOY].pending.pop(cid, None)
     if pending is not None:
         text = f"⌛ deploy request {cid} expired without confirmation; nothing was deployed."
-        rt.outbox.post(
+        await rt.outbox.post(
             pending.room_id, messages.edit(messages.notice(text), ref(pending.prompt_outbox_id))
         )
 
@@ -382,14 +383,14 @@ def _roles_phrase(hosts: list[Host]) -> str:
     return f"the {', '.join(roles[:-1])} and {roles[-1]} roles"
 
 
-def _confirm(rt: Runtime, cid: str, user: str, room_id: str, asked: str) -> tuple[str, str]:
+async def _confirm(rt: Runtime, cid: str, user: str, room_id: str, asked: str) -> tuple[str, str]:
     """Start a pending deploy confirmed by `user`; (answer, audit note).
 
     Four-eyes: `user` must not be the requester and must hold the role of every host's
     group (PermissionDenied otherwise, saying why; `asked` names what was refused:
     "`!confirm ab12`" or "✅ from @x"). UserError when nothing is waiting under `cid`.
     """
-    # Synchronous from the check to `del state.pending[...]`: a ✅ and a typed confirm (or two of
+    # No await from the check to `del state.pending[...]`: a ✅ and a typed confirm (or two of
     # either) arriving together confirm once; the others are told who was first.
     state = rt[DEPLOY]
     pending = state.pending.get(cid)
@@ -421,8 +422,8 @@ def _confirm(rt: Runtime, cid: str, user: str, room_id: str, asked: str) -> tupl
     state.confirmed[cid] = (user, pending.prompt_outbox_id)
     while len(state.confirmed) > 200:
         del state.confirmed[next(iter(state.confirmed))]
-    rt.outbox.post(room_id, messages.reaction(pending.command_event, "👀"), "m.reaction")
-    start_deploys(
+    await rt.outbox.post(room_id, messages.reaction(pending.command_event, "👀"), "m.reaction")
+    await start_deploys(
         rt,
         pending.hosts,
         pending.action,
@@ -444,7 +445,7 @@ def _confirm(rt: Runtime, cid: str, user: str, room_id: str, asked: str) -> tupl
 async def confirm_cmd(ctx: Context) -> None:
     """Confirm a pending deploy of protected hosts (another holder of their group's role)."""
     cid = ctx[CONFIRM_ID]
-    answer, ctx.audit_note = _confirm(
+    answer, ctx.audit_note = await _confirm(
         ctx.rt, cid, ctx.sender, ctx.room_id, f"`{ctx.rt.prefix}confirm {cid}`"
     )
     await ctx.reply("✅ " + answer)
@@ -456,7 +457,7 @@ async def _prompt_reacted_to(rt: Runtime, reaction: IncomingReaction) -> str | N
     prompts = {p.confirm_id: p.prompt_outbox_id for p in state.pending.values()}
     prompts.update({cid: prompt for cid, (_, prompt) in state.confirmed.items()})
     for cid, prompt_outbox_id in prompts.items():
-        if rt.outbox.event_id(prompt_outbox_id) == reaction.reacts_to:
+        if await rt.outbox.event_id(prompt_outbox_id) == reaction.reacts_to:
             return cid
     return None
 
@@ -465,8 +466,8 @@ async def _prompt_reacted_to(rt: Runtime, reaction: IncomingReaction) -> str | N
 async def confirm_by_reaction(ctx: ReactionContext, cid: str) -> None:
     """A ✅ on a confirmation prompt confirms it (same rules as `confirm`)."""
     asked = f"{ctx.reaction.key} from {ctx.sender}"
-    answer, ctx.audit_note = _confirm(ctx.rt, cid, ctx.sender, ctx.room_id, asked)
-    ctx.rt.outbox.post(ctx.room_id, messages.notice("✅ " + answer))
+    answer, ctx.audit_note = await _confirm(ctx.rt, cid, ctx.sender, ctx.room_id, asked)
+    await ctx.rt.outbox.post(ctx.room_id, messages.notice("✅ " + answer))
 
 
 def batches(hosts: list[Host]) -> list[list[Host]]:
@@ -485,7 +486,7 @@ def batches(hosts: list[Host]) -> list[list[Host]]:
     return out
 
 
-def start_deploys(
+async def start_deploys(
     rt: Runtime,
     hosts: list[Host],
     action_: str,
@@ -495,27 +496,43 @@ def start_deploys(
     confirmed_by: str | None = None,
 ) -> None:
     """Start one background run per batch (see `batches`); they queue for the parallelism
-    limit. Each host gets its own `deploys` row and lock."""
+    limit. Each host gets its own `deploys` row and lock.
+
+    Every lock is taken before the first await, so a second request waiting in the same loop
+    turn sees them; if the rows cannot be stored (StoreUnavailable), the locks are freed.
+    """
     state = rt[DEPLOY]
     _, _, runner = state.configured()
+    now = rt.clock.time()
+    runs: list[tuple[list[Host], DeployRun]] = []
     for batch in batches(hosts):
-        now = rt.clock.time()
-        ids = {
-            h.name: db.start_deploy(
-                rt.store, h.name, action_, ref_, requested_by, room_id, now, confirmed_by
-            )
-            for h in batch
-        }
         spec = _spec(batch[0])
         if len(batch) > 1:
-            spec = replace(spec, name=",".join(ids))
-        first = messages.notice(f"🚀 deploying {spec.name} ({action_}) — queued")
-        status = rt.outbox.post(room_id, first)
-        run = DeployRun(ids[batch[0].name], spec, action_, ref_, requested_by, room_id, status, now)
-        run.deploy_ids = ids
+            spec = replace(spec, name=",".join(h.name for h in batch))
+        # Its ids are filled in below, once stored.
+        run = DeployRun(0, spec, action_, ref_, requested_by, room_id, 0, now)
         for h in batch:
             state.running[h.name] = run
-        run.task = rt.tasks.spawn(_deploy(rt, runner, run), name=f"deploy:{spec.name}")
+        runs.append((batch, run))
+    try:
+        for batch, run in runs:
+            run.deploy_ids = {
+                h.name: await db.start_deploy(
+                    rt.store, h.name, action_, ref_, requested_by, room_id, now, confirmed_by
+                )
+                for h in batch
+            }
+            run.deploy_id = run.deploy_ids[batch[0].name]
+            first = messages.notice(f"🚀 deploying {run.host.name} ({action_}) — queued")
+            run.status_outbox_id = await rt.outbox.post(room_id, first)
+    except BaseException:
+        for batch, run in runs:
+            if run.task is None:
+                for h in batch:
+                    state.running.pop(h.name, None)
+        raise
+    for _, run in runs:
+        run.task = rt.tasks.spawn(_deploy(rt, runner, run), name=f"deploy:{run.host.name}")
 
 
 _ICONS = {"ok": "✅", "units_failed": "⚠️", "cancelled": "🛑", "timeout": "⏱️", "silent": "⏱️"}
@@ -547,7 +564,7 @@ async def _deploy(rt: Runtime, runner: Runner, run: DeployRun) -> None:
             results = per_host(run, outcome)
             for node, (node_state, node_summary) in results.items():
                 state.running.pop(node, None)
-                db.finish_deploy(
+                await db.finish_deploy(
                     rt.store,
                     run.deploy_ids.get(node, run.deploy_id),
                     ended_at=rt.clock.time(),
@@ -586,7 +603,10 @@ async def cancel_cmd(ctx: Context) -> None:
 @router.command("deploy history", params=[HISTORY_HOST])
 async def history_cmd(ctx: Context) -> None:
     """The last deploys (of one host, or all)."""
-    rows = db.history(ctx.rt.store, ctx[HISTORY_HOST])
+    host = ctx[HISTORY_HOST]
+    if host is not None:
+        await host_with_history(host, ctx.rt)
+    rows = await db.history(ctx.rt.store, host)
     if not rows:
         await ctx.reply("No deploys recorded yet.")
         return
@@ -647,7 +667,7 @@ async def hosts_cmd(ctx: Context) -> None:
     rows = []
     for g in inventory.resolved():
         for i, h in enumerate(g.hosts):
-            last = db.last_deploy(ctx.rt.store, h.name)
+            last = await db.last_deploy(ctx.rt.store, h.name)
             seen = "never"
             if last is not None:
                 ago = human_duration(max(0.0, now - last.started_at))

@@ -6,10 +6,9 @@ parameters, so that a later PostgreSQL store can run it unchanged.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from bot.store import Store
+from bot.store import Row, Store
 
 # (version, SQL) steps for the `deploy` component, applied by the store in order.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -62,7 +61,7 @@ class DeployRow:
     confirmed_by: str | None = None
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> DeployRow:
+    def of(cls, row: Row) -> DeployRow:
         """The dataclass of a `SELECT * FROM deploys` row."""
         return cls(
             id=int(row["id"]),
@@ -81,7 +80,7 @@ class DeployRow:
         )
 
 
-def start_deploy(
+async def start_deploy(
     store: Store,
     host: str,
     action: str,
@@ -92,20 +91,20 @@ def start_deploy(
     confirmed_by: str | None = None,
 ) -> int:
     """Record a deploy as running; returns its id."""
-    cur = store.execute(
+    cur = await store.execute(
         "INSERT INTO deploys(host, action, ref, requested_by, room_id, started_at, state, "
-        "confirmed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "confirmed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (host, action, ref, requested_by, room_id, started_at, RUNNING, confirmed_by),
     )
-    return int(cur.lastrowid or 0)
+    return cur.new_id()
 
 
-def set_revision(store: Store, deploy_id: int, revision: str) -> None:
+async def set_revision(store: Store, deploy_id: int, revision: str) -> None:
     """The commit the deploy runs (known once the checkout is updated)."""
-    store.execute("UPDATE deploys SET revision = ? WHERE id = ?", (revision, deploy_id))
+    await store.execute("UPDATE deploys SET revision = ? WHERE id = ?", (revision, deploy_id))
 
 
-def finish_deploy(
+async def finish_deploy(
     store: Store,
     deploy_id: int,
     *,
@@ -116,53 +115,55 @@ def finish_deploy(
     log_excerpt: str,
 ) -> None:
     """Record how a deploy ended."""
-    store.execute(
+    await store.execute(
         "UPDATE deploys SET ended_at = ?, state = ?, exit_code = ?, summary = ?, "
         "log_excerpt = ? WHERE id = ?",
         (ended_at, state, exit_code, summary, log_excerpt, deploy_id),
     )
 
 
-def history(store: Store, host: str | None = None, limit: int = 10) -> list[DeployRow]:
+async def history(store: Store, host: str | None = None, limit: int = 10) -> list[DeployRow]:
     """The newest deploys first (of one host, or of all)."""
     if host is None:
-        rows = store.execute("SELECT * FROM deploys ORDER BY id DESC LIMIT ?", (limit,))
+        rows = await store.execute("SELECT * FROM deploys ORDER BY id DESC LIMIT ?", (limit,))
     else:
-        rows = store.execute(
+        rows = await store.execute(
             "SELECT * FROM deploys WHERE host = ? ORDER BY id DESC LIMIT ?",
             (host, limit),
         )
     return [DeployRow.of(r) for r in rows.fetchall()]
 
 
-def last_deploy(store: Store, host: str) -> DeployRow | None:
+async def last_deploy(store: Store, host: str) -> DeployRow | None:
     """The newest deploy of a host, or None."""
-    found = history(store, host, 1)
+    found = await history(store, host, 1)
     return found[0] if found else None
 
 
-def has_history(store: Store, host: str) -> bool:
+async def has_history(store: Store, host: str) -> bool:
     """Whether any deploy of `host` was recorded."""
-    row = store.execute("SELECT 1 FROM deploys WHERE host = ? LIMIT 1", (host,)).fetchone()
+    row = (await store.execute("SELECT 1 FROM deploys WHERE host = ? LIMIT 1", (host,))).fetchone()
     return row is not None
 
 
-def interrupt_running(store: Store, ended_at: float, summary: str) -> list[DeployRow]:
+async def interrupt_running(store: Store, ended_at: float, summary: str) -> list[DeployRow]:
     """Mark every deploy still 'running' as interrupted; returns them as they were.
 
     Only called at start, before any deploy of this run begins: whatever is still running
     then was cut off by the previous run's end.
     """
-    with store.transaction():
+    async with store.transaction():
         rows = [
             DeployRow.of(r)
-            for r in store.execute(
-                "SELECT * FROM deploys WHERE state = ? ORDER BY id",
-                (RUNNING,),
+            for r in (
+                await store.execute(
+                    "SELECT * FROM deploys WHERE state = ? ORDER BY id",
+                    (RUNNING,),
+                )
             ).fetchall()
         ]
         for row in rows:
-            store.execute(
+            await store.execute(
                 "UPDATE deploys SET state = ?, ended_at = ?, summary = ? WHERE id = ?",
                 (INTERRUPTED, ended_at, summary, row.id),
             )

@@ -43,6 +43,7 @@ from bot.errors import RemoteError
 from bot.messages import escape, human_duration
 from bot.outbox import ref
 from bot.services.ssh import SshClient, end_remote, parse_target, remote_process, run_on
+from bot.store import StoreUnavailable
 from commands.deploy import db
 
 if TYPE_CHECKING:
@@ -400,12 +401,14 @@ class Runner:
         self.ssh = ssh
         self.spec = spec
 
-    def _edit_status(self, run: DeployRun, final: str | None = None) -> None:
+    async def _edit_status(self, run: DeployRun, final: str | None = None) -> None:
         content = messages.edit(_status_content(run, final), ref(run.status_outbox_id))
         # Only the newest progress edit matters if the homeserver is slow.
-        self.rt.outbox.post(run.room_id, content, coalesce_key=f"deploy:status:{run.deploy_id}")
+        await self.rt.outbox.post(
+            run.room_id, content, coalesce_key=f"deploy:status:{run.deploy_id}"
+        )
 
-    def _flush_thread(self, run: DeployRun) -> None:
+    async def _flush_thread(self, run: DeployRun) -> None:
         if not run.pending_thread and not run.thread_skipped:
             return
         # An event must stay well under Matrix's 64 KiB, HTML copy included.
@@ -423,7 +426,9 @@ class Runner:
         chunk = "\n".join(kept)
         run.pending_thread.clear()
         content = messages.notice(chunk, f"<pre><code>{escape(chunk)}</code></pre>")
-        self.rt.outbox.post(run.room_id, messages.in_thread(content, ref(run.status_outbox_id)))
+        await self.rt.outbox.post(
+            run.room_id, messages.in_thread(content, ref(run.status_outbox_id))
+        )
 
     async def execute(self, run: DeployRun) -> tuple[str, int | None, str]:
         """Run the deploy; returns (state, exit code, summary). Never raises but CancelledError."""
@@ -448,7 +453,7 @@ class Runner:
                         out = ""
                     run.revision = out.splitlines()[-1] if out else ""
                     for deploy_id in run.deploy_ids.values() or [run.deploy_id]:
-                        db.set_revision(self.rt.store, deploy_id, run.revision)
+                        await db.set_revision(self.rt.store, deploy_id, run.revision)
                     run.phase = "running"
                     command = deploy_command(run.host, run.action, self.spec.checkout)
                     log.info("deploy %d: %s", run.deploy_id, command)
@@ -529,12 +534,16 @@ class Runner:
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
-            if now - last_edit >= self.spec.progress_interval_s:
-                self._edit_status(run)
-                last_edit = now
-            if now - last_thread >= self.spec.thread_interval_s and run.pending_thread:
-                self._flush_thread(run)
-                last_thread = now
+            try:
+                if now - last_edit >= self.spec.progress_interval_s:
+                    await self._edit_status(run)
+                    last_edit = now
+                if now - last_thread >= self.spec.thread_interval_s and run.pending_thread:
+                    await self._flush_thread(run)
+                    last_thread = now
+            except StoreUnavailable as exc:
+                # Progress waits (the output is kept in the run); the deploy itself goes on.
+                log.warning("deploy %d: cannot queue progress: %s", run.deploy_id, exc)
 
     async def finish(self, run: DeployRun, state: str, code: int | None, summary: str) -> None:
         """Final status edit, last output to the thread, and the full log as a file."""
@@ -542,7 +551,7 @@ class Runner:
             # A prompt the command was left waiting at belongs to the record too.
             run.add_line(run.partial)
             run.partial = ""
-        self._flush_thread(run)
+        await self._flush_thread(run)
         code_text = f", exit {code}" if code is not None else ""
         at = f" at {run.revision[:12]}" if run.revision else ""
         if state == "units_failed":
@@ -561,7 +570,7 @@ class Runner:
                 f"{icon} {run.host.name} ({run.action}) {word} after "
                 f"{human_duration(run.elapsed())}{code_text}{at} — {summary}"
             )
-        self._edit_status(run, final)
+        await self._edit_status(run, final)
         data = run.full_log().encode()
         try:
             mxc = await self.rt.transport.upload(
@@ -573,4 +582,6 @@ class Runner:
         content = messages.media(
             mxc, f"deploy-{run.host.name}-{run.deploy_id}.log", len(data), "text/plain"
         )
-        self.rt.outbox.post(run.room_id, messages.in_thread(content, ref(run.status_outbox_id)))
+        await self.rt.outbox.post(
+            run.room_id, messages.in_thread(content, ref(run.status_outbox_id))
+        )
