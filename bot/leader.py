@@ -123,6 +123,8 @@ class LeaseMetrics:
             ["change"],
             registry=registry,
         )
+        for change in ("became", "stepped_down"):
+            self.changes.labels(change)  # shown as 0 before the first change
 
 
 @dataclass

@@ -234,6 +234,7 @@ class Outbox:
         """Deliver forever: per room in order, rooms in parallel, with backoff."""
         next_prune = 0.0
         sending = TaskOwner()
+        spawned: set[int] = set()
         try:
             while True:
                 if time.monotonic() >= next_prune:
@@ -245,8 +246,12 @@ class Outbox:
                 for row in ready:
                     # Marked before the first await: from here on nobody may amend or drop it.
                     self._in_flight.add(row.id)
+                    spawned.add(row.id)
                     task = sending.spawn(self._deliver(row), f"outbox:{row.id}")
                     task.add_done_callback(lambda _: self._wake.set())
+                    task.add_done_callback(
+                        lambda t, i=row.id: None if t.cancelled() else spawned.discard(i)  # type: ignore[misc]
+                    )
                 self.metrics.outbox_pending.set(
                     await self.pending() if ready or waiting or sending else 0
                 )
@@ -258,6 +263,10 @@ class Outbox:
                     pass
         finally:
             await sending.shutdown()
+            # A send cancelled before it started (a leader stepping down, bot.leader) never ran
+            # its own `finally`: its row would stay "in flight" for the next run and block
+            # its room.
+            self._in_flight -= spawned
 
     async def _deliver(self, row: OutboxRow | None) -> None:
         """Send the row, then the room's next ones while they keep succeeding."""
