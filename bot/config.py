@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -271,6 +272,14 @@ def parse_config(
         raise ConfigError([f"{source}: the file must be a mapping of sections"])
     problems: list[str] = []
     core_raw = {k: v for k, v in raw.items() if k in CoreConfig.CORE_KEYS}
+    core: CoreConfig | None = None
+    core_problems: list[str] = []
+    try:
+        core = CoreConfig.model_validate(core_raw)
+    except ValidationError as exc:
+        core_problems = _problems(source, "", exc)
+    # Sections check the roles they name against the core's (see `known_roles`).
+    context = {_KNOWN_ROLES: _role_names(core)} if core is not None else {}
     features: dict[str, BaseModel] = {}
     for key, value in raw.items():
         if key in CoreConfig.CORE_KEYS:
@@ -281,14 +290,12 @@ def parse_config(
             problems.append(f"{source}: {key}: unknown section (known: {', '.join(known)})")
             continue
         try:
-            features[str(key)] = model.model_validate(value if value is not None else {})
+            features[str(key)] = model.model_validate(
+                value if value is not None else {}, context=context
+            )
         except ValidationError as exc:
             problems.extend(_problems(source, str(key), exc))
-    core: CoreConfig | None = None
-    try:
-        core = CoreConfig.model_validate(core_raw)
-    except ValidationError as exc:
-        problems.extend(_problems(source, "", exc))
+    problems.extend(core_problems)
     problems.extend(_check_schedules(raw.get("schedules"), source, job_types))
     if core is not None:
         problems.extend(_check_roles(core, source))
@@ -324,8 +331,30 @@ def _check_schedules(raw: Any, source: str, job_types: JobParams) -> list[str]:
     return problems
 
 
+_KNOWN_ROLES = "infrabot.known_roles"
+
+
+def _role_names(core: CoreConfig) -> frozenset[str]:
+    return frozenset(core.permissions.roles) | {"anyone", core.permissions.admin_role}
+
+
+def known_roles(info: ValidationInfo) -> frozenset[str] | None:
+    """The roles a feature section's key may name (those under `permissions.roles`, the
+    admin role and "anyone"), for a validator of that key; None when the section is validated
+    on its own or `permissions` itself is invalid (then there is nothing to check against).
+
+    A validator raising ValueError("unknown role …") makes the problem 'file: key: message'
+    like every other.
+    """
+    context = info.context
+    if not isinstance(context, Mapping):
+        return None
+    roles = context.get(_KNOWN_ROLES)
+    return roles if isinstance(roles, frozenset) else None
+
+
 def _check_roles(core: CoreConfig, source: str) -> list[str]:
-    roles = set(core.permissions.roles) | {"anyone", core.permissions.admin_role}
+    roles = _role_names(core)
     return [
         f"{source}: permissions.commands.{cmd}: unknown role {role!r}"
         for cmd, role in core.permissions.commands.items()

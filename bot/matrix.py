@@ -378,6 +378,14 @@ class Transport:
                 log.warning("%s; retrying in %.1f s", reason, wait)
                 await asyncio.sleep(wait)
                 continue
+            except StoreUnavailable as exc:
+                # The batch is fetched again from the same token once the store answers.
+                wait = delay.next()
+                self.health.set_failing(f"state store unavailable: {exc}")
+                self.metrics.errors.labels("store").inc()
+                log.warning("cannot record the sync batch (%s); retrying in %.1f s", exc, wait)
+                await asyncio.sleep(wait)
+                continue
             delay.reset()
             self.metrics.sync_seconds.observe(time.monotonic() - started)
             if events:

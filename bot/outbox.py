@@ -27,6 +27,7 @@ longer be amended, and a row that waits untried can still take in more of a burs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -40,7 +41,7 @@ from bot.matrix import MatrixError, Transport, new_txn_id
 from bot.messages import MAX_CONTENT_BYTES, fit
 from bot.metrics import Metrics
 from bot.outbox_db import FAILED, SENT, OutboxRow
-from bot.store import Store
+from bot.store import Store, StoreUnavailable
 from bot.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ class Outbox:
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, Backoff] = {}
         self._pace: dict[str, float] = {}  # seconds between sends, learnt from a rate limit
-        self._in_flight: set[int] = set()
+        self._in_flight: set[int] = set()  # being sent, or held (not to be sent yet)
+        self._held: set[int] = set()
 
     async def post(
         self,
@@ -118,7 +120,8 @@ class Outbox:
                 now=self.clock.time(),
                 coalesce_key=coalesce_key,
             )
-        self._wake.set()
+        # Inside a caller's transaction the sender can see the row only once it is committed.
+        self.store.after_transaction(self._wake.set)
         return outbox_id
 
     def wake(self) -> None:
@@ -132,22 +135,45 @@ class Outbox:
         reuses the transaction id, the server answers with the first event, and an amended
         content would silently never be seen.
         """
-        if outbox_id in self._in_flight:
+        if self._sending(outbox_id):
             return False
-        # Held like a send while the UPDATE runs: a store that awaits (PostgreSQL) must not let
-        # the sender read the old content in between.
-        self._in_flight.add(outbox_id)
+        if outbox_id in self._held:
+            return await db.amend_untried(self.store, outbox_id, _encode(content))
+        # Held until the new content is committed: a store that awaits (PostgreSQL) must not
+        # let the sender read the old content in between.
+        self.hold(outbox_id)
         try:
             return await db.amend_untried(self.store, outbox_id, _encode(content))
         finally:
-            self._in_flight.discard(outbox_id)
-            self._wake.set()
+            self.store.after_transaction(lambda: self.release(outbox_id))
 
     async def waiting(self, outbox_id: int) -> bool:
         """Whether the row is queued and was never tried (so `amend` would succeed)."""
-        if outbox_id in self._in_flight:
+        if self._sending(outbox_id):
             return False
         return await db.untried(self.store, outbox_id)
+
+    def hold(self, outbox_id: int) -> bool:
+        """Keep a queued row from being sent until `release`; False if it is being sent.
+
+        For a caller that checks `waiting` and later `amend`s across awaits (a batch of
+        alerts committed to PostgreSQL): in between, the row must not start sending.
+        """
+        if self._sending(outbox_id):
+            return False
+        self._held.add(outbox_id)
+        self._in_flight.add(outbox_id)
+        return True
+
+    def release(self, outbox_id: int) -> None:
+        """Let a held row be sent again (nothing happens if it is not held)."""
+        if outbox_id in self._held:
+            self._held.discard(outbox_id)
+            self._in_flight.discard(outbox_id)
+            self._wake.set()
+
+    def _sending(self, outbox_id: int) -> bool:
+        return outbox_id in self._in_flight and outbox_id not in self._held
 
     async def event_id(self, outbox_id: int) -> str | None:
         """The event id of a delivered row, or None."""
@@ -235,14 +261,23 @@ class Outbox:
         next_prune = 0.0
         sending = TaskOwner()
         spawned: set[int] = set()
+        store_down = Backoff(0.5, 30)
         try:
             while True:
-                if time.monotonic() >= next_prune:
-                    await self.prune()
-                    next_prune = time.monotonic() + 3600
                 # Cleared before looking, so a post or a finished send from here on wakes us.
                 self._wake.clear()
-                ready, waiting = await self._ready()
+                try:
+                    if time.monotonic() >= next_prune:
+                        await self.prune()
+                        next_prune = time.monotonic() + 3600
+                    ready, waiting = await self._ready()
+                except StoreUnavailable as exc:
+                    pause = store_down.next()
+                    self.metrics.errors.labels("outbox").inc()
+                    log.warning("outbox: %s; looking again in %.1f s", exc, pause)
+                    await asyncio.sleep(pause)
+                    continue
+                store_down.reset()
                 for row in ready:
                     # Marked before the first await: from here on nobody may amend or drop it.
                     self._in_flight.add(row.id)
@@ -252,9 +287,10 @@ class Outbox:
                     task.add_done_callback(
                         lambda t, i=row.id: None if t.cancelled() else spawned.discard(i)  # type: ignore[misc]
                     )
-                self.metrics.outbox_pending.set(
-                    await self.pending() if ready or waiting or sending else 0
-                )
+                with contextlib.suppress(StoreUnavailable):  # the gauge waits a turn
+                    self.metrics.outbox_pending.set(
+                        await self.pending() if ready or waiting or sending else 0
+                    )
                 wait = min((self._retry_at[r] for r in waiting), default=None)
                 try:
                     timeout = None if wait is None else max(0.0, wait - time.monotonic())

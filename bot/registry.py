@@ -45,6 +45,9 @@ class Command:
     # For a command whose role depends on its arguments (deploy: the hosts' group), one line
     # saying who may run it, shown by `help <command>` in place of the declared role.
     who: Callable[[Runtime], str] | None = None
+    # With `who`: whether a user (in a room) could run it for any argument at all, so that
+    # `help` does not offer it to someone every use of it would refuse.
+    offered: Callable[[Runtime, str, str], bool] | None = None
 
     def usage(self, prefix: str) -> str:
         """The usage line, e.g. `!jobs run <name>`."""
@@ -154,16 +157,20 @@ class Router:
         aliases: Iterable[str] = (),
         help: str | None = None,
         who: Callable[[Runtime], str] | None = None,
+        offered: Callable[[Runtime, str, str], bool] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a command; the handler's docstring first line is its help by default.
 
-        `who(rt)` describes who may run it when the handler decides that (see Command.who).
+        `who(rt)` describes who may run it when the handler decides that (see Command.who);
+        `offered(rt, user_id, room_id)` says whether `help` lists it for that user.
         """
 
         def deco(func: Handler) -> Handler:
             text = help or first_line(func.__doc__)
             self.commands.append(
-                Command(name, func, text, tuple(params), role, tuple(aliases), self.name, who)
+                Command(
+                    name, func, text, tuple(params), role, tuple(aliases), self.name, who, offered
+                )
             )
             return func
 

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from bot import job_runs
+from bot.backoff import Backoff
 from bot.claims import Busy, Claim
 from bot.context import CURRENT_MESSAGE, JobContext, Runtime, error_ref
 from bot.cron import CronSchedule
 from bot.errors import BotError, UserError
+from bot.store import StoreUnavailable
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -134,14 +139,37 @@ class Scheduler:
         finally:
             self.rt.claims.release(_key(name))
 
+    async def _until_stored(self, name: str, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Record a run's start or end, waiting out a store that is down (logged, counted):
+        a run is never done unrecorded, so a restart neither repeats nor skips it."""
+        backoff = Backoff(1.0, 60.0)
+        while True:
+            try:
+                return await write()
+            except StoreUnavailable as exc:
+                wait = backoff.next()
+                self.rt.metrics.errors.labels("scheduler").inc()
+                log.warning(
+                    "job %s: cannot record %s (%s); retrying in %.1f s", name, what, exc, wait
+                )
+                await asyncio.sleep(wait)
+
     async def _run_claimed(self, name: str, scheduled_for: datetime, trigger: str) -> str:
         sched = self.schedules[name]
         job_type = self.rt.registry.jobs[sched.job]
         room = self.rt.transport.resolve_room(sched.room) if sched.room else self.rt.default_room()
         stored_for = scheduled_for.timestamp()
         # Manual runs are stored with their trigger so they never move the schedule's last run.
-        run_id = await job_runs.start(
-            self.rt.store, name, scheduled_for=stored_for, trigger=trigger, now=self.rt.clock.time()
+        run_id = await self._until_stored(
+            name,
+            "its start",
+            lambda: job_runs.start(
+                self.rt.store,
+                name,
+                scheduled_for=stored_for,
+                trigger=trigger,
+                now=self.rt.clock.time(),
+            ),
         )
         ctx = JobContext(self.rt, sched, room, stored_for, trigger)
         outcome, detail = "ok", ""
@@ -157,7 +185,13 @@ class Scheduler:
             await self.rt.post(room, f"⚠️ scheduled job {name} failed unexpectedly (ref {ref})")
         finally:
             self._last_outcome[name] = outcome
-            await job_runs.end(self.rt.store, run_id, outcome, detail, now=self.rt.clock.time())
+            await self._until_stored(
+                name,
+                "its end",
+                lambda: job_runs.end(
+                    self.rt.store, run_id, outcome, detail, now=self.rt.clock.time()
+                ),
+            )
             self.rt.metrics.job_runs.labels(name, outcome).inc()
         return f"{outcome}: {detail}" if detail else outcome
 

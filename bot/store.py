@@ -41,19 +41,22 @@ import logging
 import re
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from bot.backoff import Backoff
 from bot.errors import BotError
 
 if TYPE_CHECKING:
-    from psycopg import AsyncConnection
-    from psycopg_pool import AsyncConnectionPool
-
     from bot.config import StateConfig
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,10 @@ MIGRATE_LOCK = WRITE_LOCK + 1
 
 
 class StoreUnavailable(BotError):
-    """The store could not be reached or did not answer in time; the work was not done."""
+    """The store could not be reached or did not answer in time; the work was not done.
+
+    The message is fit for the room and the log: "the state store (PostgreSQL) is
+    unavailable: <libpq's first line>", which names host and port, never a password."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,32 @@ class Store(ABC):
 
     kind = "abstract"
 
+    def __init__(self) -> None:
+        # The callbacks waiting for the current task's outermost transaction to end.
+        self._hooks: contextvars.ContextVar[list[Callable[[], None]] | None] = (
+            contextvars.ContextVar(f"store-hooks-{id(self)}", default=None)
+        )
+
+    def after_transaction(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the current task's transaction has ended, committed or rolled
+        back (at once outside one). What others see only once committed (a row for the
+        outbox's sender, which reads through another connection on PostgreSQL) is announced
+        from here, and what was held for the transaction is let go."""
+        hooks = self._hooks.get()
+        if hooks is None:
+            callback()
+        else:
+            hooks.append(callback)
+
+    @contextmanager
+    def _collecting_hooks(self) -> Iterator[list[Callable[[], None]]]:
+        hooks: list[Callable[[], None]] = []
+        token = self._hooks.set(hooks)
+        try:
+            yield hooks
+        finally:
+            self._hooks.reset(token)
+
     @abstractmethod
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         """Run one statement (SQLite spelling, `?` parameters), inside the current task's
@@ -261,6 +293,7 @@ class SqliteStore(Store):
     kind = "sqlite"
 
     def __init__(self, path: Path, migrations: Sequence[Migration] = ()) -> None:
+        super().__init__()
         self.path = path
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,18 +355,24 @@ class SqliteStore(Store):
         if self._inside.get():
             yield self
             return
-        async with self._lock:
-            token = self._inside.set(True)
-            try:
-                self.db.execute("BEGIN IMMEDIATE")
+        hooks: list[Callable[[], None]] = []
+        try:
+            async with self._lock:
+                token = self._inside.set(True)
                 try:
-                    yield self
-                except BaseException:
-                    self.db.execute("ROLLBACK")
-                    raise
-                self.db.execute("COMMIT")
-            finally:
-                self._inside.reset(token)
+                    with self._collecting_hooks() as hooks:
+                        self.db.execute("BEGIN IMMEDIATE")
+                        try:
+                            yield self
+                        except BaseException:
+                            self.db.execute("ROLLBACK")
+                            raise
+                        self.db.execute("COMMIT")
+                finally:
+                    self._inside.reset(token)
+        finally:
+            for hook in hooks:
+                hook()
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[SqliteStore]:
@@ -386,6 +425,7 @@ class PostgresStore(Store):
     kind = "postgres"
 
     def __init__(self, pool: AsyncConnectionPool[Any], *, timeout: float) -> None:
+        super().__init__()
         self.pool = pool
         self.timeout = timeout
         self._conn: contextvars.ContextVar[AsyncConnection[Any] | None] = contextvars.ContextVar(
@@ -407,9 +447,6 @@ class PostgresStore(Store):
 
         `dsn` is a libpq connection string or URI without a password; `password` is given
         apart so that no DSN that is logged can hold it. Raises StoreUnavailable."""
-        from psycopg.rows import dict_row
-        from psycopg_pool import AsyncConnectionPool
-
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "row_factory": dict_row,
@@ -428,7 +465,6 @@ class PostgresStore(Store):
             timeout=timeout,
             # A connection broken by a server restart is found and replaced before use.
             check=AsyncConnectionPool.check_connection,
-            reconnect_timeout=0,  # keep trying for ever (the pool retries with backoff)
             open=False,
             name="infrabot",
         )
@@ -436,6 +472,9 @@ class PostgresStore(Store):
         try:
             await pool.open(wait=True, timeout=timeout)
             await store._migrate([*CORE_MIGRATIONS, *migrations])
+        except PoolTimeout as exc:
+            await pool.close()
+            raise _unavailable(str(exc)) from exc
         except BaseException:
             await pool.close()
             raise
@@ -447,16 +486,13 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
-        import psycopg
-        from psycopg_pool import PoolTimeout
-
         try:
             async with self.pool.connection(timeout=self.timeout) as conn:
                 yield conn
         except PoolTimeout as exc:
-            raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+            raise _unavailable(str(exc)) from exc
         except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}") from exc
+            raise _unavailable(_first_line(exc)) from exc
 
     async def _migrate(self, migrations: Sequence[Migration]) -> None:
         async with self._connection() as conn:
@@ -487,14 +523,12 @@ class PostgresStore(Store):
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         """Run one statement (see Store.execute)."""
-        import psycopg
-
         conn = self._conn.get()
         if conn is not None:
             try:
                 return await self._run(conn, sql, params)
             except psycopg.OperationalError as exc:
-                raise StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}") from exc
+                raise _unavailable(_first_line(exc)) from exc
         async with self._connection() as conn:
             return await self._run(conn, sql, params)
 
@@ -504,14 +538,20 @@ class PostgresStore(Store):
         if self._conn.get() is not None:
             yield self
             return
-        async with self._connection() as conn:
-            token = self._conn.set(conn)
-            try:
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-                    yield self
-            finally:
-                self._conn.reset(token)
+        hooks: list[Callable[[], None]] = []
+        try:
+            async with self._connection() as conn:
+                token = self._conn.set(conn)
+                try:
+                    with self._collecting_hooks() as hooks:
+                        async with conn.transaction():
+                            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                            yield self
+                finally:
+                    self._conn.reset(token)
+        finally:
+            for hook in hooks:
+                hook()
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[PostgresStore]:
@@ -523,23 +563,37 @@ class PostgresStore(Store):
             yield self
 
 
+def _unavailable(detail: str) -> StoreUnavailable:
+    return StoreUnavailable(f"the state store (PostgreSQL) is unavailable: {detail}")
+
+
 def _first_line(exc: BaseException) -> str:
     # libpq's messages name host and port, never the password; the first line says it all.
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 async def open_store(state: StateConfig, migrations: Sequence[Migration] = ()) -> Store:
-    """The store `state:` names: PostgreSQL when it gives a `dsn`, else the SQLite file."""
+    """The store `state:` names: PostgreSQL when it gives a `dsn`, else the SQLite file.
+
+    A PostgreSQL that cannot be reached at start is waited for (logged, backing off from 1 s
+    to 60 s) rather than ending the process."""
     if state.dsn is None:
         return SqliteStore(state.db_path, migrations)
-    return await PostgresStore.open(
-        state.dsn,
-        migrations,
-        password=None if state.password is None else state.password.get_secret_value(),
-        connect_timeout=state.connect_timeout,
-        statement_timeout=state.statement_timeout,
-        pool_size=state.pool_size,
-    )
+    backoff = Backoff(1.0, 60.0)
+    while True:
+        try:
+            return await PostgresStore.open(
+                state.dsn,
+                migrations,
+                password=None if state.password is None else state.password.get_secret_value(),
+                connect_timeout=state.connect_timeout,
+                statement_timeout=state.statement_timeout,
+                pool_size=state.pool_size,
+            )
+        except StoreUnavailable as exc:
+            wait = backoff.next()
+            log.warning("%s; trying again in %.1f s", exc, wait)
+            await asyncio.sleep(wait)
 
 
 def split_statements(script: str) -> list[str]:

@@ -68,6 +68,7 @@ async def help_(ctx: Context) -> None:
         c
         for c in ctx.rt.registry.unique_commands()
         if ctx.rt.permissions.may_run(ctx.sender, ctx.room_id, c)
+        and (c.offered is None or c.offered(ctx.rt, ctx.sender, ctx.room_id))
     ]
     text = "Commands you may run:\n" + "\n".join(
         f"{c.usage(prefix)} — {c.help_text(prefix)}" for c in mine

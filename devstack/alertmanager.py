@@ -1,8 +1,14 @@
-"""A real Alertmanager (Debian's prometheus-alertmanager) on loopback, sending to the bot."""
+"""A real Alertmanager (Debian's prometheus-alertmanager) on loopback, sending to the bot.
+
+Alone, or as one replica of an HA pair: `cluster_port` and `peers` are `--cluster.listen-address`
+and `--cluster.peer` (flags of cmd/alertmanager/main.go, 0.25); the gossip timings are shortened
+so that a pair settles and deduplicates in about a second on loopback.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -39,6 +45,9 @@ class LocalAlertmanager:
         repeat_interval: str = "24h",
         group_by: list[str] | None = None,
         max_alerts: int = 0,
+        cluster_port: int | None = None,
+        peers: list[str] | None = None,
+        peer_timeout: str = "2s",
     ) -> None:
         self.workdir = workdir.resolve()
         self.webhook_url = webhook_url
@@ -50,6 +59,12 @@ class LocalAlertmanager:
         self.group_by = ["alertname"] if group_by is None else group_by
         # webhook_config `max_alerts` (0: all); the rest is counted in `truncatedAlerts`.
         self.max_alerts = max_alerts
+        # None: not clustered (`--cluster.listen-address=` switches the cluster off).
+        self.cluster_port = cluster_port
+        self.peers = peers or []
+        # How long the replica at position i waits i times before it checks the gossiped
+        # notification log and sends (notify.go WaitStage; 15s by default).
+        self.peer_timeout = peer_timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,6 +95,27 @@ class LocalAlertmanager:
         path.chmod(0o600)
         return path
 
+    @property
+    def cluster_address(self) -> str:
+        """host:port of its gossip listener (for the other replica's `--cluster.peer`)."""
+        if self.cluster_port is None:
+            raise RuntimeError("this Alertmanager is not clustered")
+        return f"127.0.0.1:{self.cluster_port}"
+
+    def _cluster_flags(self) -> list[str]:
+        if self.cluster_port is None:
+            return ["--cluster.listen-address="]
+        return [
+            f"--cluster.listen-address={self.cluster_address}",
+            f"--cluster.advertise-address={self.cluster_address}",
+            *(f"--cluster.peer={peer}" for peer in self.peers),
+            f"--cluster.peer-timeout={self.peer_timeout}",
+            # Settling waits for 3 stable member counts at 10 gossip intervals each.
+            "--cluster.gossip-interval=50ms",
+            "--cluster.pushpull-interval=1s",
+            "--cluster.settle-timeout=10s",
+        ]
+
     def start(self, timeout: float = 30) -> None:
         """Start and wait for /-/ready."""
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +127,7 @@ class LocalAlertmanager:
                 f"--config.file={config}",
                 f"--storage.path={self.workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
-                "--cluster.listen-address=",
+                *self._cluster_flags(),
                 f"--web.external-url={self.url}",
             ],
             self.workdir / "alertmanager.log",
@@ -115,6 +151,22 @@ class LocalAlertmanager:
             raw = resp.read()
         return json.loads(raw) if raw.strip() else None
 
+    def cluster_status(self) -> tuple[str, list[str]]:
+        """Its cluster status ("settling", "ready", "disabled") and the addresses of the
+        members it sees, itself included (`GET /api/v2/status`, api/v2/openapi.yaml)."""
+        cluster = self.api("GET", "/status")["cluster"]
+        peers = sorted(str(peer["address"]) for peer in cluster.get("peers") or [])
+        return str(cluster["status"]), peers
+
+    def notifications_sent(self) -> float:
+        """Webhook notifications it has sent (`alertmanager_notifications_total`)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:  # noqa: S310
+            text = resp.read().decode()
+        found = re.search(
+            r'^alertmanager_notifications_total\{integration="webhook"\} (\S+)$', text, re.M
+        )
+        return float(found.group(1)) if found else 0.0
+
     def fire(
         self,
         labels: dict[str, str],
@@ -123,14 +175,28 @@ class LocalAlertmanager:
         starts_at: datetime | None = None,
     ) -> None:
         """Post one alert as Prometheus would: firing, or resolved (endsAt in the past)."""
-        now = datetime.now(UTC)
-        alert: dict[str, Any] = {
-            "labels": labels,
-            "annotations": annotations or {},
-            "generatorURL": f"http://prometheus.example:9090/graph?g0.expr={labels.get('alertname')}",
-            "startsAt": (starts_at or now - timedelta(minutes=5)).isoformat(),
-        }
-        alert["endsAt"] = (
+        self.post([alert(labels, annotations, resolved, starts_at)])
+
+    def post(self, alerts: list[dict[str, Any]]) -> None:
+        """Post alerts (built by `alert`) in one request, as Prometheus' notifier batches them."""
+        self.api("POST", "/alerts", alerts)
+
+
+def alert(
+    labels: dict[str, str],
+    annotations: dict[str, str] | None = None,
+    resolved: bool = False,
+    starts_at: datetime | None = None,
+) -> dict[str, Any]:
+    """One alert of `POST /api/v2/alerts` (api/v2/openapi.yaml postableAlert), as Prometheus
+    sends it: firing with endsAt ahead, or resolved with endsAt just past."""
+    now = datetime.now(UTC)
+    return {
+        "labels": labels,
+        "annotations": annotations or {},
+        "generatorURL": f"http://prometheus.example:9090/graph?g0.expr={labels.get('alertname')}",
+        "startsAt": (starts_at or now - timedelta(minutes=5)).isoformat(),
+        "endsAt": (
             now - timedelta(seconds=1) if resolved else now + timedelta(hours=1)
-        ).isoformat()
-        self.api("POST", "/alerts", [alert])
+        ).isoformat(),
+    }

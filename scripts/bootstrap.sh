@@ -23,8 +23,12 @@ if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
 fi
 # Real servers the demo and the tests start on loopback.
 apt_install prometheus-alertmanager
+# Prometheus: the backups `prometheus` check is tested against a real one scraping a test exporter.
+apt_install prometheus
 # OpenSSH: the deploy tests check no-PTY cancel/timeout against a real sshd.
 apt_install openssh-server
+# Nix evaluates the NixOS module, systemd-analyze checks its unit (tests/test_nix_module.py).
+apt_install nix-bin systemd
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${EXTRAS:-test}]" 2>&1 | grep -v '^WARNING: Location' || true

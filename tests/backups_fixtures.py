@@ -216,3 +216,92 @@ def zfs_lines(dataset: str, ages: list[timedelta], now: datetime, used: int = 5 
         moment = now - age
         out.append(f"{dataset}@{snap_name(moment)}\t{int(moment.timestamp())}\t{used}")
     return "".join(line + "\n" for line in out)
+
+
+# --- OpenZFS 2.2 `zpool list -H -p` / `zpool status -p` ------------------------------------
+# Built with the printf formats of OpenZFS 2.2 cmd/zpool/zpool_main.c: status_callback
+# ("  pool: %s", " state: %s", "config:\n\n", "\t%-*s  %-8s %5s %5s %5s" header with a name
+# width of at least 10, "errors: No known data errors" / "errors: %llu data errors, use '-v'
+# for a list"), print_status_config (rows "\t%*s%-*s  %-8s" + " %5s %5s %5s", exact
+# integers with -p, then notes such as "  too many errors"), print_scan_scrub_resilver_status
+# (the scan line; ctime(3) dates; secs_to_dhms "%02llu:%02llu:%02llu" or "%llu days …";
+# zfs_nicebytes sizes "0B", "1.23T"), and `zpool list -H` (one tab between fields).
+
+Vdev = tuple[int, str, str, int, int, int, str]  # depth, name, state, read, write, cksum, note
+
+
+def ctime(moment: datetime) -> str:
+    """ctime(3) without its newline, in UTC (the check runs zpool with TZ=UTC0)."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%a %b ") + f"{utc.day:2d}" + utc.strftime(" %H:%M:%S %Y")
+
+
+def dhms(seconds: int) -> str:
+    """secs_to_dhms."""
+    days, rest = divmod(seconds, 86400)
+    hms = f"{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}"
+    return f"{days} days {hms}" if days else hms
+
+
+def scrub_done(end: datetime, took_s: int = 3723, errors: int = 0, repaired: str = "0B") -> str:
+    """The scan line of a finished scrub."""
+    return f"scrub repaired {repaired} in {dhms(took_s)} with {errors} errors on {ctime(end)}\n"
+
+
+def scrub_running(start: datetime, done_pct: float, to_go_s: int | None) -> str:
+    """The scan line (and its two continuation lines) of a scrub in progress."""
+    left = (
+        f", {dhms(to_go_s)} to go\n" if to_go_s is not None else ", no estimated completion time\n"
+    )
+    return (
+        f"scrub in progress since {ctime(start)}\n"
+        "\t1.23T / 4.56T scanned at 512M/s, 1.01T / 4.56T issued at 420M/s\n"
+        f"\t0B repaired, {done_pct:.2f}% done{left}"
+    )
+
+
+def mirror(pool: str, state: str = "ONLINE", bad: Vdev | None = None) -> list[Vdev]:
+    """A pool of one two-disk mirror; `bad` replaces the second disk's row."""
+    second = bad or (2, "sdb", "ONLINE", 0, 0, 0, "")
+    return [
+        (0, pool, state, 0, 0, 0, ""),
+        (1, "mirror-0", state, 0, 0, 0, ""),
+        (2, "sda", "ONLINE", 0, 0, 0, ""),
+        second,
+    ]
+
+
+def zpool_status_block(
+    pool: str,
+    state: str,
+    scan: str,
+    vdevs: list[Vdev],
+    data_errors: int = 0,
+    status: str = "",
+) -> str:
+    """One pool's part of `zpool status -p`."""
+    width = max(10, *(depth + len(name) for depth, name, *_ in vdevs))
+    out = f"  pool: {pool}\n state: {state}\n{status}  scan: {scan}config:\n\n"
+    out += "\t" + f"{'NAME':<{width}}  {'STATE':<8} {'READ':>5} {'WRITE':>5} {'CKSUM':>5}" + "\n"
+    for depth, name, vstate, read, write, cksum, note in vdevs:
+        row = f"\t{'':{depth}}{name:<{width - depth}}  {vstate:<8} {read:>5} {write:>5} {cksum:>5}"
+        out += row + (f"  {note}" if note else "") + "\n"
+    out += "\n"
+    if data_errors:
+        out += f"errors: {data_errors} data errors, use '-v' for a list\n"
+    else:
+        out += "errors: No known data errors\n"
+    return out
+
+
+DEGRADED_STATUS = (
+    "status: One or more devices could not be opened.  Sufficient replicas exist for\n"
+    "\tthe pool to continue functioning in a degraded state.\n"
+    "action: Attach the missing device and online it using 'zpool online'.\n"
+    "   see: https://openzfs.github.io/openzfs-docs/msg/ZFS-8000-2Q\n"
+)
+
+
+def zpool_list_lines(pools: dict[str, tuple[str, int]]) -> str:
+    """`zpool list -H -p -o name,health,capacity`: {pool: (health, capacity %)}."""
+    return "".join(f"{name}\t{health}\t{cap}\n" for name, (health, cap) in pools.items())

@@ -283,3 +283,7 @@ async def people(synapse: LocalSynapse, accounts: Accounts) -> AsyncIterator[dic
     yield users
     for user in users.values():
         await user.close()
+
+
+# A test that runs once per store (the representative end-to-end set; see README "Tests").
+both_stores = pytest.mark.parametrize("state_store", STORES, indirect=True)

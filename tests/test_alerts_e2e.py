@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import html as htmllib
 import io
 import json
 import random
 import re
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +29,7 @@ from commands.alerts.render import REMINDER
 from devstack.alertmanager import LocalAlertmanager
 from devstack.client import RoomUser, SeenEvent
 from devstack.synapse import LocalSynapse, free_port
-from tests.conftest import BotFactory, BotHandle
+from tests.conftest import BotFactory, BotHandle, both_stores
 
 TOKEN = "webhook-token-123456"
 
@@ -89,6 +91,7 @@ def _unit_failed(host: str) -> dict[str, str]:
     }
 
 
+@both_stores
 async def test_alerts_are_grouped_and_resolving_edits_the_message(
     alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
 ) -> None:
@@ -341,6 +344,7 @@ async def _wait_counts(
     return _count(user, bot.user_id, names)
 
 
+@both_stores
 async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
 ) -> None:
@@ -385,6 +389,7 @@ async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
     assert not [e for e in people["alice"].seen[mark:] if _edit(e)], "a shared message was edited"
 
 
+@both_stores
 async def test_a_group_changing_before_its_message_is_sent_changes_that_message(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, synapse: LocalSynapse
 ) -> None:
@@ -495,6 +500,7 @@ async def test_routes_pick_rooms_and_mentions_ping(
     assert quiet.room_id == room and quiet.content["m.mentions"] == {"user_ids": []}
 
 
+@both_stores
 async def test_two_alertmanager_replicas_post_one_message(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str, tmp_path: Path
 ) -> None:
@@ -633,6 +639,7 @@ async def test_reminders_can_be_switched_off(
     assert len(posts) == 1, [e.body for e in posts]
 
 
+@both_stores
 async def test_a_bell_reaction_on_the_message_silences_its_group(
     alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
 ) -> None:
@@ -1198,3 +1205,94 @@ async def test_a_body_shorter_than_its_content_length_is_a_408_not_a_hang(
     status, text = await _raw_request(port, _head("/slow", "Content-Length: 2\r\n"), [b"{}"])
     assert status == 200 and json.loads(text) == {"bytes": 2}
     assert (await people["alice"].ask(room, "!ping", bot.user_id)).body.startswith("pong")
+
+
+def _links_by_alert(html: str) -> dict[str, dict[str, str]]:
+    """{alert headline: {link text: href}} of each <li> of a rendered group."""
+    out: dict[str, dict[str, str]] = {}
+    for item in re.findall(r"<li>(.*?)</li>", html, flags=re.S):
+        head = re.search(r"<(?:b|s)>([^<]+ on [^<]+)</(?:b|s)>", item)
+        if head is not None:
+            found = re.findall(r'<a href="([^"]*)">([^<]*)</a>', item)
+            out[head.group(1)] = {text: htmllib.unescape(url) for url, text in found}
+    return out
+
+
+async def test_everything_go_nebs_message_carried_is_in_ours(
+    alerting: tuple[BotHandle, LocalAlertmanager], people: dict[str, RoomUser], room: str
+) -> None:
+    """What the team's go-neb template showed (matrix-org/go-neb services/alertmanager/
+    alertmanager.go; README "Moving in"): status in colour per alert, alertname, summary,
+    📈 Grafana (annotations.grafana), 🔥 Prometheus (GeneratorURL), 🔕 Silence (SilenceURL), and
+    [RESOLVED] in green, with its links, for an alert that resolved."""
+    bot, am = alerting
+    alice = people["alice"]
+    mark = alice.mark()
+    grafana = "https://monitoring.example.org/grafana/d/5LANB9pZk/per-instance-metrics?orgId=1&var-instance={}"
+    # The team's disk rule at two thresholds: one alertname, a warning and a critical alert.
+
+    def disk(host: str, severity: str, resolved: bool = False) -> None:
+        # Prometheus sends a resolved alert with its labels and annotations as they were.
+        am.fire(
+            {
+                "alertname": "PartitionLowDiskSpace",
+                "instance": f"{host}:9100",
+                "mountpoint": "/",
+                "severity": severity,
+            },
+            {
+                "summary": f"/dev/sda1 mounted to / on {host} has 9 GB free.",
+                "grafana": grafana.format(host),
+            },
+            resolved=resolved,
+        )
+
+    for host, severity in (("pluto", "warning"), ("haumea", "critical")):
+        disk(host, severity)
+    message = await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "PartitionLowDiskSpace" in e.body and not _edit(e),
+        timeout=20,
+        after=mark,
+    )
+    both = await alice.wait_for(
+        lambda e: (
+            (e.event_id == message.event_id or _is_edit_of(e, message.event_id))
+            and "FIRING (2)" in _text(e)
+        ),
+        timeout=20,
+        after=mark,
+    )
+    html = _html(both)
+    # The group is as severe as its worst alert; the warning one keeps its own colour.
+    red, orange, green = "#d32f2f", "#f57c00", "#2e7d32"
+    assert f'<font color="{red}" data-mx-color="{red}">🔥 FIRING (2) · CRITICAL</font>' in html
+    assert (
+        f'<font color="{orange}" data-mx-color="{orange}"><b>[WARNING]</b></font> '
+        "<b>PartitionLowDiskSpace on pluto</b> — /dev/sda1 mounted to / on pluto has 9 GB free."
+    ) in html
+    assert "[CRITICAL]" not in html, "an alert as severe as its group needs no tag"
+    assert "• [WARNING] PartitionLowDiskSpace on pluto — /dev/sda1" in _text(both)
+    links = _links_by_alert(html)
+    for host in ("pluto", "haumea"):
+        mine = links[f"PartitionLowDiskSpace on {host}"]
+        assert mine["Grafana"] == grafana.format(host)
+        assert mine["Prometheus"].startswith("http://prometheus.example:9090/graph?")
+        # Alertmanager's own form, filled with the alert's labels, as go-neb's SilenceURL.
+        assert mine["Silence"].startswith(am.url + "/#/silences/new?filter=")
+        assert f'instance="{host}:9100"' in urllib.parse.unquote(mine["Silence"])
+
+    # pluto's disk is freed: go-neb said [RESOLVED] in green with the alert's links.
+    disk("pluto", "warning", resolved=True)
+    partly = await alice.wait_for(
+        lambda e: _is_edit_of(e, message.event_id) and "resolved (1)" in _text(e),
+        timeout=20,
+        after=mark,
+    )
+    html = _html(partly)
+    assert f'<font color="{green}" data-mx-color="{green}">✅ resolved (1):</font>' in html
+    assert "<s>PartitionLowDiskSpace on pluto</s>" in html
+    resolved = _links_by_alert(html)["PartitionLowDiskSpace on pluto"]
+    assert resolved["Grafana"] == grafana.format("pluto")
+    assert resolved["Prometheus"].startswith("http://prometheus.example:9090/graph?")
+    assert "Silence" not in resolved, "nothing to silence once resolved"
+    assert "Grafana: " + grafana.format("pluto") in _text(partly).split("✅ resolved (1):")[1]

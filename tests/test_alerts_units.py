@@ -32,7 +32,17 @@ from commands.alerts.render import (
     render_batch,
     with_reminder,
 )
-from commands.alerts.rules import Decision, Drop, Edit, Post, Previous, decide
+from commands.alerts.rules import (
+    Decision,
+    Drop,
+    Edit,
+    Post,
+    Previous,
+    decide,
+    incarnation,
+    learn,
+    older_copy,
+)
 from commands.alerts.silencing import (
     could_be_silence_id,
     decode_plan,
@@ -570,15 +580,18 @@ async def test_alert_groups_through_the_db_module(any_store: Store) -> None:
     row = await db.newest_group(store, "!r:x", "k")
     assert row == db.GroupRow(
         first, "!r:x", "k", True, 7, "d1", "firing", 2, OPENED, NOW, False,
-        '{"alertname": "Disk"}', plan,
+        '{"alertname": "Disk"}', plan, "{}",
     )  # fmt: skip
     assert await db.newest_group(store, "!other:x", "k") is None
     await db.mark_shared(store, 7)
     later = NOW + timedelta(hours=1)
-    await db.update_group(store, first, db.GroupState("d2", "resolved", 2, False, plan), later)
+    known = '{"f1@2026-11-25T10:00:00+00:00": 1795000000.0}'
+    await db.update_group(
+        store, first, db.GroupState("d2", "resolved", 2, False, plan, known), later
+    )
     (closed,) = await db.groups_of_message(store, 7, "!r:x")
-    assert (closed.open, closed.in_digest, closed.digest, closed.updated_at) == (
-        False, True, "d2", later,
+    assert (closed.open, closed.in_digest, closed.digest, closed.updated_at, closed.known) == (
+        False, True, "d2", later, known,
     )  # fmt: skip
     # It fires again: a new row, which is now the group's newest.
     second = await db.open_group(
@@ -592,3 +605,165 @@ async def test_alert_groups_through_the_db_module(any_store: Store) -> None:
     assert await db.prune_closed(store, later + timedelta(seconds=1)) == 1
     await db.delete_group(store, second)
     assert await db.newest_group(store, "!r:x", "k") is None
+
+
+# --- HA: an Alertmanager replica's older copy ---------------------------------------------
+# Payloads as Alertmanager 0.25 sends them (notify/webhook/webhook.go Message: template.Data
+# plus version "4", groupKey, truncatedAlerts; template/template.go Data: per alert status,
+# labels, annotations, startsAt, endsAt, generatorURL, fingerprint; types.Alerts zeroes
+# endsAt while the alert still fires, hence "0001-01-01T00:00:00Z"). Checked against a webhook
+# captured from Debian's prometheus-alertmanager 0.25.0 on the dev machine.
+
+HA_KEY = '{}:{alertname="DomainExpiry"}'
+STARTED = "2026-11-25T11:50:00Z"
+ZERO = "0001-01-01T00:00:00Z"
+
+
+def _am_alert(
+    fingerprint: str, domain: str, *, ended: str | None = None, started: str = STARTED
+) -> dict[str, Any]:
+    return {
+        "status": "resolved" if ended else "firing",
+        "labels": {"alertname": "DomainExpiry", "domain": domain, "severity": "warning"},
+        "annotations": {"summary": f"{domain} expires in 13 days"},
+        "startsAt": started,
+        "endsAt": ended or ZERO,
+        "generatorURL": "http://prometheus.example:9090/graph?g0.expr=DomainExpiry",
+        "fingerprint": fingerprint,
+    }
+
+
+def _am(*alerts: dict[str, Any]) -> Notification:
+    status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
+    common = {"alertname": "DomainExpiry", "severity": "warning"}
+    return Notification.model_validate(
+        {
+            "receiver": "infrabot",
+            "status": status,
+            "alerts": list(alerts),
+            "groupLabels": {"alertname": "DomainExpiry"},
+            "commonLabels": common,
+            "commonAnnotations": {},
+            "externalURL": "http://127.0.0.1:9093",
+            "version": "4",
+            "groupKey": HA_KEY,
+            "truncatedAlerts": 0,
+        }
+    )
+
+
+ORG = _am_alert("5b3e3f0c1d2a4e6f", "nixos.org")
+ORG_DONE = _am_alert("5b3e3f0c1d2a4e6f", "nixos.org", ended="2026-11-25T12:00:01Z")
+DEV = _am_alert("9a8b7c6d5e4f3a2b", "nixos.dev")
+DEV_DONE = _am_alert("9a8b7c6d5e4f3a2b", "nixos.dev", ended="2026-11-25T12:00:01Z")
+
+
+def _replay(steps: list[tuple[timedelta, Notification]], cfg: AlertsConfig = CFG) -> list[str]:
+    """Each notification through decide() the way Intake.record keeps the group's row:
+    returns each step's result (or the Drop's reason)."""
+    row: Previous | None = None
+    out: list[str] = []
+    for at, n in steps:
+        now = NOW + at
+        decision = decide(row, n, cfg, now)
+        if isinstance(decision, Drop):
+            out.append(decision.why)
+            continue
+        out.append(decision.result)
+        known = learn(row.known if row else {}, n, timedelta(seconds=cfg.dedupe_window_s), now)
+        if isinstance(decision, Post):
+            opened = decision.opened_at
+        else:
+            assert row is not None, "an edit needs a message"
+            opened = row.created_at
+        row = Previous(decision.open, n.state_digest(), opened, now, known=known)
+    return out
+
+
+S = timedelta(seconds=1)
+
+
+def test_a_clustered_pairs_stale_firing_after_the_resolve_is_dropped() -> None:
+    """Fire, change, resolve; the lagging replica's "firing" 11 s after the resolve (issues
+    #4008, #2447) neither reopens the group nor posts it; its own resolve is a twin."""
+    assert _replay(
+        [
+            (0 * S, _am(ORG)),
+            (1 * S, _am(ORG)),  # the twin (partition)
+            (30 * S, _am(ORG, DEV)),  # an alert joins the group
+            (60 * S, _am(ORG_DONE, DEV_DONE)),
+            (71 * S, _am(ORG, DEV)),  # the stale copy: same alerts, same startsAt
+            (72 * S, _am(ORG)),  # an even older one
+            (90 * S, _am(ORG_DONE, DEV_DONE)),  # the lagging replica's own resolve
+        ]
+    ) == ["posted", "same state", "updated", "resolved", "older copy", "older copy",
+          "resolved already"]  # fmt: skip
+
+
+def test_a_new_firing_after_the_resolve_opens_the_group_again() -> None:
+    again = _am_alert("5b3e3f0c1d2a4e6f", "nixos.org", started="2026-11-25T12:00:40Z")
+    assert _replay([(0 * S, _am(ORG)), (60 * S, _am(ORG_DONE)), (70 * S, _am(again))]) == [
+        "posted",
+        "resolved",
+        "posted",
+    ]
+    # The old firing's late copy after the new one opened: still recognised as older.
+    assert (
+        _replay(
+            [(0 * S, _am(ORG)), (60 * S, _am(ORG_DONE)), (70 * S, _am(again)), (75 * S, _am(ORG))]
+        )[-1]
+        == "older copy"
+    )
+
+
+def test_a_copy_older_than_a_partial_resolve_leaves_the_message_alone() -> None:
+    assert _replay(
+        [
+            (0 * S, _am(ORG, DEV)),
+            (60 * S, _am(ORG_DONE, DEV)),
+            (71 * S, _am(ORG, DEV)),  # from before nixos.org resolved
+            (80 * S, _am(DEV)),  # nixos.org left the group after its resolve was sent
+        ]
+    ) == ["posted", "updated", "older copy", "updated"]
+
+
+def test_a_copy_with_anything_new_is_not_taken_for_an_older_one() -> None:
+    third = _am_alert("0f1e2d3c4b5a6978", "nixos.net")
+    assert _replay(
+        [(0 * S, _am(ORG, DEV)), (60 * S, _am(ORG_DONE, DEV_DONE)), (70 * S, _am(ORG, third))]
+    ) == ["posted", "resolved", "posted"]
+
+
+def test_the_same_firing_after_the_window_opens_the_group_again() -> None:
+    """Alertmanager resolves an alert Prometheus stopped resending (resolve_timeout); when
+    Prometheus comes back it sends the same startsAt, and that firing is real."""
+    assert _replay(
+        [(0 * S, _am(ORG)), (60 * S, _am(ORG_DONE)), (60 * S + 10 * timedelta(minutes=1), _am(ORG))]
+    ) == ["posted", "resolved", "posted"]
+    no_window = CFG.model_copy(update={"dedupe_window_s": 0})
+    assert _replay([(0 * S, _am(ORG)), (60 * S, _am(ORG_DONE)), (71 * S, _am(ORG))], no_window) == [
+        "posted",
+        "resolved",
+        "posted",
+    ]
+
+
+def test_what_a_group_knows_is_bounded_and_a_resolve_sticks() -> None:
+    window = timedelta(minutes=10)
+    org, dev = (
+        "5b3e3f0c1d2a4e6f@2026-11-25T11:50:00+00:00",
+        "9a8b7c6d5e4f3a2b@2026-11-25T11:50:00+00:00",
+    )
+    assert [incarnation(a) for a in _am(ORG, DEV).alerts] == [org, dev]
+    known = learn({}, _am(ORG, DEV), window, NOW)
+    assert known == {org: None, dev: None}
+    known = learn(known, _am(ORG_DONE, DEV), window, NOW + S)
+    assert known == {org: (NOW + S).timestamp(), dev: None}
+    # A firing of the same incarnation does not undo the resolve; a later resolve keeps the time.
+    assert learn(known, _am(ORG, DEV), window, NOW + 2 * S) == known
+    assert learn(known, _am(ORG_DONE, DEV), window, NOW + 3 * S) == known
+    assert older_copy(known, _am(ORG, DEV), window, NOW + 2 * S)
+    # Resolves older than the window are forgotten, as are firings no longer reported.
+    later = NOW + timedelta(minutes=11)
+    assert learn(known, _am(DEV_DONE), window, later) == {dev: later.timestamp()}
+    assert not older_copy(known, _am(ORG, DEV), window, later)

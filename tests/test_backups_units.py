@@ -206,7 +206,9 @@ def test_each_dataset_gets_its_own_result() -> None:
     out = zfs_lines("tank", [timedelta(days=9), timedelta(days=10)], NOW)
     results = zfs.judge(out, "", 0, ["tank", "tank/media"], None, False, ZV)
     assert [(r.item, r.state) for r in results] == [("tank", "STALE"), ("tank/media", "STALE")]
-    assert results[0].detail == "newest snapshot of tank is 9 d old (limit 1d)"
+    assert results[0].detail == (
+        "newest snapshot of tank is 9 d old (from 2024-04-22 12:00 UTC; limit 1d)"
+    )
     assert results[1].detail == "no snapshots of tank/media"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from bot.cli import load, load_registry, secret_values
 from bot.config import ConfigError, parse_config
@@ -191,3 +192,41 @@ def test_durations_are_parsed_once_at_load() -> None:
     assert alerts.silence_on_reaction == timedelta(minutes=45)
     assert format_duration(timedelta(days=9, hours=2)) == "1w2d2h"
     assert deploy.model_dump()["timeout"] == "1h30m"
+
+
+def _hosts_raw(roles: dict[str, Any], **group: Any) -> dict[str, Any]:
+    raw = _raw(access_token="t")
+    raw["permissions"] = {"roles": roles}
+    raw["hosts"] = {
+        "critical": {
+            "method": "colmena",
+            "dir": "build",
+            **group,
+            "hosts": [
+                {"name": "pluto", "target": "root@pluto.nixos.org"},
+            ],
+        },
+    }
+    return raw
+
+
+def test_a_group_role_missing_from_permissions_is_a_config_error(tmp_path: Path) -> None:
+    # A typo ("deploy-critcal") would leave pluto to the admin role alone, unnoticed.
+    raw = _hosts_raw({"deploy-critical": {"users": ["@bob:x"]}}, role="deploy-critcal")
+    with pytest.raises(ConfigError) as err:
+        _parse(raw)
+    (problem,) = err.value.problems
+    assert problem.startswith("cfg.yaml: hosts.critical.role: unknown role 'deploy-critcal'")
+    assert "deploy-critical" in problem, "the known roles are listed"
+    # The same through `infrabot check-config`, which names the file.
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = _cli("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert f"{path}: hosts.critical.role: unknown role 'deploy-critcal'" in result.stderr
+    # Configured roles, the admin role and "anyone" are known.
+    for role in ("deploy-critical", "admin", "anyone"):
+        _parse(_hosts_raw({"deploy-critical": {"users": ["@bob:x"]}}, role=role))
+    # A group without `role:` keeps the default `deploy` role even when it is not configured
+    # (only the admin role deploys it then, said in the log at start), as before groups.
+    _parse(_hosts_raw({}))

@@ -20,7 +20,7 @@ from bot.registry import Router
 from bot.store import open_store
 from devstack.client import RoomUser, SeenEvent
 from devstack.synapse import LocalSynapse
-from tests.conftest import Accounts, BotFactory
+from tests.conftest import Accounts, BotFactory, both_stores
 
 # The core's command checks run with the default prefix and with another one: every answer
 # that names a command must name it with the prefix the config sets.
@@ -166,6 +166,7 @@ async def test_roles_outsider_refused_and_audited(
     assert [r.args for r in rows if r.command == "jobs run"] == [("reminder",), ("reminder",)]
 
 
+@both_stores
 async def test_command_sent_while_bot_is_down_is_never_run(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str
 ) -> None:
@@ -225,6 +226,7 @@ async def test_survives_a_homeserver_restart(
     assert bot.task is not None and not bot.task.done()
 
 
+@both_stores
 async def test_scheduled_job_posts_and_missed_run_runs_once(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str
 ) -> None:

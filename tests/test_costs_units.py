@@ -195,7 +195,10 @@ def _bind(words: list[str], today: str = "2025-12-01", prefix: str = "!") -> Bou
     return _command("costs").bind(words, _runtime(prefix, today))
 
 
-COSTS_USAGE = "`{p}costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service SERVICE]`"
+COSTS_USAGE = (
+    "`{p}costs [week|month|YYYY-MM-DD..YYYY-MM-DD] [--service SERVICE] "
+    "[--by service|usage-type|tag:KEY]`"
+)
 
 
 @pytest.mark.parametrize(

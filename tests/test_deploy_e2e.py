@@ -21,7 +21,7 @@ from commands.deploy import DEPLOY
 from devstack.client import RoomUser, SeenEvent
 from devstack.openssh import OpenSshServer
 from devstack.ssh import LocalSshServer
-from tests.conftest import BotFactory
+from tests.conftest import BotFactory, both_stores
 
 SHA = "3f2c1a9b8e7d6c5b4a39281706f5e4d3c2b1a098"
 
@@ -203,11 +203,15 @@ OLD_SYSTEM = "/nix/store/9d1k2m3bx8d7lq6c0cmx1y7f9n4pk2s0-nixos-system-titan-24.
 
 
 def _readlink(booted: str = SYSTEM) -> str:
+    # Any other link is the real readlink's: under OpenSSH, root's bash reads ~/.bashrc, where
+    # `pyenv init` (on the test machine) resolves links in a loop that a fake answering
+    # everything alike never ends.
     return (
         'case "$1" in\n'
         f"  /run/booted-system) echo {booted} ;;\n"
         f"  /run/current-system) echo {SYSTEM} ;;\n"
-        "  *) echo system-142-link ;;\n"
+        "  /nix/var/nix/profiles/system) echo system-142-link ;;\n"
+        '  *) exec /usr/bin/readlink "$@" ;;\n'
         "esac\n"
     )
 
@@ -226,14 +230,8 @@ SYSTEMCTL = (
 )
 
 
-@pytest.fixture
-async def deploy_env(tmp_path: Path) -> AsyncIterator[tuple[LocalSshServer, Path, Path]]:
-    host = LocalSshServer(tmp_path / "ssh")
-    data = tmp_path / "data"
-    data.mkdir()
-    checkout = tmp_path / "infra"
-    (checkout / "build").mkdir(parents=True)
-    os.environ["DATA"] = str(data)  # the SSH server's commands inherit this
+def _fake_tools(host: LocalSshServer | OpenSshServer) -> None:
+    """Every fake tool above, first on the PATH of the server's commands."""
     host.script("nixos-rebuild", NIXOS_REBUILD)
     host.script("colmena", COLMENA)
     host.script("git", GIT)
@@ -242,6 +240,17 @@ async def deploy_env(tmp_path: Path) -> AsyncIterator[tuple[LocalSshServer, Path
     host.script("systemctl", SYSTEMCTL)
     host.script("stat", STAT)
     host.script("timedatectl", TIMEDATECTL)
+
+
+@pytest.fixture
+async def deploy_env(tmp_path: Path) -> AsyncIterator[tuple[LocalSshServer, Path, Path]]:
+    host = LocalSshServer(tmp_path / "ssh")
+    data = tmp_path / "data"
+    data.mkdir()
+    checkout = tmp_path / "infra"
+    (checkout / "build").mkdir(parents=True)
+    os.environ["DATA"] = str(data)  # the SSH server's commands inherit this
+    _fake_tools(host)
     await host.start()
     yield host, data, checkout
     await host.stop()
@@ -319,6 +328,7 @@ async def _final(user: RoomUser, bot: str, host: str, after: int, timeout: float
     )
 
 
+@both_stores
 async def test_deploy_streams_progress_and_records_history(
     make_bot: BotFactory,
     people: dict[str, RoomUser],
@@ -572,6 +582,16 @@ async def test_confirmation_expires_on_the_clock_and_answers_use_the_prefix(
     bad = await bob.ask(room, "?deploy pluto reboot", bot.user_id)
     assert "`reboot` is not an action" in bad.body and usage in bad.body
     assert "`?help deploy`" in bad.body
+    # `?help` offers deploying to holders of a group's role only: mallory holds none, so the
+    # list does not offer her commands that would refuse her whatever host she names.
+    offered = await bob.ask(room, "?help", bot.user_id)
+    assert usage in offered.body and "?confirm <id>" in offered.body
+    assert "?deploy cancel <host>" in offered.body
+    theirs = await people["mallory"].ask(room, "?help", bot.user_id)
+    assert "?deploy history" in theirs.body and "?hosts" in theirs.body
+    assert "?deploy <host" not in theirs.body and "?confirm" not in theirs.body
+    assert "?deploy cancel" not in theirs.body
+    assert "more need a role you do not have" in theirs.body
 
     # Still confirmable a second before it expires.
     prompt = await bob.ask(room, "?deploy mimas", bot.user_id)
@@ -611,6 +631,7 @@ async def test_confirmation_expires_on_the_clock_and_answers_use_the_prefix(
     await _final(alice, bot.user_id, "pluto", mark)
 
 
+@both_stores
 async def test_host_key_mismatch_timeout_restart_and_status(
     make_bot: BotFactory,
     people: dict[str, RoomUser],
@@ -745,6 +766,7 @@ async def test_two_deploys_of_one_host_at_once_run_once(
     assert len((data / "args.log").read_text().splitlines()) == 2
 
 
+@both_stores
 async def test_confirmations_arriving_together_confirm_once(
     make_bot: BotFactory,
     people: dict[str, RoomUser],
@@ -872,8 +894,7 @@ async def openssh_env(tmp_path: Path) -> AsyncIterator[tuple[OpenSshServer, Path
     checkout = tmp_path / "infra"
     (checkout / "build").mkdir(parents=True)
     host = OpenSshServer(tmp_path / "openssh", env={"DATA": str(data)})
-    host.script("nixos-rebuild", NIXOS_REBUILD)
-    host.script("git", GIT)
+    _fake_tools(host)
     await host.start()
     yield host, data, checkout
     await host.stop()
@@ -927,10 +948,14 @@ async def test_real_sshd_deploy_cancel_and_timeout_end_the_remote_process(
 
 
 def _hives_config(
-    host: LocalSshServer, checkout: Path, **extra: Any
+    host: LocalSshServer | OpenSshServer,
+    checkout: Path,
+    targets: dict[str, str] | None = None,
+    **extra: Any,
 ) -> Callable[[dict[str, Any]], None]:
     """The team's two colmena hives as groups. bob (power level 50) holds `deploy`, the
-    non-critical role; mallory holds only `deploy-critical`; alice is the admin."""
+    non-critical role; mallory holds only `deploy-critical`; alice is the admin. `targets`
+    replaces hosts' targets by name (for `!status`, which connects to each)."""
     (checkout / "non-critical-infra").mkdir(exist_ok=True)
 
     def edit(raw: dict[str, Any]) -> None:
@@ -958,6 +983,9 @@ def _hives_config(
                 ],
             },
         }
+        for group in raw["hosts"].values():
+            for h in group["hosts"]:
+                h["target"] = (targets or {}).get(h["name"], h["target"])
 
     return edit
 
@@ -1028,6 +1056,64 @@ async def test_host_groups_need_their_own_role(
         "@critical (pluto, mimas, titan; colmena in build/): deploy-critical, four-eyes · "
         "@non-critical (caliban, umbriel; colmena in non-critical-infra/): deploy"
     ) in helped.body
+
+
+async def test_real_sshd_two_hives_two_roles_and_the_fleet(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    openssh_env: tuple[OpenSshServer, Path, Path],
+) -> None:
+    """Issue 14 point 6 through Debian's OpenSSH sshd: colmena's per-node lines and
+    switch-to-configuration's exit 4 for one node, two users holding different group roles,
+    and `!status` from nixos-version, readlink, systemctl, stat and timedatectl."""
+    host, data, checkout = openssh_env
+    every = dict.fromkeys(["pluto", "mimas", "titan", "caliban", "umbriel"], host.target)
+    bot = make_bot(edit=_hives_config(host, checkout, targets=every))
+    await bot.start()
+    bob, mallory, alice = people["bob"], people["mallory"], people["alice"]
+
+    # bob holds `deploy` (non-critical), mallory `deploy-critical`: each is refused the other's.
+    refused = await bob.ask(room, "!deploy pluto", bot.user_id)
+    assert "needs the deploy-critical role (pluto)" in refused.body
+    refused = await mallory.ask(room, "!deploy caliban", bot.user_id)
+    assert "needs the deploy role (caliban)" in refused.body
+    assert not (data / "args.log").exists()
+
+    # bob deploys his hive: one colmena over sshd; umbriel's activation fails with exit 4.
+    (data / "fail-umbriel").write_text("")
+    mark = alice.mark()
+    await bob.send(room, "!deploy @non-critical")
+    body = _new(await _final(alice, bot.user_id, "caliban,umbriel", mark, timeout=60))["body"]
+    assert body.startswith("⚠️ 1 of 2 hosts deployed — switch after"), body
+    assert "✅ caliban: done" in body
+    assert (
+        "⚠️ umbriel: umbriel switched; the new generation is active, but 1 unit failed: "
+        "systemd-networkd-wait-online.service" in body
+    )
+    assert (data / "args.log").read_text().splitlines() == [
+        f"{host.bin_dir}/colmena apply switch --on caliban,umbriel"
+    ]
+
+    # mallory's pluto waits for a second holder of deploy-critical: not bob, but the admin.
+    prompt = await mallory.ask(room, "!deploy pluto", bot.user_id)
+    assert "Anyone but @mallory:localhost holding the deploy-critical role" in prompt.body
+    confirm_id = prompt.body.split("!confirm ", 1)[1].split("`")[0]
+    not_his = await bob.ask(room, f"!confirm {confirm_id}", bot.user_id)
+    assert "deploy-critical" in not_his.body and "confirmed by" not in not_his.body
+    mark = alice.mark()
+    ok = await alice.ask(room, f"!confirm {confirm_id}", bot.user_id)
+    assert "confirmed by @alice:localhost" in ok.body
+    body = _new(await _final(alice, bot.user_id, "pluto", mark, timeout=60))["body"]
+    assert body.startswith("✅ pluto (switch) deployed"), body
+
+    # The fleet through sshd: every host's row from the fake tools' output.
+    fleet = await mallory.ask(room, "!status", bot.user_id, timeout=60)
+    rows = {line.split()[0]: line for line in fleet.body.splitlines()[1:]}
+    assert list(rows) == ["pluto", "mimas", "titan", "caliban", "umbriel"]
+    for row in rows.values():
+        assert "24.05.20241125.1925c60" in row and "142 (" in row and "Europe/Berlin" in row
+        assert "borgbackup-job-state.service" in row and "⚠️" not in row
 
 
 def _react(user: RoomUser, room: str, event_id: str, key: str = "✅") -> Any:
@@ -1181,7 +1267,14 @@ async def test_fleet_status_is_one_table_with_drift_and_unreachable_rows(
     await other.start()
     known = tmp_path / "fleet_known_hosts"
     known.write_text(host.known_hosts.read_text() + other.known_hosts.read_text())
-    hives = _hives_config(host, checkout)
+    targets = {
+        "pluto": host.target,
+        "mimas": host.target,
+        "titan": other.target,
+        "caliban": "root@127.0.0.1:1",  # nothing listens there
+        "umbriel": host.target,
+    }
+    hives = _hives_config(host, checkout, targets=targets)
 
     def edit(raw: dict[str, Any]) -> None:
         hives(raw)
@@ -1189,16 +1282,6 @@ async def test_fleet_status_is_one_table_with_drift_and_unreachable_rows(
             "known_hosts": str(known),
             "client_keys": [str(host.client_key), str(other.client_key)],
         }
-        targets = {
-            "pluto": host.target,
-            "mimas": host.target,
-            "titan": other.target,
-            "caliban": "root@127.0.0.1:1",  # nothing listens there
-            "umbriel": host.target,
-        }
-        for group in raw["hosts"].values():
-            for h in group["hosts"]:
-                h["target"] = targets[h["name"]]
 
     bot = make_bot(edit=edit)
     await bot.start()

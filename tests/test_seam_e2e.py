@@ -9,7 +9,7 @@ from typing import Any
 from bot.clock import ManualClock
 from devstack.client import RoomUser
 from tests import example_feature
-from tests.conftest import BotFactory
+from tests.conftest import BotFactory, both_stores
 
 
 def _example_config(raw: dict[str, Any]) -> None:
@@ -19,6 +19,7 @@ def _example_config(raw: dict[str, Any]) -> None:
     ]
 
 
+@both_stores
 async def test_example_feature_command_reaction_job_and_state(
     make_bot: BotFactory, people: dict[str, RoomUser], room: str
 ) -> None:

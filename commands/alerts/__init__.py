@@ -2,7 +2,8 @@
 
 A webhook is answered 200 only after its message (or edit) is committed to the outbox, so an
 accepted alert survives a homeserver outage or a bot restart. Two HA replicas sending the same
-notification produce one message: a notification identical to the group's last one is dropped.
+notification produce one message: a notification identical to the group's last one is dropped,
+and so is a lagging replica's older copy (commands.alerts.rules: "Older copy").
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ async def alerts_state(rt: Runtime) -> AsyncIterator[AlertsState]:
     counter = MetricCounter(
         "infrabot_alert_notifications_total",
         "Alertmanager notifications by what was done (posted, coalesced, updated, resolved,"
-        " reminded, duplicate, rejected).",
+        " reminded, duplicate, stale, rejected).",
         ["result"],
         registry=rt.metrics.registry,
     )

@@ -61,6 +61,14 @@ MIGRATIONS: list[tuple[int, str]] = [
     ALTER TABLE alert_groups ADD COLUMN silence TEXT
     """,
     ),
+    # Which firings of its alerts the group has seen, and when each resolve was seen
+    # (rules.learn): an HA replica's older copy is recognised by it.
+    (
+        6,
+        """
+    ALTER TABLE alert_groups ADD COLUMN known TEXT NOT NULL DEFAULT '{}'
+    """,
+    ),
 ]
 
 
@@ -85,6 +93,7 @@ class GroupRow:
     in_digest: bool  # its message shows other groups too
     labels: str  # JSON object: its group labels (or common labels)
     silence: str | None  # JSON silence plan (silencing.encode_plan); None: use labels
+    known: str  # JSON object: rules.learn's incarnation -> Unix time of its resolve, or null
 
     @classmethod
     def of(cls, row: Row) -> GroupRow:
@@ -103,6 +112,7 @@ class GroupRow:
             in_digest=bool(row["in_digest"]),
             labels=str(row["labels"]),
             silence=None if row["silence"] is None else str(row["silence"]),
+            known=str(row["known"]),
         )
 
 
@@ -115,6 +125,7 @@ class GroupState:
     alerts: int
     open: bool
     silence: str  # JSON silence plan
+    known: str = "{}"  # JSON object (rules.learn)
 
 
 async def newest_group(store: Store, room_id: str, group_key: str) -> GroupRow | None:
@@ -144,8 +155,8 @@ async def open_group(
     """Add the group's row for a new message; returns its id."""
     cursor = await store.execute(
         "INSERT INTO alert_groups(room_id, group_key, open, outbox_id, digest, status, alerts, "
-        "created_at, updated_at, in_digest, labels, silence) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        "created_at, updated_at, in_digest, labels, silence, known) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             room_id,
             group_key,
@@ -159,6 +170,7 @@ async def open_group(
             int(shared),
             labels,
             state.silence,
+            state.known,
         ),
     )
     return cursor.new_id()
@@ -170,7 +182,7 @@ async def update_group(
     """Record what the group says now; its message stays the same."""
     await store.execute(
         "UPDATE alert_groups SET digest = ?, status = ?, alerts = ?, updated_at = ?, open = ?, "
-        "silence = ? WHERE id = ?",
+        "silence = ?, known = ? WHERE id = ?",
         (
             state.digest,
             state.status,
@@ -178,6 +190,7 @@ async def update_group(
             updated_at.timestamp(),
             int(state.open),
             state.silence,
+            state.known,
             group_id,
         ),
     )

@@ -1,9 +1,9 @@
 """From accepted notification to committed room message: group commit and decisions applied.
 
 Webhooks that arrive together (in one loop turn, or during the previous batch's commit) are
-committed in one transaction (each in its own savepoint), so
-a storm costs one commit per batch rather than per webhook, and every webhook is still answered
-only after its message is in the outbox. What each notification does is decided by
+committed in one transaction (each in its own savepoint), so a storm costs one commit per batch
+rather than per webhook, and every webhook is still answered only after its message is in the
+outbox. What each notification does is decided by
 `commands.alerts.rules.decide`; where a new message goes, by `commands.alerts.packing`.
 """
 
@@ -27,7 +27,7 @@ from commands.alerts.config import AlertsConfig
 from commands.alerts.packing import Packer, group_content
 from commands.alerts.payload import Notification
 from commands.alerts.render import Renderer, group_title, with_reminder
-from commands.alerts.rules import Drop, Edit, Post, Previous, Result, decide
+from commands.alerts.rules import Drop, Edit, Post, Previous, Result, decide, learn
 from commands.alerts.silencing import encode_plan, group_matchers
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class Intake:
             shared=row.in_digest,
             unsent=waiting is not None,
             pings=waiting.pings if waiting is not None else NOBODY,
+            known=_known(row.known),
         )
 
     async def record(self, room_id: str, n: Notification) -> str:
@@ -139,12 +140,17 @@ class Intake:
         decision = decide(await self._previous(row), n, self.cfg, now)
         if isinstance(decision, Drop):
             return decision.result
+        # Carried across messages and across a re-firing: an older copy may follow either.
+        known = learn(
+            _known(row.known) if row else {}, n, timedelta(seconds=self.cfg.dedupe_window_s), now
+        )
         state = db.GroupState(
             digest=n.state_digest(),
             status=n.status,
             alerts=len(n.alerts),
             open=decision.open,
             silence=encode_plan(group_matchers(n)),
+            known=json.dumps(known, sort_keys=True),
         )
         if isinstance(decision, Post):
             return await self._post(room_id, n, decision, state, row, now)
@@ -198,3 +204,9 @@ class Intake:
     def _render(self, n: Notification, pings: Mentions, repeat: bool) -> tuple[str, str]:
         text, html = self.renderer.render(n, pings, self.clock.now())
         return with_reminder(text, html) if repeat else (text, html)
+
+
+def _known(raw: str) -> dict[str, float | None]:
+    """A row's `known` column (written by `Intake.record` from rules.learn)."""
+    data = json.loads(raw)
+    return {str(k): None if v is None else float(v) for k, v in data.items()}

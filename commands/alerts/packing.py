@@ -83,17 +83,25 @@ class Packer:
         self.render = render
         self.drafts: dict[str, Draft] = {}
         self._changed: dict[int, Draft] = {}  # by outbox id: a full draft is no longer in drafts
+        # Waiting messages this batch looked at: kept from being sent until the batch ends,
+        # as the store may await between a look and the batch's amend.
+        self._held: set[int] = set()
 
     async def waiting(self, room_id: str, outbox_id: int, group_key: str) -> Member | None:
         """The group as its message `outbox_id` holds it, if that message has not started."""
         draft = self.drafts.get(room_id)
-        if (
-            draft is None
-            or draft.outbox_id != outbox_id
-            or not await self.outbox.waiting(outbox_id)
-        ):
+        if draft is None or draft.outbox_id != outbox_id or not await self._still_waiting(draft):
             return None
         return draft.groups.get(group_key)
+
+    async def _still_waiting(self, draft: Draft) -> bool:
+        """Whether the draft's message was not tried yet; if so it stays unsent until `flush`
+        or `forget` ends the batch."""
+        if draft.outbox_id not in self._held:
+            if not self.outbox.hold(draft.outbox_id):
+                return False
+            self._held.add(draft.outbox_id)
+        return await self.outbox.waiting(draft.outbox_id)
 
     async def place(
         self,
@@ -111,7 +119,7 @@ class Packer:
             n.groupKey in draft.groups  # replaces itself
             or (len(draft.groups) < max_groups and draft.size + member.size <= DIGEST_BYTES)
         )
-        if draft is not None and fits and await self.outbox.waiting(draft.outbox_id):
+        if draft is not None and fits and await self._still_waiting(draft):
             alone = len(draft.groups) == 1 and n.groupKey not in draft.groups
             draft.add(member)
             self._changed[draft.outbox_id] = draft
@@ -143,8 +151,16 @@ class Packer:
                 text, html = render_batch(full, lines, pings, repeats)
             if not await self.outbox.amend(draft.outbox_id, group_content(text, html, pings)):
                 raise RuntimeError(f"outbox row {draft.outbox_id} started sending mid-batch")
+        # Sent only once what the batch wrote into them is committed.
+        self.outbox.store.after_transaction(self._release)
+
+    def _release(self) -> None:
+        for outbox_id in self._held:
+            self.outbox.release(outbox_id)
+        self._held.clear()
 
     def forget(self) -> None:
         """Drop what is known of waiting messages (after a rollback it may be wrong)."""
         self.drafts.clear()
         self._changed.clear()
+        self._release()

@@ -6,8 +6,10 @@ oversized value is shortened ("… 61,000 more characters") and a group too larg
 event is cut, with "and N more" saying what was left out, so a message always keeps its HTML.
 
 Templates (`alertmanager.templates`) get: `n` (the Notification), `title`, `severity`,
-`status_word`, `icon`, `colour`, `firing`/`resolved` (lists of AlertView), `firing_total`,
-`more_firing`, `more_resolved`, `truncated_note`, `mention_text`, `mention_html`; the helpers
+`status_word`, `icon`, `colour`, `resolved_colour`, `firing`/`resolved` (lists of AlertView:
+each with its links, and its own severity and colour where they differ from the group's),
+`firing_total`, `more_firing`, `more_resolved`, `truncated_note`, `mention_text`,
+`mention_html`; the helpers
 `link(url, text)` (an <a> only for http(s) URLs, else text), the filter `http_url` (the URL, or
 "" when it is not http(s)) and, for HTML, the filter `nl2br` (escape, then newlines → <br>).
 """
@@ -37,6 +39,8 @@ SEVERITY_COLOURS = {
     "info": "#1976d2",
     "resolved": "#2e7d32",
 }
+# Any other severity (or none).
+OTHER_COLOUR = "#616161"
 HIDDEN_LABELS = {"alertname", "severity"}
 LINK_ANNOTATIONS = (("runbook_url", "Runbook"), ("grafana", "Grafana"), ("dashboard", "Dashboard"))
 # A label or annotation value longer than this is shortened: the event keeps its other alerts
@@ -48,41 +52,45 @@ MAX_URL_CHARS = 4_000
 DIGEST_SUMMARY_CHARS = 200
 
 DEFAULT_TEXT = """\
+{% macro links(a) %}{% if a.links or a.unlinked %}  {% for name, url in a.links + a.unlinked %}\
+{{ name }}: {{ url }}{% if not loop.last %} | {% endif %}{% endfor %}
+{% endif %}{% endmacro -%}
 {% if mention_text %}{{ mention_text }} {% endif -%}
 {{ icon }} {{ status_word }}{% if firing_total %} ({{ firing_total }}){% endif %} · \
 {{ severity|upper }} · {{ title }}
-{% for a in firing %}• {{ a.headline }}{% if a.summary %} — {{ a.summary }}{% endif %} \
-(since {{ a.since }})
+{% for a in firing %}• {% if a.severity %}[{{ a.severity|upper }}] {% endif %}{{ a.headline }}\
+{% if a.summary %} — {{ a.summary }}{% endif %} (since {{ a.since }})
 {% if a.description %}  {{ a.description|indent(2) }}
 {% endif %}{% if a.labels %}  {{ a.labels }}
-{% endif %}{% if a.links or a.unlinked %}  {% for name, url in a.links + a.unlinked %}\
-{{ name }}: {{ url }}{% if not loop.last %} | {% endif %}{% endfor %}
-{% endif %}{% endfor %}{% if more_firing %}… and {{ more_firing }} more firing
+{% endif %}{{ links(a) }}{% endfor %}{% if more_firing %}… and {{ more_firing }} more firing
 {% endif %}{% if truncated_note %}… {{ truncated_note }}
 {% endif %}{% if resolved %}✅ resolved ({{ resolved|length + more_resolved }}):
 {% for a in resolved %}• {{ a.headline }}{% if a.summary %} — {{ a.summary }}{% endif %} \
 (after {{ a.duration }})
-{% endfor %}{% if more_resolved %}… and {{ more_resolved }} more resolved
+{{ links(a) }}{% endfor %}{% if more_resolved %}… and {{ more_resolved }} more resolved
 {% endif %}{% endif %}"""
 
 DEFAULT_HTML = """\
+{% macro links(a) %}{% if a.links or a.unlinked %}<br>{% for name, url in a.links %}\
+{{ link(url, name) }}{% if not loop.last or a.unlinked %} · {% endif %}{% endfor %}\
+{% for name, text in a.unlinked %}{{ name }}: <code>{{ text }}</code>\
+{% if not loop.last %} · {% endif %}{% endfor %}{% endif %}{% endmacro -%}
 {% if mention_html %}{{ mention_html|safe }} {% endif -%}
 <b><font color="{{ colour }}" data-mx-color="{{ colour }}">{{ icon }} {{ status_word }}\
 {% if firing_total %} ({{ firing_total }}){% endif %} · {{ severity|upper }}</font> · \
 {{ title }}</b>
-{% if firing or truncated_note %}<ul>{% for a in firing %}<li><b>{{ a.headline }}</b>\
+{% if firing or truncated_note %}<ul>{% for a in firing %}<li>{% if a.severity %}\
+<font color="{{ a.colour }}" data-mx-color="{{ a.colour }}"><b>[{{ a.severity|upper }}]</b></font> \
+{% endif %}<b>{{ a.headline }}</b>\
 {% if a.summary %} — {{ a.summary|nl2br }}{% endif %} <i>(since {{ a.since }})</i>\
 {% if a.description %}<br>{{ a.description|nl2br }}{% endif %}\
-{% if a.labels %}<br><code>{{ a.labels }}</code>{% endif %}\
-{% if a.links or a.unlinked %}<br>{% for name, url in a.links %}{{ link(url, name) }}\
-{% if not loop.last or a.unlinked %} · {% endif %}{% endfor %}\
-{% for name, text in a.unlinked %}{{ name }}: <code>{{ text }}</code>\
-{% if not loop.last %} · {% endif %}{% endfor %}{% endif %}</li>{% endfor %}\
+{% if a.labels %}<br><code>{{ a.labels }}</code>{% endif %}{{ links(a) }}</li>{% endfor %}\
 {% if more_firing %}<li>… and {{ more_firing }} more firing</li>{% endif %}\
 {% if truncated_note %}<li>… {{ truncated_note }}</li>{% endif %}</ul>{% endif %}\
-{% if resolved %}<p>✅ resolved ({{ resolved|length + more_resolved }}):</p><ul>\
+{% if resolved %}<p><font color="{{ resolved_colour }}" data-mx-color="{{ resolved_colour }}">\
+✅ resolved ({{ resolved|length + more_resolved }}):</font></p><ul>\
 {% for a in resolved %}<li><s>{{ a.headline }}</s>{% if a.summary %} — {{ a.summary }}{% endif %} \
-<i>(after {{ a.duration }})</i></li>{% endfor %}\
+<i>(after {{ a.duration }})</i>{{ links(a) }}</li>{% endfor %}\
 {% if more_resolved %}<li>… and {{ more_resolved }} more resolved</li>{% endif %}</ul>{% endif %}"""
 
 
@@ -98,6 +106,10 @@ class AlertView:
     duration: str
     links: list[tuple[str, str]]  # (name, http(s) URL)
     unlinked: list[tuple[str, str]]  # (name, text): URLs that must not become links
+    # The alert's own severity (lower case) where it differs from the group's, else "": a
+    # group by alertname may hold a warning and a critical alert, each shown in its colour.
+    severity: str = ""
+    colour: str = ""  # of `severity`, as "#rrggbb"
 
 
 def http_url(url: str) -> str | None:
@@ -159,6 +171,11 @@ def silence_url(external_url: str, alert: Alert) -> str:
     return f"{external_url.rstrip('/')}/#/silences/new?filter={query}"
 
 
+def colour_of(severity: str) -> str:
+    """The colour a severity (lower case, or "resolved") is shown in, as "#rrggbb"."""
+    return SEVERITY_COLOURS.get(severity, OTHER_COLOUR)
+
+
 def _view(alert: Alert, n: Notification, now: datetime, cap: int = MAX_VALUE_CHARS) -> AlertView:
     labels = alert.labels
     host = labels.get("instance") or labels.get("host") or labels.get("hostname") or ""
@@ -185,6 +202,9 @@ def _view(alert: Alert, n: Notification, now: datetime, cap: int = MAX_VALUE_CHA
             unlinked.append((title, shorten(url, min(cap, 300))))
     started = alert.startsAt.astimezone(UTC)
     ended = alert.endsAt.astimezone(UTC) if alert.endsAt else now
+    own = labels.get("severity", "").lower()
+    if own == severity_of(n):
+        own = ""
     return AlertView(
         headline=headline,
         summary=shorten(alert.annotations.get("summary", ""), cap),
@@ -195,6 +215,8 @@ def _view(alert: Alert, n: Notification, now: datetime, cap: int = MAX_VALUE_CHA
         duration=human_duration(max(0.0, (ended - started).total_seconds())),
         links=links,
         unlinked=unlinked,
+        severity=shorten(own, 40),
+        colour=colour_of(own) if own else "",
     )
 
 
@@ -274,9 +296,8 @@ class Renderer:
             if is_resolved
             else ("FIRING" if n.status == "firing" else "PARTLY RESOLVED"),
             "icon": _icon(n),
-            "colour": SEVERITY_COLOURS["resolved" if is_resolved else severity]
-            if (is_resolved or severity in SEVERITY_COLOURS)
-            else "#616161",
+            "colour": colour_of("resolved" if is_resolved else severity),
+            "resolved_colour": colour_of("resolved"),
             "firing": firing[:keep_f],
             "resolved": resolved[:keep_r],
             "firing_total": firing_total,

@@ -1,8 +1,9 @@
 """The backup checks: each asks a real system how old the newest backup is.
 
-A check gives one result per thing it watches (each dataset, each zrepl job; one for a file
-glob or a database): OK, STALE (newest older than max age, or none at all) or ERROR (it could
-not tell, or the backup machinery reports failure), always with a reason a person can act on.
+A check gives one result per thing it watches (each dataset, each zrepl job, each series of
+a Prometheus query, each pool; one for a file glob, a database or a heartbeat): OK, STALE
+(newest older than max age, or none at all) or ERROR (it could not tell, or the backup
+machinery reports failure), always with a reason a person can act on.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import asyncio
 import logging
 import re
 import shlex
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import aiohttp
 from pydantic import Field, SecretStr, model_validator
 
 from bot.config import Section
@@ -22,19 +25,27 @@ from bot.context import error_ref
 from bot.durations import Duration, format_duration
 from bot.errors import RemoteError
 from bot.services.ssh import Result, SshClient, parse_target
-from commands.backups import zfs, zrepl
+from bot.store import Store
+from commands.backups import db, heartbeat, prometheus, zfs, zpool, zrepl
 from commands.backups.result import CheckResult, Verdicts
 
 log = logging.getLogger(__name__)
 _SAFE_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]+=,@%-]+$")
 
 
+Kind = Literal[
+    "zfs_snapshots", "postgres_archiving", "file_age", "zrepl", "prometheus", "heartbeat", "zpool"
+]
+_SSH_KINDS = ("zfs_snapshots", "file_age", "zrepl", "zpool")
+
+
 class BackupCheck(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["zfs_snapshots", "postgres_archiving", "file_age", "zrepl"]
-    max_age: Duration
+    kind: Kind
+    # Required but for zpool checks, which are judged by max_scrub_age.
+    max_age: Duration | None = None
     severity: str = "warning"
-    # SSH target (user@host[:port]) for zfs_snapshots, file_age and zrepl.
+    # SSH target (user@host[:port]) for zfs_snapshots, file_age, zrepl and zpool.
     host: str | None = None
     # zfs_snapshots: datasets to watch, or every dataset under a prefix.
     datasets: list[str] = Field(default_factory=list)
@@ -48,10 +59,52 @@ class BackupCheck(Section):
     # zrepl: the jobs to judge, each its own result (default: every push and pull job;
     # snap, sink and source jobs only when listed).
     jobs: list[str] = Field(default_factory=list)
+    # prometheus: the server, an instant query, what each value is (`age`: seconds since the
+    # backup, as `time() - metric`; `timestamp`: Unix seconds of the backup, as the metric
+    # itself), the labels that name a series (default: all but __name__) and what a fresh
+    # value means, for the room ("no successful replication for 26 h").
+    url: str | None = None
+    query: str | None = None
+    value_is: prometheus.ValueIs = "timestamp"
+    labels: list[str] = Field(default_factory=list)
+    what: str = "fresh value"
+    # heartbeat: the job's token (or token_file / token_env), how late a success may be
+    # beyond max_age, and how long one run may take.
+    token: SecretStr | None = None
+    grace: Duration = timedelta(0)
+    max_run: Duration | None = None
+    # zpool: the pools to judge (default: every pool), and how old the last scrub may be.
+    pools: list[str] = Field(default_factory=list)
+    max_scrub_age: Duration | None = None
+
+    @property
+    def limit(self) -> timedelta:
+        """The age it is judged by: max_scrub_age for a zpool check, else max_age."""
+        limit = self.max_scrub_age if self.kind == "zpool" else self.max_age
+        assert limit is not None  # required by _fields_for_kind
+        return limit
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> BackupCheck:
-        needs_host = self.kind in ("zfs_snapshots", "file_age", "zrepl")
+        if self.kind == "zpool":
+            if self.max_scrub_age is None:
+                raise ValueError("a zpool check needs max_scrub_age (e.g. 35d)")
+            if self.max_age is not None:
+                raise ValueError("a zpool check is judged by max_scrub_age; remove max_age")
+        elif self.max_age is None:
+            raise ValueError(f"a {self.kind} check needs max_age")
+        if self.kind == "prometheus":
+            if not self.url or not self.url.startswith(("http://", "https://")):
+                raise ValueError("a prometheus check needs url (http://… or https://…)")
+            if not self.query or not self.query.strip():
+                raise ValueError("a prometheus check needs query (PromQL)")
+        if self.kind == "heartbeat":
+            if self.token is None or len(self.token.get_secret_value()) < 16:
+                raise ValueError(
+                    "a heartbeat check needs token (or token_file / token_env), "
+                    "at least 16 characters"
+                )
+        needs_host = self.kind in _SSH_KINDS
         if needs_host:
             if not self.host:
                 raise ValueError(f"a {self.kind} check needs host (user@host[:port])")
@@ -71,11 +124,32 @@ class BackupCheck(Section):
         """What the check (or one item of it: a dataset, a zrepl job) looks at, for the table."""
         if self.kind == "postgres_archiving":
             return _dsn_host(self.dsn or "")
+        if self.kind == "heartbeat":
+            return f"/heartbeat/{self.name}"
+        if self.kind == "prometheus":
+            where = re.sub(r"^https?://", "", self.url or "").rstrip("/")
+            return f"{where}:{item}" if item is not None else where
         where = self.host or ""
         if item is not None:
             return f"{where}:{item}"
-        what = ", ".join(self.datasets) or self.prefix or self.glob or ", ".join(self.jobs) or ""
+        what = (
+            ", ".join(self.datasets)
+            or self.prefix
+            or self.glob
+            or ", ".join(self.jobs)
+            or ", ".join(self.pools)
+        )
         return f"{where}:{what}" if what else where
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the checks use: the SSH client, the HTTP session (prometheus checks) and the store
+    (heartbeat checks read what their jobs reported)."""
+
+    ssh: SshClient
+    http: aiohttp.ClientSession | None = None
+    store: Store | None = None
 
 
 def _dsn_host(dsn: str) -> str:
@@ -199,8 +273,38 @@ async def check_postgres(
     return [result]
 
 
+async def check_prometheus(
+    check: BackupCheck, http: aiohttp.ClientSession | None, timeout_s: float, v: Verdicts
+) -> list[CheckResult]:
+    """Each series of the check's instant query (see commands.backups.prometheus)."""
+    assert check.url is not None and check.query is not None and http is not None
+    series = await prometheus.query(http, check.url, check.query, timeout_s)
+    return prometheus.judge(series, check.value_is, check.labels, check.what, v)
+
+
+async def check_heartbeat(
+    check: BackupCheck, store: Store | None, v: Verdicts
+) -> list[CheckResult]:
+    """What the job last reported, judged now (see commands.backups.heartbeat)."""
+    assert store is not None
+    row = await db.heartbeat_of(store, check.name)
+    return [heartbeat.judge(row, check.grace, check.max_run, v)]
+
+
+async def check_zpool(
+    check: BackupCheck, ssh: SshClient, timeout_s: float, verdicts: Verdicts
+) -> list[CheckResult]:
+    """Each pool's state, errors and last scrub (see commands.backups.zpool)."""
+    command = zpool.command()
+    out = await _ssh(ssh, check, command, timeout_s)
+    if out.exit_status != 0:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RemoteError(f"`zpool` exited {out.exit_status}: {tail[0][:200]}")
+    return zpool.judge(out.stdout, check.pools, check.limit, verdicts)
+
+
 async def run_check(
-    check: BackupCheck, ssh: SshClient, timeout_s: float, now: datetime
+    check: BackupCheck, services: Services | SshClient, timeout_s: float, now: datetime
 ) -> list[CheckResult]:
     """Run one check with a timeout: its results, one per item it watches, judged at `now`.
 
@@ -208,9 +312,17 @@ async def run_check(
     timeout, or any exception at all — becomes one ERROR result for this check alone, so
     one check can never cost the others their results.
     """
-    verdicts = Verdicts(check.name, check.max_age, format_duration(check.max_age), now)
+    use = services if isinstance(services, Services) else Services(services)
+    ssh = use.ssh
+    verdicts = Verdicts(check.name, check.limit, format_duration(check.limit), now)
     try:
         async with asyncio.timeout(timeout_s + 5):
+            if check.kind == "prometheus":
+                return await check_prometheus(check, use.http, timeout_s, verdicts)
+            if check.kind == "heartbeat":
+                return await check_heartbeat(check, use.store, verdicts)
+            if check.kind == "zpool":
+                return await check_zpool(check, ssh, timeout_s, verdicts)
             if check.kind == "zfs_snapshots":
                 return await check_zfs(check, ssh, timeout_s, verdicts)
             if check.kind == "file_age":

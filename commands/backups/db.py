@@ -5,7 +5,7 @@ zrepl job, or NULL for a result of the whole check), for `backups NAME`. `backup
 per result key (`check` or `check:item`, see CheckResult.key), the state the room was last
 told and since when, so a restart does not announce again what the room already knows.
 Times are stored as Unix seconds (REAL) and handed out as aware UTC datetimes. The SQL is
-plain (`?` parameters, ON CONFLICT upsert) so that another store can run it unchanged.
+plain (`?` parameters, ON CONFLICT upsert), so both stores run it (bot.store.to_postgres).
 """
 
 from __future__ import annotations
@@ -42,6 +42,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
     # Results per item: backup_results.item names it; backup_state.check_name holds the key.
     (2, "ALTER TABLE backup_results ADD COLUMN item TEXT"),
+    # What each `heartbeat` check's job last reported (commands.backups.heartbeat).
+    (
+        3,
+        """
+        CREATE TABLE backup_heartbeats (
+            check_name TEXT PRIMARY KEY,
+            running_since REAL,
+            last_start REAL,
+            last_success REAL,
+            last_fail REAL,
+            fail_lines TEXT,
+            last_duration REAL
+        )
+        """,
+    ),
 )
 
 
@@ -150,3 +165,93 @@ async def recent_runs(store: Store, check_name: str, runs: int = 5) -> list[Resu
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class HeartbeatRow:
+    """What a heartbeat check's job last reported; times UTC, `last_duration` in seconds (of
+    the last run that ended, by success or failure)."""
+
+    check_name: str
+    running_since: datetime | None = None
+    last_start: datetime | None = None
+    last_success: datetime | None = None
+    last_fail: datetime | None = None
+    fail_lines: str | None = None
+    last_duration: float | None = None
+
+
+async def heartbeat_of(store: Store, check_name: str) -> HeartbeatRow:
+    """The check's stored heartbeat (an empty row when its job never reported)."""
+    row = (
+        await store.execute(
+            "SELECT check_name, running_since, last_start, last_success, last_fail, fail_lines, "
+            "last_duration FROM backup_heartbeats WHERE check_name = ?",
+            (check_name,),
+        )
+    ).fetchone()
+    if row is None:
+        return HeartbeatRow(check_name)
+    return HeartbeatRow(
+        row["check_name"],
+        _dt(row["running_since"]),
+        _dt(row["last_start"]),
+        _dt(row["last_success"]),
+        _dt(row["last_fail"]),
+        row["fail_lines"],
+        row["last_duration"],
+    )
+
+
+async def save_heartbeat(store: Store, row: HeartbeatRow) -> None:
+    """Insert or replace the check's heartbeat."""
+
+    def ts(moment: datetime | None) -> float | None:
+        return None if moment is None else _ts(moment)
+
+    await store.execute(
+        "INSERT INTO backup_heartbeats(check_name, running_since, last_start, last_success, "
+        "last_fail, fail_lines, last_duration) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(check_name) DO UPDATE SET running_since = excluded.running_since, "
+        "last_start = excluded.last_start, last_success = excluded.last_success, "
+        "last_fail = excluded.last_fail, fail_lines = excluded.fail_lines, "
+        "last_duration = excluded.last_duration",
+        (
+            row.check_name,
+            ts(row.running_since),
+            ts(row.last_start),
+            ts(row.last_success),
+            ts(row.last_fail),
+            row.fail_lines,
+            row.last_duration,
+        ),
+    )
+
+
+async def last_error(store: Store, check_name: str, item: str | None) -> ResultRow | None:
+    """The newest ERROR of one result key, or of its check as a whole, since the key was last
+    OK, if any: the error behind a backup that is now merely stale."""
+    rows = (
+        await store.execute(
+            "SELECT check_name, item, checked_at, state, newest, detail, facts FROM backup_results "
+            "WHERE check_name = ? AND (item = ? OR item IS NULL) "
+            "AND state = 'ERROR' AND checked_at > COALESCE((SELECT MAX(checked_at) FROM "
+            "backup_results WHERE check_name = ? AND (item = ? OR (item IS NULL AND ? IS NULL)) "
+            "AND state = 'OK'), 0) ORDER BY checked_at DESC LIMIT 1",
+            (check_name, item, check_name, item, item),
+        )
+    ).fetchall()
+    if not rows:
+        return None
+    row = rows[0]
+    checked_at = _dt(row["checked_at"])
+    assert checked_at is not None  # NOT NULL in the schema
+    return ResultRow(
+        row["check_name"],
+        row["item"],
+        checked_at,
+        cast(State, row["state"]),
+        _dt(row["newest"]),
+        row["detail"],
+        json.loads(row["facts"]),
+    )

@@ -8,7 +8,7 @@ its own state, its own line in `backups` and its own announcement when it change
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from bot.messages import human_duration
@@ -84,6 +84,37 @@ class Verdicts:
             return self.result("STALE", f"no {what} found", item, None, facts)
         age = max(0.0, (self.now - newest).total_seconds())
         if age > self.max_age.total_seconds():
-            detail = f"newest {what} is {human_duration(age)} old (limit {self.max_age_text})"
+            detail = (
+                f"newest {what} is {human_duration(age)} old "
+                f"(from {stamp(newest)}; limit {self.max_age_text})"
+            )
             return self.result("STALE", detail, item, newest, facts)
         return self.result("OK", f"newest {what} {human_duration(age)} old", item, newest, facts)
+
+    def since(
+        self,
+        last: datetime | None,
+        what: str,
+        item: str | None = None,
+        facts: dict[str, Any] | None = None,
+    ) -> CheckResult:
+        """The same verdict told as an event: "no {what} for 26 h (last … UTC; limit 1h)".
+
+        For sources that report when something last happened (a metric, a heartbeat).
+        """
+        if last is None:
+            return self.result("STALE", f"no {what} reported yet", item, None, facts)
+        age = max(0.0, (self.now - last).total_seconds())
+        if age > self.max_age.total_seconds():
+            detail = (
+                f"no {what} for {human_duration(age)} "
+                f"(last {stamp(last)}; limit {self.max_age_text})"
+            )
+            return self.result("STALE", detail, item, last, facts)
+        detail = f"last {what} {human_duration(age)} ago ({stamp(last)})"
+        return self.result("OK", detail, item, last, facts)
+
+
+def stamp(moment: datetime) -> str:
+    """'2026-01-14 03:30 UTC'."""
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"

@@ -157,6 +157,13 @@ def describe_client_error(exc: Any, what: str) -> str:
         return f"AWS denied {what} ({code}); the bot's IAM policy needs that permission"
     if code in THROTTLED:
         return f"AWS is throttling {what} ({code}); try again in a minute"
+    if code == "DataUnavailableException":
+        # GetCostForecast's answer for an account with too little history (a new account,
+        # or one with no costs yet): AWS Cost Explorer API reference, GetCostForecast errors.
+        return (
+            f"Cost Explorer has too little cost history for {what} yet "
+            "(DataUnavailableException: a new account, or one without costs so far)"
+        )
     if code in ("NotImplemented", "UnsupportedOperation", "InvalidAction") or status in (500, 501):
         return f"{what} is not available here ({code or status})"
     message = str(error.get("Message", "")).strip().splitlines()[0:1]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, Generic, TypeVar
 
 from bot.errors import RemoteError
 from commands.costs.aws import AwsClients
 from commands.costs.dates import MonthWindows, Window
-from commands.costs.report import METRIC, Daily, Sum, parse_daily, parse_total
+from commands.costs.grouping import BY_SERVICE, Grouping
+from commands.costs.report import METRIC, Daily, Sum, parse_daily, parse_monthly, parse_total
 
 # A page token that never ends would otherwise loop (and bill) forever.
 MAX_PAGES = 50
@@ -53,19 +55,36 @@ async def _results(aws: AwsClients, **kwargs: Any) -> list[dict[str, Any]]:
 
 
 async def daily_costs(
-    aws: AwsClients, window: Window, group: str = "SERVICE", service: str | None = None
+    aws: AwsClients, window: Window, group: Grouping = BY_SERVICE, service: str | None = None
 ) -> Daily:
-    """Daily unblended cost in USD over the window, grouped by a dimension (SERVICE,
-    USAGE_TYPE…), optionally of one service. Raises RemoteError."""
+    """Daily unblended cost in USD over the window, grouped by a dimension or a tag (keys as
+    `Grouping.name_of` shows them), optionally of one service. Raises RemoteError."""
     kwargs: dict[str, Any] = {
         "TimePeriod": window.time_period(),
         "Granularity": "DAILY",
         "Metrics": [METRIC],
-        "GroupBy": [{"Type": "DIMENSION", "Key": group}],
+        "GroupBy": [group.group_by()],
     }
     if service:
         kwargs["Filter"] = {"Dimensions": {"Key": "SERVICE", "Values": [service]}}
-    return parse_daily(await _results(aws, **kwargs))
+    daily = parse_daily(await _results(aws, **kwargs))
+    out: Daily = {}
+    for day, values in daily.items():
+        named: dict[str, float] = {}
+        for key, amount in values.items():
+            name = group.name_of(key)
+            named[name] = named.get(name, 0.0) + amount
+        out[day] = named
+    return out
+
+
+async def monthly_costs(aws: AwsClients, window: Window) -> list[tuple[date, Sum]]:
+    """Unblended cost in USD of each calendar month the window touches, as (first day of the
+    month or of the window, total), oldest first. Raises RemoteError."""
+    results = await _results(
+        aws, TimePeriod=window.time_period(), Granularity="MONTHLY", Metrics=[METRIC]
+    )
+    return parse_monthly(results)
 
 
 async def total_cost(aws: AwsClients, window: Window) -> Sum | None:

@@ -33,6 +33,13 @@ class IdleItem:
     detail: str
     monthly: float | None  # None when the price table has no entry
     saving: float  # what acting on it would save per month
+    # When `monthly` is None: the config key to add the price under, e.g.
+    # "aws.prices.instance_hour: {m3.2xlarge: …}".
+    missing_price: str = ""
+
+
+def _missing(table: str, key: str) -> str:
+    return f"aws.prices.{table}: {{{key}: …}}"
 
 
 def _age(moment: datetime | None, now: datetime) -> str:
@@ -110,6 +117,7 @@ async def _region(
                 f"{_age(v.get('CreateTime'), now)} old",
                 monthly,
                 monthly or 0.0,
+                "" if price is not None else _missing("ebs_gb_month", v.get("VolumeType", "?")),
             )
         )
     cutoff = now - max_age
@@ -152,22 +160,29 @@ async def _region(
             "ec2", "describe_volumes", region, "Volumes", VolumeIds=sorted(stopped_volume_ids)
         )
         sizes: dict[str, float] = {}
+        unpriced: dict[str, str] = {}  # instance → a volume type without a price
         for v in attached:
-            price = prices.ebs_gb_month.get(v.get("VolumeType", ""), 0.0)
+            price = prices.ebs_gb_month.get(v.get("VolumeType", ""))
             instance = stopped_volume_ids[v["VolumeId"]]
+            if price is None:
+                unpriced[instance] = v.get("VolumeType", "?")
+                continue
             sizes[instance] = sizes.get(instance, 0.0) + v["Size"] * price
         for i in instances:
             if i["State"]["Name"] != "stopped":
                 continue
-            monthly = sizes.get(i["InstanceId"], 0.0)
+            iid = i["InstanceId"]
+            # A partial sum would understate it: no figure until every volume has a price.
+            monthly = None if iid in unpriced else sizes.get(iid, 0.0)
             items.append(
                 IdleItem(
                     "stopped instance",
                     region,
-                    i["InstanceId"] + _name(i.get("Tags")),
+                    iid + _name(i.get("Tags")),
                     f"{i['InstanceType']} stopped, its volumes still billed",
                     monthly,
-                    monthly,
+                    monthly or 0.0,
+                    _missing("ebs_gb_month", unpriced[iid]) if iid in unpriced else "",
                 )
             )
     for i in instances:
@@ -184,6 +199,7 @@ async def _region(
                 f"{i['InstanceType']} running (a current generation type is cheaper)",
                 monthly,
                 (monthly or 0.0) * prices.previous_generation_saving,
+                "" if hourly is not None else _missing("instance_hour", i["InstanceType"]),
             )
         )
     return items

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bot.messages import escape, table
 from commands.costs.dates import run_rate
 from commands.costs.explorer import MonthFigures
+from commands.costs.grouping import UNTAGGED
 from commands.costs.idle import IdleReport
 from commands.costs.report import BASIS, Comparison, Sum, change, money
 
@@ -12,15 +13,20 @@ BASIS_LINE = f"cost basis: {BASIS} cost (Cost Explorer UnblendedCost), USD, by U
 
 
 def render_comparison(c: Comparison, top: int, what: str) -> tuple[list[str], str]:
-    """Text lines and HTML for a period comparison."""
+    """Text lines and HTML for a period comparison; spend without the tag (`UNTAGGED`) is
+    always its own last row, never hidden among or pushed out by the top keys."""
     head = (
         f"{what}, {c.period.label} ({c.period.start} – {c.period.last_day}): "
         f"{money(c.total)}, {change(c.total, c.previous_total)} "
         f"vs the previous {c.period.days} days"
     )
     rows = [
-        [k[:45], money(now), money(before), change(now, before)] for k, now, before in c.top(top)
+        [k[:45], money(now), money(before), change(now, before)]
+        for k, now, before in c.top(top, apart=UNTAGGED)
     ]
+    untagged = c.of(UNTAGGED)
+    if untagged is not None:
+        rows.append([UNTAGGED, money(untagged[0]), money(untagged[1]), change(*untagged)])
     text_table, html_table = table(["", "this period", "previous", "change"], rows)
     movers = c.movers(3)
     mover_text = (
@@ -32,6 +38,18 @@ def render_comparison(c: Comparison, top: int, what: str) -> tuple[list[str], st
     lines = [head, text_table, mover_text]
     html = f"<p><b>{escape(head)}</b></p>{html_table}<p>{escape(mover_text)}</p>"
     return lines, html
+
+
+def top_line(c: Comparison, top: int, label: str) -> str:
+    """One line naming the biggest keys of a comparison with their change, and the spend
+    without the tag last: "top by tag Name: limesurvey $35.00 (▲ …); …; (untagged) $4.00 (…)"."""
+    parts = [
+        f"{k[:40]} {money(now)} ({change(now, before)})" for k, now, before in c.top(top, UNTAGGED)
+    ]
+    untagged = c.of(UNTAGGED)
+    if untagged is not None:
+        parts.append(f"{UNTAGGED} {money(untagged[0])} ({change(*untagged)})")
+    return f"top by {label}, {c.period.label}: " + ("; ".join(parts) or "no spend")
 
 
 def _sum(s: Sum) -> str:
@@ -125,6 +143,10 @@ def render_idle(report: IdleReport, regions: list[str]) -> tuple[str, str, float
     tail = f"could save about {money(saving)}/month" + (
         f" ({unknown} item(s) without a price in the table)" if unknown else ""
     )
+    keys = sorted({i.missing_price for i in items if i.missing_price})
+    hints = [f'to price the "?" items, add to the config: {"; ".join(keys)}'] if keys else []
     text_table, html_table = table(["kind", "region", "resource", "detail", "est. $/month"], rows)
-    html = f"{html_table}<p><b>{escape(tail)}</b></p>" + (lines_html(failed) if failed else "")
-    return "\n".join([text_table, tail, *failed]), html, saving
+    html = f"{html_table}<p><b>{escape(tail)}</b></p>" + lines_html([*hints, *failed]) * bool(
+        hints or failed
+    )
+    return "\n".join([text_table, tail, *hints, *failed]), html, saving

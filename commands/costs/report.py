@@ -83,6 +83,21 @@ def parse_total(results: list[dict[str, Any]]) -> Sum:
     return Sum(amount, any(bool(entry.get("Estimated")) for entry in results))
 
 
+def parse_monthly(results: list[dict[str, Any]]) -> list[tuple[date, Sum]]:
+    """MONTHLY ResultsByTime → [(TimePeriod.Start, that entry's total)], oldest first.
+
+    Raises RemoteError when an entry lacks its start or its amount is not a number.
+    """
+    out: list[tuple[date, Sum]] = []
+    try:
+        for entry in results:
+            start = date.fromisoformat(entry["TimePeriod"]["Start"])
+            out.append((start, Sum(_total(entry), bool(entry.get("Estimated")))))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RemoteError(f"Cost Explorer answered in an unexpected shape ({exc!r})") from None
+    return sorted(out, key=lambda pair: pair[0])
+
+
 def _total(entry: dict[str, Any]) -> float:
     # An entry with no cost at all has an empty Total (or none).
     return float((entry.get("Total") or {}).get(METRIC, {}).get("Amount", 0) or 0)
@@ -132,10 +147,17 @@ class Comparison:
         """Spend in the previous period."""
         return sum(self.previous.values())
 
-    def top(self, n: int) -> list[tuple[str, float, float]]:
-        """The n biggest keys now: (key, now, before)."""
-        keys = sorted(self.current, key=lambda k: -self.current[k])[:n]
-        return [(k, self.current[k], self.previous.get(k, 0.0)) for k in keys]
+    def top(self, n: int, apart: str | None = None) -> list[tuple[str, float, float]]:
+        """The n biggest keys now, leaving out `apart` (shown on its own line): (key, now,
+        before)."""
+        keys = sorted((k for k in self.current if k != apart), key=lambda k: -self.current[k])
+        return [(k, self.current[k], self.previous.get(k, 0.0)) for k in keys[:n]]
+
+    def of(self, key: str) -> tuple[float, float] | None:
+        """(now, before) of one key, or None when it had no spend in either period."""
+        if key not in self.current and key not in self.previous:
+            return None
+        return self.current.get(key, 0.0), self.previous.get(key, 0.0)
 
     def movers(self, n: int) -> list[tuple[str, float, float]]:
         """The n keys whose spend changed most in dollars."""

@@ -316,7 +316,11 @@ CONFIRM_ID = arg("id", confirm_id)
 # The guard lets everyone through: which role a deploy needs depends on the hosts' groups,
 # checked by the handler (a refusal is audited as 'denied' all the same).
 @router.command(
-    "deploy", params=[HOSTS, ACTION, REF], role=ANYONE, who=lambda rt: who_may_deploy(rt)
+    "deploy",
+    params=[HOSTS, ACTION, REF],
+    role=ANYONE,
+    who=lambda rt: who_may_deploy(rt),
+    offered=lambda rt, user, room: may_deploy_some_group(rt, user, room),
 )
 async def deploy_cmd(ctx: Context) -> None:
     """Deploy hosts (`pluto,haumea`, a group `@critical`) from the infra checkout, at a git ref."""
@@ -441,7 +445,13 @@ async def _confirm(rt: Runtime, cid: str, user: str, room_id: str, asked: str) -
 
 
 # Guards let everyone through: who may confirm depends on the request (see _confirm).
-@router.command("confirm", params=[CONFIRM_ID], role=ANYONE, who=lambda rt: who_may_deploy(rt))
+@router.command(
+    "confirm",
+    params=[CONFIRM_ID],
+    role=ANYONE,
+    who=lambda rt: who_may_deploy(rt),
+    offered=lambda rt, user, room: may_deploy_some_group(rt, user, room),
+)
 async def confirm_cmd(ctx: Context) -> None:
     """Confirm a pending deploy of protected hosts (another holder of their group's role)."""
     cid = ctx[CONFIRM_ID]
@@ -586,7 +596,13 @@ def _stopping() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-@router.command("deploy cancel", params=[HOST], role=ANYONE, who=lambda rt: who_may_deploy(rt))
+@router.command(
+    "deploy cancel",
+    params=[HOST],
+    role=ANYONE,
+    who=lambda rt: who_may_deploy(rt),
+    offered=lambda rt, user, room: may_deploy_some_group(rt, user, room),
+)
 async def cancel_cmd(ctx: Context) -> None:
     """Stop a running deploy (the remote process ends too); needs the role of its group."""
     host = ctx[HOST].name
@@ -655,6 +671,16 @@ def who_may_deploy(rt: Runtime) -> str:
         hosts = ", ".join(h.name for h in g.hosts)
         parts.append(f"@{g.name} ({hosts}; {_where(g.method, g.dir)}): {g.role}{eyes}")
     return "the hosts' group role: " + " · ".join(parts)
+
+
+def may_deploy_some_group(rt: Runtime, user: str, room_id: str) -> bool:
+    """Whether `user` holds the role of at least one group (so `help` offers deploy, confirm
+    and cancel to them); False without an inventory."""
+    inventory = rt.config.section("hosts", Inventory)
+    if inventory is None:
+        return False
+    roles = {g.role for g in inventory.resolved()}
+    return any(rt.permissions.has_role(user, room_id, role) for role in roles)
 
 
 @router.command("hosts")

@@ -1,7 +1,7 @@
 """The deploy feature's tables (`deploys`): the only module that reads or writes them.
 
 Times are Unix seconds (REAL) from the runtime's clock. The SQL is plain and takes `?`
-parameters, so that a later PostgreSQL store can run it unchanged.
+parameters; both stores run it (bot.store.to_postgres translates it for PostgreSQL).
 """
 
 from __future__ import annotations

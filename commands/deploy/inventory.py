@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationInfo, field_validator
 
-from bot.config import Section
+from bot.config import Section, known_roles
 from bot.services.ssh import parse_target
 
 Method = Literal["nixos-rebuild", "colmena"]
@@ -73,6 +73,19 @@ class GroupConfig(Section):
     @classmethod
     def _dir(cls, value: str) -> str:
         return _relative_dir(value)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str, info: ValidationInfo) -> str:
+        # A role written here but missing from `permissions.roles` (a typo, a role not yet
+        # added) would leave the group to the admin role alone: refuse the file instead.
+        roles = known_roles(info)
+        if roles is not None and value not in roles:
+            raise ValueError(
+                f"unknown role {value!r}: not under permissions.roles "
+                f"(known: {', '.join(sorted(roles))})"
+            )
+        return value
 
 
 def _unique(names: list[str]) -> None:
@@ -176,7 +189,11 @@ class Inventory(BaseModel):
 
 def unknown_roles(inventory: Inventory, roles: Iterable[str]) -> list[str]:
     """ "hosts.critical.role: unknown role 'x'" for each group whose role is not one of `roles`
-    (the configured ones): only the admin role could deploy its hosts."""
+    (the configured ones): only the admin role could deploy its hosts.
+
+    A role written in the file is already refused when the config is loaded; this names the
+    default `deploy` role of a flat list or a group without `role:`, which older configs rely
+    on without configuring it (the admin role alone deploys then, as before groups)."""
     known = set(roles)
     where = "hosts" if inventory.flat else "hosts.{}.role"
     return [

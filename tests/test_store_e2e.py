@@ -1,0 +1,94 @@
+"""The PostgreSQL store through the running bot, and a real outage of the server under it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.client import RoomUser
+from devstack.postgres import LocalPostgres
+from devstack.synapse import free_port
+from tests.conftest import PG_PASSWORD, PG_ROLE, BotFactory
+from tests.test_alerts_e2e import _alerting, _payload, _post
+
+
+@pytest.fixture
+def own_pg() -> Iterator[LocalPostgres]:
+    """A cluster of the test's own, so that stopping it touches no other test."""
+    base = Path(tempfile.mkdtemp(prefix="infrabot-outage-pg-", dir="/tmp"))
+    base.chmod(0o755)
+    server = LocalPostgres(base / "pg")
+    server.start()
+    try:
+        server.add_login(PG_ROLE, PG_PASSWORD)
+        server.create_database("infrabot", PG_ROLE)
+        (base / "password").write_text(PG_PASSWORD)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_postgres_outage_answers_503_retries_and_loses_nothing(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    own_pg: LocalPostgres,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    port = free_port()
+
+    def edit(raw: dict[str, Any]) -> None:
+        _alerting(port)(raw)
+        raw["state"] = {
+            "dsn": f"host=127.0.0.1 port={own_pg.port} user={PG_ROLE} dbname=infrabot",
+            "password_file": str(own_pg.workdir.parent / "password"),
+            "connect_timeout": "2s",
+        }
+
+    bot = make_bot(edit=edit)
+    await bot.start()
+    alice = people["alice"]
+    await alice.ask(room, "!ping", bot.user_id, timeout=30)
+
+    own_pg.stop()
+    # Not committed, so not accepted: Alertmanager retries a 5xx.
+    status, text = await _post(bot, _payload("DuringOutage"))
+    assert status == 503, text
+    assert "state store (PostgreSQL) is unavailable" in text
+    code, health = await bot.http("/healthz")
+    assert code == 503 and "state store (PostgreSQL) is unavailable" in health
+    # A command sent now is seen, cannot be recorded, and waits in the homeserver.
+    asked = await alice.send(room, "!ping")
+    await bot.wait_metric('infrabot_errors_total{where="store"}', timeout=60)
+
+    own_pg.start()
+    # Alertmanager's retry, as it would send it.
+    for _ in range(300):
+        status, text = await _post(bot, _payload("DuringOutage"))
+        if status == 200:
+            break
+        assert status == 503, text
+        await asyncio.sleep(0.2)
+    assert status == 200, text
+    await alice.wait_for(
+        lambda e: e.sender == bot.user_id and "DuringOutage" in e.body, timeout=60
+    )
+    await alice.reply_to(asked, bot.user_id, timeout=60)
+    await bot.barrier(alice, room)
+    answers = [e for e in alice.seen if e.sender == bot.user_id and e.replies_to(asked)]
+    assert len(answers) == 1, "the command sent during the outage is answered once"
+    groups = [e for e in alice.seen if e.sender == bot.user_id and "DuringOutage" in e.body]
+    assert len(groups) == 1, "the alert is posted once"
+    assert (await bot.http("/healthz"))[0] == 200
+    assert bot.task is not None and not bot.task.done(), "the bot never stopped"
+    assert "unavailable" in caplog.text, "the outage is logged"
+    assert PG_PASSWORD not in caplog.text, "the password never reaches the log"
