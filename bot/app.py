@@ -15,6 +15,7 @@ from bot.context import Runtime
 from bot.dispatch import Dispatcher
 from bot.health import Health
 from bot.http import start_http
+from bot.leader import make_leadership
 from bot.matrix import Transport
 from bot.metrics import Metrics
 from bot.outbox import Outbox
@@ -92,6 +93,8 @@ class Bot:
                 clock=self.clock,
             )
             self.runtime = rt
+            leadership = make_leadership(core.state, metrics, on_notify=rt.outbox.wake)
+            health.lease = leadership.state
             for spec in self.registry.states:
                 rt.states[spec.key] = await stack.enter_async_context(spec.lifespan(rt))
                 stack.callback(rt.states.pop, spec.key, None)
@@ -100,6 +103,8 @@ class Bot:
             if core.http.enabled:
                 runner = await start_http(rt)
                 stack.push_async_callback(runner.cleanup)
+            # Both roles log in and join: a standby resolves room aliases for the webhooks it
+            # accepts, and its /healthz shows whether it could reach the homeserver.
             await transport.connect()
             dispatcher = Dispatcher(rt)
             loops: dict[str, Callable[[], Awaitable[None]]] = {
@@ -111,12 +116,29 @@ class Bot:
                 loops[f"service:{getattr(service, '__qualname__', service)}"] = (
                     lambda s=service: s(rt)  # type: ignore[misc]
                 )
+
+            async def lead() -> None:
+                """Everything only the leader does; cancelled when it steps down."""
+                transport.resume()
+                try:
+                    for hook in self.registry.lead_hooks:
+                        await hook(rt)
+                    async with asyncio.TaskGroup() as group:
+                        for name, loop in loops.items():
+                            group.create_task(supervise(name, loop, metrics), name=name)
+                finally:
+                    # Handlers, job runs and deploys it started stop with its leadership.
+                    await tasks.shutdown()
+
             async with asyncio.TaskGroup() as group:
-                for name, loop in loops.items():
-                    group.create_task(supervise(name, loop, metrics), name=name)
+                group.create_task(
+                    supervise("leadership", lambda: leadership.run(lead), metrics),
+                    name="leadership",
+                )
                 self.ready.set()
                 log.info(
-                    "infrabot ready as %s in %d room(s)",
+                    "infrabot ready as %s in %d room(s), %s",
                     core.matrix.user_id,
                     len(transport.served_rooms),
+                    leadership.state.reason,
                 )

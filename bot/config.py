@@ -143,6 +143,8 @@ class StateConfig(Section):
     connect_timeout: Duration = timedelta(seconds=10)
     statement_timeout: Duration = timedelta(seconds=30)
     pool_size: int = Field(default=4, ge=1, le=64)
+    # Two instances on PostgreSQL: how long the speaker's lease lasts (bot.leader).
+    lease: Duration = timedelta(seconds=15)
 
     @model_validator(mode="after")
     def _postgres_or_sqlite(self) -> StateConfig:
@@ -162,6 +164,8 @@ class StateConfig(Section):
             raise ValueError(
                 "dsn: holds a password; give it as password_file or password_env instead"
             )
+        if self.lease.total_seconds() < 3:
+            raise ValueError("lease must be at least 3s")
         if self.connect_timeout.total_seconds() < 1 or self.statement_timeout.total_seconds() <= 0:
             raise ValueError("connect_timeout must be at least 1s and statement_timeout above 0")
         return self

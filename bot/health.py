@@ -1,10 +1,16 @@
-"""What /healthz reports: whether the bot is talking to its homeserver, and if not, why."""
+"""What /healthz reports: the instance's role, and whether it does its part, and if not, why.
+
+The leader (and a single instance) is healthy while it syncs with the homeserver. A standby
+does not sync: it is healthy while the lease's database answers, as that is what it needs to
+accept webhooks and to take over.
+"""
 
 from __future__ import annotations
 
 import time
 
 from bot.clock import Clock, SystemClock
+from bot.leader import LEADER, LeaseState
 
 
 class Health:
@@ -20,6 +26,12 @@ class Health:
         self.reason = "starting"
         self.since = self.clock.time()
         self._last_ok: float | None = None  # monotonic
+        self.lease = LeaseState(role=LEADER, reachable=True, reason="single instance")
+
+    @property
+    def role(self) -> str:
+        """`leader` or `standby` (bot.leader)."""
+        return self.lease.role
 
     def set_ok(self, reason: str) -> None:
         """Mark healthy (e.g. after a successful sync)."""
@@ -37,7 +49,9 @@ class Health:
         self.reason = reason
 
     def check(self, stale_after_s: float) -> tuple[bool, str]:
-        """(healthy, reason); a sync loop that went quiet too long counts as unhealthy."""
+        """(healthy, reason); a leader's sync loop that went quiet too long is unhealthy."""
+        if self.lease.role != LEADER:
+            return self.lease.reachable, f"standby: {self.lease.reason}"
         if self.ok and self._last_ok is not None:
             quiet = time.monotonic() - self._last_ok
             if quiet > stale_after_s:

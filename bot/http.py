@@ -22,6 +22,10 @@ from bot.store import StoreUnavailable
 log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("runtime", Runtime)
+# How long /healthz waits for the state store before it reports it unavailable.
+HEALTH_STORE_TIMEOUT_S = 2.0
+# Store queries /healthz gave up on, kept referenced until they end by themselves.
+_abandoned: set[asyncio.Future[int]] = set()
 # The body limit of a route that does not choose its own.
 DEFAULT_MAX_BODY = 1_048_576
 # How long a whole body may take to arrive: far beyond any real webhook on a working network.
@@ -94,17 +98,31 @@ def refused(exc: BodyRefused) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the bot syncs with its homeserver, 503 with the reason otherwise."""
+    """200 while the bot does its part (bot.health), 503 with the reason otherwise.
+
+    `role` is `leader` or `standby` (bot.leader).
+    """
     rt = request.app[RUNTIME]
     stale_after = rt.config.core.matrix.sync_timeout_s * 2 + 30
     ok, reason = rt.health.check(stale_after)
     pending: int | None = None
-    try:
-        pending = await rt.outbox.pending()
-    except StoreUnavailable as exc:
-        ok, reason = False, f"state store unavailable: {exc}"
+    # Awaited beside, not cancelled into: psycopg answers a cancellation by asking the server
+    # to cancel, which a network split holds up, and /healthz must answer (bot.leader).
+    query = asyncio.ensure_future(rt.outbox.pending())
+    done, _ = await asyncio.wait({query}, timeout=HEALTH_STORE_TIMEOUT_S)
+    if not done:
+        query.cancel()
+        _abandoned.add(query)
+        query.add_done_callback(_abandoned.discard)
+        ok, reason = False, f"state store unavailable: no answer in {HEALTH_STORE_TIMEOUT_S:g} s"
+    else:
+        try:
+            pending = query.result()
+        except StoreUnavailable as exc:
+            ok, reason = False, f"state store unavailable: {exc}"
     body = {
         "status": "ok" if ok else "failing",
+        "role": rt.health.role,
         "reason": reason,
         "since": rt.health.since,
         "outbox_pending": pending,

@@ -300,6 +300,15 @@ class Transport:
         self.served_rooms.add(room_id)
         self._joined_ms[room_id] = self.now_ms()
 
+    def resume(self) -> None:
+        """This instance (again) becomes the one that syncs, e.g. after a failover.
+
+        What was sent before now is late unless the previous leader saw it (its `seen_until`,
+        shared through the store and read afresh): as after a restart, nothing runs late.
+        """
+        self._blind_until_ms = self.now_ms()
+        self._seen_ms.clear()
+
     def horizon(self, room_id: str) -> int:
         """The moment (ms) from which the bot has seen `room_id` without a gap."""
         return max(self.started_ms, self._joined_ms.get(room_id, 0), self._blind_until_ms)

@@ -124,6 +124,10 @@ class Outbox:
         self.store.after_transaction(self._wake.set)
         return outbox_id
 
+    def wake(self) -> None:
+        """Look for rows at once: another instance committed some (bot.leader)."""
+        self._wake.set()
+
     async def amend(self, outbox_id: int, content: dict[str, Any]) -> bool:
         """Replace the content of a row never tried yet; False if too late.
 
@@ -256,6 +260,7 @@ class Outbox:
         """Deliver forever: per room in order, rooms in parallel, with backoff."""
         next_prune = 0.0
         sending = TaskOwner()
+        spawned: set[int] = set()
         store_down = Backoff(0.5, 30)
         try:
             while True:
@@ -276,8 +281,12 @@ class Outbox:
                 for row in ready:
                     # Marked before the first await: from here on nobody may amend or drop it.
                     self._in_flight.add(row.id)
+                    spawned.add(row.id)
                     task = sending.spawn(self._deliver(row), f"outbox:{row.id}")
                     task.add_done_callback(lambda _: self._wake.set())
+                    task.add_done_callback(
+                        lambda t, i=row.id: None if t.cancelled() else spawned.discard(i)  # type: ignore[misc]
+                    )
                 with contextlib.suppress(StoreUnavailable):  # the gauge waits a turn
                     self.metrics.outbox_pending.set(
                         await self.pending() if ready or waiting or sending else 0
@@ -290,6 +299,10 @@ class Outbox:
                     pass
         finally:
             await sending.shutdown()
+            # A send cancelled before it started (a leader stepping down, bot.leader) never ran
+            # its own `finally`: its row would stay "in flight" for the next run and block
+            # its room.
+            self._in_flight -= spawned
 
     async def _deliver(self, row: OutboxRow | None) -> None:
         """Send the row, then the room's next ones while they keep succeeding."""

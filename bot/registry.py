@@ -146,6 +146,7 @@ class Router:
     schedule_providers: list[ScheduleProvider] = field(default_factory=list)
     reactions: list[Reaction[Any]] = field(default_factory=list)
     states: list[StateSpec[Any]] = field(default_factory=list)
+    leading: list[Service] = field(default_factory=list)
 
     def command(
         self,
@@ -255,8 +256,16 @@ class Router:
         return deco
 
     def service(self, func: Service) -> Service:
-        """A long-running coroutine started with the bot and cancelled at shutdown."""
+        """A long-running coroutine run while this instance leads (bot.leader), cancelled
+        when it stops leading and at shutdown; with one instance, from start to shutdown."""
         self.services.append(func)
+        return func
+
+    def on_lead(self, func: Service) -> Service:
+        """A coroutine run each time this instance becomes the leader, before it syncs
+        (with one instance: once at start). For what only the leader may do once per
+        takeover, e.g. announcing work the previous leader (or run) left unfinished."""
+        self.leading.append(func)
         return func
 
 
@@ -318,6 +327,11 @@ class Registry:
     def services(self) -> list[Service]:
         """Every feature's long-running services."""
         return [s for r in self.routers for s in r.services]
+
+    @property
+    def lead_hooks(self) -> list[Service]:
+        """Every feature's `on_lead` coroutines, in router order."""
+        return [s for r in self.routers for s in r.leading]
 
     def find(self, tokens: Sequence[str]) -> tuple[Command, list[str]] | None:
         """The command named by the longest leading run of tokens, and the remaining args."""

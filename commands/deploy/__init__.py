@@ -143,26 +143,28 @@ async def deploy_state(rt: Runtime) -> AsyncIterator[DeployState]:
         perms = rt.config.core.permissions
         for problem in unknown_roles(inventory, [*perms.roles, perms.admin_role]):
             log.error("%s: %s; only the admin role can deploy there", rt.config.source, problem)
-    await announce_interrupted(rt)
     try:
         yield state
     finally:
         await state.close()
 
 
+@router.on_lead
 async def announce_interrupted(rt: Runtime) -> None:
     """Deploys still 'running' from before this start are marked interrupted and announced.
 
-    Runs in the lifespan, before any command of this run is handled, so every such row was
-    cut off by the previous run's end (a restart or a crash).
+    Runs when this instance becomes the leader, before it handles any command, so every such
+    row was cut off by the previous leader's end (a restart, a crash or a failover); a standby
+    starting beside a running leader leaves that leader's deploys alone.
     """
-    rows = await db.interrupt_running(rt.store, rt.clock.time(), "interrupted by a bot restart")
+    cause = "interrupted by a bot restart or failover"
+    rows = await db.interrupt_running(rt.store, rt.clock.time(), cause)
     for r in rows:
         started = datetime.fromtimestamp(r.started_at, UTC)
         await rt.post(
             r.room_id,
             f"⚠️ the deploy of {r.host} ({r.action}) requested by {r.requested_by} at "
-            f"{started:%Y-%m-%d %H:%M} UTC was interrupted by a bot restart; "
+            f"{started:%Y-%m-%d %H:%M} UTC was {cause}; "
             "its outcome is unknown. "
             f"Check with `{rt.prefix}status {r.host}` and deploy again if needed.",
         )
