@@ -50,14 +50,15 @@ async def test_prometheus_series_names_future_values_floods_and_credentials(
     fresh, stale = now - timedelta(minutes=5), now - timedelta(hours=26)
     ahead = now + timedelta(days=2)
     # The same zrepl job on two hosts (the `labels` chosen do not tell them apart), a third
-    # series without the chosen label at all, one whose value points two days ahead, and a
-    # gauge of 101 series that a query may match by mistake.
+    # series without the chosen label at all, one whose value points two days ahead, one still
+    # 0, and a gauge of 101 series that a query may match by mistake.
     exporter.text = (
         f"# TYPE {METRIC} gauge\n"
         f'{METRIC}{{zrepl_job="rsyncnet",host="pluto"}} {fresh.timestamp():.0f}\n'
         f'{METRIC}{{zrepl_job="rsyncnet",host="mimas"}} {stale.timestamp():.0f}\n'
         f'{METRIC}{{host="haumea"}} {fresh.timestamp():.0f}\n'
         f'{METRIC}{{zrepl_job="future",host="titan"}} {ahead.timestamp():.0f}\n'
+        f'{METRIC}{{zrepl_job="restarted",host="titan"}} 0\n'
         "# TYPE many_backups gauge\n"
         + "".join(f'many_backups{{n="{i}"}} {fresh.timestamp():.0f}\n' for i in range(101))
     )
@@ -72,7 +73,7 @@ async def test_prometheus_series_names_future_values_floods_and_credentials(
         # Each series keeps a name of its own (a result's key is where its state is stored:
         # two of one name took turns in it, announced back and forth each run).
         keys = [r.key for r in results]
-        assert len(set(keys)) == len(keys) == 4, keys
+        assert len(set(keys)) == len(keys) == 5, keys
         by_item = {r.item: r for r in results}
         pluto = f"host=pluto,instance={exporter.target},job=zrepl,zrepl_job=rsyncnet"
         mimas = f"host=mimas,instance={exporter.target},job=zrepl,zrepl_job=rsyncnet"
@@ -84,6 +85,11 @@ async def test_prometheus_series_names_future_values_floods_and_credentials(
         assert future.state == "ERROR", future.detail
         assert " in the future: no time of a past sync (is value_is: timestamp right?)" in (
             future.detail
+        )
+        # A gauge still 0 (never set since the exporter started): stale, without "56 years".
+        zero = by_item["zrepl_job=restarted"]
+        assert zero.state == "STALE" and zero.detail == (
+            "no sync reported (the value is 0: none since the exporter started)"
         )
         # The same mistake told as an age: a negative one.
         [negative] = await run(

@@ -46,15 +46,15 @@ def record(row: HeartbeatRow, signal: Signal, now: datetime, lines: str | None) 
     """The row after one signal at `now`; an end (success or fail) closes the running run and
     keeps its duration.
 
-    Signals count in the order they arrive: one at the same instant as the last (a coarse or
-    test clock) or earlier (a clock stepped back) is put just after it, so a failure told
+    Ends count in the order they arrive: one at the same instant as the last end (a coarse
+    or test clock) or earlier (a clock stepped back) is put just after it, so a failure told
     after a success is never judged older than it.
     """
-    told = [t for t in (row.last_start, row.last_success, row.last_fail) if t is not None]
-    if told and now <= max(told):
-        now = max(told) + timedelta(microseconds=1)
     if signal == "start":
         return replace(row, running_since=now, last_start=now)
+    ends = [t for t in (row.last_success, row.last_fail) if t is not None]
+    if ends and now <= max(ends):
+        now = max(ends) + timedelta(microseconds=1)
     duration = (now - row.running_since).total_seconds() if row.running_since else None
     ended = replace(row, running_since=None, last_duration=duration)
     if signal == "success":

@@ -169,6 +169,12 @@ def judge(
             detail = f"the value {raw} is no {'age' if value_is == 'age' else 'time'}"
             results.append(verdicts.result("ERROR", detail, item, None, facts))
             continue
+        if value_is == "timestamp" and value == 0:
+            # A gauge never set since the exporter started (e.g. after a zrepl restart): the
+            # event is stale, but "for 56 years (last 1970-01-01)" would tell nothing true.
+            detail = f"no {what} reported (the value is 0: none since the exporter started)"
+            results.append(verdicts.result("STALE", detail, item, None, facts))
+            continue
         try:
             if value_is == "age":
                 newest = verdicts.now - timedelta(seconds=value)
