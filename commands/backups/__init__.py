@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 import aiohttp
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bot import messages
 from bot.args import arg
@@ -38,7 +38,7 @@ from bot.messages import escape, human_duration, table
 from bot.registry import Router, StateKey
 from bot.services.ssh import SshClient, SshSettings
 from commands.backups import db, heartbeat
-from commands.backups.checks import BackupCheck, Services, run_check
+from commands.backups.checks import BackupCheck, Services, check_heartbeat, run_check
 from commands.backups.result import RANK, CheckResult, Verdicts, stamp
 from commands.backups.transitions import Announce, transition
 
@@ -55,6 +55,21 @@ class BackupsConfig(Section):
     mentions: list[MentionRule] = Field(default_factory=list)
     ssh: SshSettings = SshSettings()
     checks: list[BackupCheck] = Field(default_factory=list)
+
+    @field_validator("checks")
+    @classmethod
+    def _names_unique(cls, checks: list[BackupCheck]) -> list[BackupCheck]:
+        # A name is the key of the check's stored state, announcements, `!backups <name>`
+        # and its heartbeat URL: two checks of one name would silently share them.
+        first: dict[str, int] = {}
+        for i, check in enumerate(checks):
+            if check.name in first:
+                raise ValueError(
+                    f"checks[{i}].name: {check.name!r} is already the name of "
+                    f"checks[{first[check.name]}]; each check needs its own"
+                )
+            first[check.name] = i
+        return checks
 
 
 router.section("backups", BackupsConfig)
@@ -119,13 +134,25 @@ async def run_all(rt: Runtime) -> Run:
     state = rt[BACKUPS]
     services = Services(state.ssh, state.http, rt.store)
     now = rt.clock.now()
-    per_check = await asyncio.gather(
-        *(run_check(c, services, cfg.timeout_s, now) for c in cfg.checks)
+    per_check = list(
+        await asyncio.gather(*(run_check(c, services, cfg.timeout_s, now) for c in cfg.checks))
     )
     async with rt.store.transaction():
-        for check, results in zip(cfg.checks, per_check, strict=True):
-            await record(rt, cfg, check, results, now)
+        for i, check in enumerate(cfg.checks):
+            when = now
+            if check.kind == "heartbeat":
+                # Judged again here, inside the write transaction (a signal's write waits for it):
+                # a signal the job sent while the other checks ran is in the row by now, and the
+                # verdict read before it would be recorded after it, announcing the opposite of
+                # what the job just told.
+                when = rt.clock.now()
+                per_check[i] = await check_heartbeat(check, rt.store, _verdicts(check, when))
+            await record(rt, cfg, check, per_check[i], when)
     return Run(now, [r for results in per_check for r in results])
+
+
+def _verdicts(check: BackupCheck, now: datetime) -> Verdicts:
+    return Verdicts(check.name, check.limit, format_duration(check.limit), now)
 
 
 async def record(
@@ -366,7 +393,9 @@ def _token_ok(check: BackupCheck, request: web.Request) -> bool:
     assert check.token is not None  # required for heartbeat checks
     header = request.headers.get("Authorization", "")
     expected = f"Bearer {check.token.get_secret_value()}"
-    return hmac.compare_digest(header.encode(), expected.encode())
+    # aiohttp keeps undecodable header bytes as surrogates: they are a wrong token (401),
+    # not a failure to compare (500).
+    return hmac.compare_digest(header.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 async def _heartbeat(rt: Runtime, request: web.Request, signal: heartbeat.Signal) -> web.Response:
@@ -396,7 +425,7 @@ async def _heartbeat(rt: Runtime, request: web.Request, signal: heartbeat.Signal
     if refused is not None and signal == "fail":
         lines = f"(its output was not read: {refused.reason}; send only its last lines)"
     now = rt.clock.now()
-    verdicts = Verdicts(check.name, check.limit, format_duration(check.limit), now)
+    verdicts = _verdicts(check, now)
     # One transaction, no await inside: the signal, its verdict and its announcement together.
     async with rt.store.transaction():
         row = heartbeat.record(await db.heartbeat_of(rt.store, check.name), signal, now, lines)

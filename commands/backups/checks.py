@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+import yarl
 from pydantic import Field, SecretStr, model_validator
 
 from bot.config import Section
@@ -37,6 +38,18 @@ Kind = Literal[
     "zfs_snapshots", "postgres_archiving", "file_age", "zrepl", "prometheus", "heartbeat", "zpool"
 ]
 _SSH_KINDS = ("zfs_snapshots", "file_age", "zrepl", "zpool")
+# The keys each kind reads beside name, kind, max_age and severity: any other key given is a
+# mistake (a `grace` on a prometheus check would silently do nothing), refused at load.
+_KEYS: dict[str, frozenset[str]] = {
+    "zfs_snapshots": frozenset({"host", "datasets", "prefix", "with_used"}),
+    "postgres_archiving": frozenset({"dsn", "password"}),
+    "file_age": frozenset({"host", "glob"}),
+    "zrepl": frozenset({"host", "jobs"}),
+    "prometheus": frozenset({"url", "query", "value_is", "labels", "what"}),
+    "heartbeat": frozenset({"token", "grace", "max_run"}),
+    "zpool": frozenset({"host", "pools", "max_scrub_age"}),
+}
+_COMMON_KEYS = frozenset({"name", "kind", "max_age", "severity"})
 
 
 class BackupCheck(Section):
@@ -86,6 +99,21 @@ class BackupCheck(Section):
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> BackupCheck:
+        foreign = sorted(self.model_fields_set - _COMMON_KEYS - _KEYS[self.kind])
+        if foreign:
+            owners = [
+                f"{key} ({', '.join(k for k, keys in _KEYS.items() if key in keys)})"
+                for key in foreign
+            ]
+            raise ValueError(
+                f"a {self.kind} check does not use {', '.join(owners)}; "
+                f"its keys: {', '.join(sorted(_KEYS[self.kind]))}"
+            )
+        if set(self.name) == {"."}:
+            raise ValueError(f"name: {self.name!r} is no name (it is a path step in a URL)")
+        for key in ("max_age", "max_scrub_age", "max_run"):
+            if (limit := getattr(self, key)) is not None and limit <= timedelta(0):
+                raise ValueError(f"{key}: must be longer than 0 (e.g. 1h)")
         if self.kind == "zpool":
             if self.max_scrub_age is None:
                 raise ValueError("a zpool check needs max_scrub_age (e.g. 35d)")
@@ -94,10 +122,12 @@ class BackupCheck(Section):
         elif self.max_age is None:
             raise ValueError(f"a {self.kind} check needs max_age")
         if self.kind == "prometheus":
-            if not self.url or not self.url.startswith(("http://", "https://")):
-                raise ValueError("a prometheus check needs url (http://… or https://…)")
+            if not self.url or not _http_url(self.url):
+                raise ValueError("a prometheus check needs url (http://host… or https://host…)")
             if not self.query or not self.query.strip():
                 raise ValueError("a prometheus check needs query (PromQL)")
+            if not self.what.strip():
+                raise ValueError("what: names the event a value stands for, not empty")
         if self.kind == "heartbeat":
             if self.token is None or len(self.token.get_secret_value()) < 16:
                 raise ValueError(
@@ -127,7 +157,7 @@ class BackupCheck(Section):
         if self.kind == "heartbeat":
             return f"/heartbeat/{self.name}"
         if self.kind == "prometheus":
-            where = re.sub(r"^https?://", "", self.url or "").rstrip("/")
+            where = re.sub(r"^https?://", "", prometheus.shown(self.url or "")).rstrip("/")
             return f"{where}:{item}" if item is not None else where
         where = self.host or ""
         if item is not None:
@@ -140,6 +170,15 @@ class BackupCheck(Section):
             or ", ".join(self.pools)
         )
         return f"{where}:{what}" if what else where
+
+
+def _http_url(url: str) -> bool:
+    """Whether `url` is an absolute http(s) URL with a host (as aiohttp will read it)."""
+    try:
+        parsed = yarl.URL(url)
+    except (TypeError, ValueError):
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host) and " " not in url
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,17 @@ def last_lines(body: bytes) -> str | None:
 
 def record(row: HeartbeatRow, signal: Signal, now: datetime, lines: str | None) -> HeartbeatRow:
     """The row after one signal at `now`; an end (success or fail) closes the running run and
-    keeps its duration."""
+    keeps its duration.
+
+    Ends count in the order they arrive: one at the same instant as the last end (a coarse
+    or test clock) or earlier (a clock stepped back) is put just after it, so a failure told
+    after a success is never judged older than it.
+    """
     if signal == "start":
         return replace(row, running_since=now, last_start=now)
+    ends = [t for t in (row.last_success, row.last_fail) if t is not None]
+    if ends and now <= max(ends):
+        now = max(ends) + timedelta(microseconds=1)
     duration = (now - row.running_since).total_seconds() if row.running_since else None
     ended = replace(row, running_since=None, last_duration=duration)
     if signal == "success":

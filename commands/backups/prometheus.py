@@ -19,15 +19,26 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import aiohttp
+import yarl
 
 from bot.errors import RemoteError
-from commands.backups.result import CheckResult, Verdicts
+from bot.messages import human_duration
+from commands.backups.result import CheckResult, Verdicts, stamp
 
 ValueIs = Literal["age", "timestamp"]
+# Each series is its own line and announcement: a query matching more (say `up` by mistake)
+# is refused as a whole rather than flooding the room.
+MAX_SERIES = 100
+# The largest answer read (bytes): far above MAX_SERIES series, far below a wrong URL's file.
+MAX_BODY = 4 * 2**20
+# How far a value may point into the future (clocks differ a little) before it is no time of
+# a past backup at all: a wrongly written query must not look fresh forever.
+SKEW = timedelta(minutes=5)
 
 
 def series_name(metric: dict[str, str], labels: list[str]) -> str | None:
@@ -36,6 +47,32 @@ def series_name(metric: dict[str, str], labels: list[str]) -> str | None:
     keys = labels or sorted(k for k in metric if k != "__name__")
     parts = [f"{k}={metric[k]}" for k in keys if k in metric]
     return ",".join(parts) or None
+
+
+def series_names(metrics: list[dict[str, str]], labels: list[str]) -> list[str | None]:
+    """A name per series (`series_name`), each distinct: a name that the chosen labels give
+    to more than one series (or to none of them) is spelled with all their labels instead
+    (and `__name__` too if need be); so is a series without any of the chosen labels when
+    it is not alone. A name is the key of a result's stored state, so two
+    series of one name would take turns in it and be announced back and forth each run."""
+    names = [series_name(m, labels) for m in metrics]
+    for wider in ([], sorted({k for m in metrics for k in m})):
+        counts = Counter(names)
+        # No name is the whole check's own key: only a series alone may go without one.
+        counts[None] += len(metrics) > 1
+        names = [
+            series_name(m, wider) if counts[n] > 1 else n
+            for m, n in zip(metrics, names, strict=True)
+        ]
+    return names
+
+
+def shown(url: str) -> str:
+    """The URL as the room and the log may see it: without a user or password in it."""
+    try:
+        return str(yarl.URL(url).with_user(None))
+    except (TypeError, ValueError):
+        return "(the configured URL)"
 
 
 async def query(
@@ -47,18 +84,25 @@ async def query(
     that it could not be reached or did not answer within `timeout_s` seconds.
     """
     endpoint = url.rstrip("/") + "/api/v1/query"
+    secret = yarl.URL(url).password
+    url = shown(url)
     # Prometheus stops evaluating at its own `timeout` and says so; ours is the backstop.
     form = {"query": promql, "timeout": f"{max(1, int(timeout_s))}s"}
     try:
         async with session.post(
             endpoint, data=form, timeout=aiohttp.ClientTimeout(total=timeout_s)
         ) as resp:
-            raw = await resp.read()
+            raw = await resp.content.read(MAX_BODY + 1)
             status = resp.status
     except TimeoutError:
         raise RemoteError(f"Prometheus at {url} did not answer within {timeout_s:g} s") from None
     except aiohttp.ClientError as exc:
-        raise RemoteError(f"cannot reach Prometheus at {url}: {exc}") from None
+        text = str(exc).replace(secret, "***") if secret else str(exc)
+        raise RemoteError(f"cannot reach Prometheus at {url}: {text}") from None
+    if len(raw) > MAX_BODY:
+        raise RemoteError(
+            f"Prometheus at {url} answered HTTP {status} with more than {MAX_BODY // 2**20} MiB"
+        )
     try:
         doc = json.loads(raw)
     except ValueError:
@@ -107,9 +151,15 @@ def judge(
     time (NaN, Inf); one STALE for the whole check when there is no series at all."""
     if not series:
         return [verdicts.result("STALE", "no series: the query returned nothing")]
+    if len(series) > MAX_SERIES:
+        detail = (
+            f"the query returned {len(series)} series, more than {MAX_SERIES}: "
+            "narrow it (e.g. by a label), each series being its own line"
+        )
+        return [verdicts.result("ERROR", detail)]
+    named = zip(series_names([m for m, _ in series], labels), series, strict=True)
     results = []
-    for metric, raw in sorted(series, key=lambda s: series_name(s[0], labels) or ""):
-        item = series_name(metric, labels)
+    for item, (metric, raw) in sorted(named, key=lambda s: s[0] or ""):
         facts = {"labels": metric, "value": raw}
         try:
             value = float(raw)
@@ -119,6 +169,12 @@ def judge(
             detail = f"the value {raw} is no {'age' if value_is == 'age' else 'time'}"
             results.append(verdicts.result("ERROR", detail, item, None, facts))
             continue
+        if value_is == "timestamp" and value == 0:
+            # A gauge never set since the exporter started (e.g. after a zrepl restart): the
+            # event is stale, but "for 56 years (last 1970-01-01)" would tell nothing true.
+            detail = f"no {what} reported (the value is 0: none since the exporter started)"
+            results.append(verdicts.result("STALE", detail, item, None, facts))
+            continue
         try:
             if value_is == "age":
                 newest = verdicts.now - timedelta(seconds=value)
@@ -126,6 +182,15 @@ def judge(
                 newest = datetime.fromtimestamp(value, UTC)
         except (OverflowError, OSError, ValueError):
             detail = f"the value {raw} is out of range for a {value_is}"
+            results.append(verdicts.result("ERROR", detail, item, None, facts))
+            continue
+        ahead = (newest - verdicts.now).total_seconds()
+        if ahead > SKEW.total_seconds():
+            said = "a negative age" if value_is == "age" else f"{stamp(newest)}"
+            detail = (
+                f"the value {raw} is {said}, {human_duration(ahead)} in the future: no time "
+                f"of a past {what} (is value_is: {value_is} right?)"
+            )
             results.append(verdicts.result("ERROR", detail, item, None, facts))
             continue
         results.append(verdicts.since(newest, what, item, facts))
