@@ -236,8 +236,9 @@ async def last_error(store: Store, check_name: str, item: str | None) -> ResultR
             "SELECT check_name, item, checked_at, state, newest, detail, facts FROM backup_results "
             "WHERE check_name = ? AND (item = ? OR item IS NULL) "
             "AND state = 'ERROR' AND checked_at > COALESCE((SELECT MAX(checked_at) FROM "
-            "backup_results WHERE check_name = ? AND (item = ? OR (item IS NULL AND ? IS NULL)) "
-            "AND state = 'OK'), 0) ORDER BY checked_at DESC LIMIT 1",
+            "backup_results WHERE check_name = ? AND (item = ? OR (item IS NULL AND "
+            # Typed: PostgreSQL cannot infer the type of a bare `? IS NULL`.
+            "CAST(? AS TEXT) IS NULL)) AND state = 'OK'), 0) ORDER BY checked_at DESC LIMIT 1",
             (check_name, item, check_name, item, item),
         )
     ).fetchall()
