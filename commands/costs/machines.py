@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, field_validator
+from pydantic import AfterValidator, ValidationInfo, field_validator
 
 from bot import audit, messages
-from bot.config import Section
+from bot.config import Section, known_roles
 from bot.context import Context, Runtime
 from bot.durations import Duration, format_duration, parse_duration
 from bot.errors import BotError, PermissionDenied, RemoteError, UserError
 from bot.messages import human_duration
 from bot.registry import StateKey
+from commands.costs import checks
 from commands.costs import machines_db as db
 from commands.costs.aws import AwsClients
 from commands.costs.report import money
@@ -70,6 +71,24 @@ class OnDemand(Section):
     def _name(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError(f"{value!r}: one lower-case word (a-z, 0-9, . _ -)")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        return None if value is None else checks.region(value)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str, info: ValidationInfo) -> str:
+        # A role missing from `permissions.roles` (a typo) would leave the machine to the
+        # admins alone, found out only when someone is refused: refuse the file instead.
+        roles = known_roles(info)
+        if roles is not None and value not in roles:
+            raise ValueError(
+                f"unknown role {value!r}: not under permissions.roles "
+                f"(known: {', '.join(sorted(roles))})"
+            )
         return value
 
     @field_validator("auto_stop_after")
