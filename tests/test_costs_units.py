@@ -214,6 +214,8 @@ COSTS_USAGE = (
         (["2026-02-30..2026-03-01"], "day is out of range"),
         (["2024-01-01..2025-06-01"], "at most 366 days"),
         (["2025-12-01..2025-12-03"], "no figures after today (2025-12-01)"),
+        # Used to be an unexpected failure (OverflowError working out the previous period).
+        (["0001-01-01..0001-01-05"], "the period before it would start before year 1"),
         (["week", "--service"], "--service needs a value (SERVICE)"),
         (["--service", "--bogus"], "--service: needs a service name"),
         (["--service="], "--service= has no value (SERVICE)"),
