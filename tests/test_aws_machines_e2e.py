@@ -317,6 +317,43 @@ async def test_auto_stop_while_aws_is_unreachable_is_said_and_retried(
     assert outcomes == [(bot.user_id, "error"), (bot.user_id, "error"), (bot.user_id, "ok")]
 
 
+async def test_a_machine_stopped_outside_the_bot_is_not_warned_of_nor_stopped_again(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto
+) -> None:
+    # Used to warn "stopping archeology at 18:00 UTC; extend to keep it" for a machine
+    # someone had stopped in the console, then "⏹ stopped archeology: stopped → stopped;
+    # it ran 8 h this time" (and count those hours in the month's cost).
+    moto.reset()
+    ec2 = _ec2(moto)
+    archeology = _stopped_instance(ec2, "m4.xlarge", "archeology")
+    builder = _stopped_instance(ec2, "t2.micro", None)
+    alice, bob = people["alice"], people["bob"]
+    clock = ManualClock(_at(2026, 11, 30, 10, 0))
+    bot = make_bot(edit=_aws(moto.url, builder), clock=clock)
+    await bot.start()
+    mark = alice.mark()
+    started = await bob.ask(room, "!aws start archeology", bot.user_id, timeout=30)
+    assert "It stops by itself at 18:00 UTC" in started.body
+    await alice.wait_for(_from_bot(bot, "✅ archeology is running"), timeout=60, after=mark)
+    await clock.set(_at(2026, 11, 30, 12, 0))
+    ec2.stop_instances(InstanceIds=[archeology])
+
+    mark = alice.mark()
+    await clock.set(_at(2026, 11, 30, 17, 45))
+    dropped = await alice.wait_for(_from_bot(bot, "archeology is already"), timeout=60, after=mark)
+    assert dropped.body == (
+        "archeology is already stopped (stopped outside the bot): its auto-stop at 18:00 UTC "
+        "is dropped. `!aws start archeology` starts it again."
+    )
+    await clock.set(_at(2026, 11, 30, 18, 5))
+    listing = await alice.ask(room, "!aws machines", bot.user_id, timeout=30)
+    row = _row(listing.body, "archeology")
+    assert "stopped" in row and "  -  " in row, row
+    await bot.barrier(alice, room)
+    assert not [e for e in alice.seen[mark:] if e.body.startswith(("⏰", "⏹"))]
+    assert [r.outcome for r in await of_command(bot.rt.store, "aws stop")] == []
+
+
 def test_timer_and_month_cost_rules() -> None:
     stop_at = _at(2026, 11, 30, 18, 30).timestamp()
     row = TimerRow("archeology", "i-1", "!r", stop_at, False, "@bob")

@@ -500,6 +500,11 @@ class Machines:
 
     async def _warn(self, row: db.TimerRow) -> None:
         p = self.rt.prefix
+        m = self.by_name.get(row.name)
+        if m is not None:
+            async with self.lock(m.name):
+                if await self._gone(m, row):
+                    return
         now = self.rt.clock.now()
         await self.rt.post(
             row.room_id,
@@ -515,10 +520,35 @@ class Machines:
             if current is not None and due(current, self.rt.clock.time()) == "stop":
                 await self._stop_now(current)
 
+    async def _gone(self, m: OnDemand, row: db.TimerRow) -> bool:
+        """True (and said once, the timer dropped) when `m` was stopped outside the bot
+        (the caller holds `m`'s lock):
+        a warning or auto-stop would otherwise announce stopping a machine that is not
+        running and count hours it did not run. False when AWS cannot tell."""
+        try:
+            inst = await self.describe(m)
+        except BotError:
+            return False
+        if inst.state in ("running", "pending"):
+            return False
+        now = self.rt.clock.now()
+        await self._reconcile(m, inst, now)
+        await db.clear_timer(self.rt.store, m.name)
+        self.wake.set()
+        await self.rt.post(
+            row.room_id,
+            f"{m.name} is already {inst.state} (stopped outside the bot): its auto-stop at "
+            f"{at(row.stop_at, now)} is dropped. `{self.rt.prefix}aws start {m.name}` starts it "
+            "again.",
+        )
+        return True
+
     async def _stop_now(self, row: db.TimerRow) -> None:
         rt = self.rt
         m = self.by_name.get(row.name)
         now = rt.clock.now()
+        if m is not None and await self._gone(m, row):
+            return
         if m is None:
             await db.clear_timer(rt.store, row.name)
             await rt.post(
