@@ -9,7 +9,7 @@ moto answers StartInstances with `pending` and StopInstances with `stopping`, as
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import boto3
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from bot.audit import of_command
 from bot.clock import ManualClock
 from commands.costs import AwsConfig
-from commands.costs.machines import due, month_cost, next_moment
+from commands.costs.machines import at, due, month_cost, next_moment
 from commands.costs.machines_db import TimerRow
 from devstack.client import RoomUser, SeenEvent
 from devstack.moto import LocalMoto
@@ -372,6 +372,16 @@ def test_timer_and_month_cost_rules() -> None:
     ]
     assert month_cost(runs, now, 0.5) == pytest.approx(1.5)
     assert month_cost(runs, now, None) is None
+
+
+def test_auto_stop_times_are_said_by_the_utc_day() -> None:
+    # A clock in another zone used to compare the UTC stop time with its local day: 23:30
+    # UTC on 30 November, seen at 01:00+02:00 on 1 December, was shown without its date.
+    stop_at = _at(2026, 11, 30, 23, 30).timestamp()
+    east = timezone(timedelta(hours=2))
+    assert at(stop_at, datetime(2026, 12, 1, 1, 0, tzinfo=east)) == "23:30 UTC"
+    assert at(stop_at, datetime(2026, 11, 30, 1, 0, tzinfo=east)) == "2026-11-30 23:30 UTC"
+    assert at(stop_at, _at(2026, 11, 30, 20, 0)) == "23:30 UTC"
 
 
 def test_on_demand_config_is_checked() -> None:

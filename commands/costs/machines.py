@@ -189,7 +189,8 @@ def next_moment(row: db.TimerRow, warn_before: timedelta = WARN_BEFORE) -> float
 def at(moment: float, now: datetime) -> str:
     """ "18:30 UTC", with the date when it is not `now`'s day."""
     when = datetime.fromtimestamp(moment, UTC)
-    if when.date() == now.date():
+    # `now`'s UTC day: a clock in another zone must not drop (or add) the date.
+    if when.date() == now.astimezone(UTC).date():
         return f"{when:%H:%M} UTC"
     return f"{when:%Y-%m-%d %H:%M} UTC"
 
@@ -460,7 +461,7 @@ class Machines:
         )
         foot = [
             *notes,
-            f"{now:%B} so far: {money(total)}{' + unknown' if unknown else ''} "
+            f"{now.astimezone(UTC):%B} so far: {money(total)}{' + unknown' if unknown else ''} "
             "(est.: hours run × `aws.prices.instance_hour`, compute only)",
         ]
         await ctx.reply(
