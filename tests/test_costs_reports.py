@@ -377,4 +377,3 @@ def test_a_weekly_chart_without_spend_still_draws(tmp_path: Path) -> None:
     assert png.startswith(b"\x89PNG")
     (tmp_path / "no-spend.png").write_bytes(png)
     assert daily_spend_png({}, [], "t").startswith(b"\x89PNG")
-
