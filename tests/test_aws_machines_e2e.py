@@ -354,6 +354,38 @@ async def test_a_machine_stopped_outside_the_bot_is_not_warned_of_nor_stopped_ag
     assert [r.outcome for r in await of_command(bot.rt.store, "aws stop")] == []
 
 
+async def test_a_timer_of_a_machine_removed_from_the_config_is_dropped_at_start(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto
+) -> None:
+    # Used to wait for the warning time, then warn "`!aws extend archeology 2h` to keep it"
+    # (a command that then answers "no on-demand machine `archeology`").
+    moto.reset()
+    ec2 = _ec2(moto)
+    _stopped_instance(ec2, "m4.xlarge", "archeology")
+    builder = _stopped_instance(ec2, "t2.micro", None)
+    alice, bob = people["alice"], people["bob"]
+    bot = make_bot(edit=_aws(moto.url, builder), clock=ManualClock(_at(2026, 11, 30, 10, 0)))
+    await bot.start()
+    started = await bob.ask(room, "!aws start archeology", bot.user_id, timeout=30)
+    assert "It stops by itself at 18:00 UTC" in started.body
+    await bot.stop()
+
+    def without_archeology(raw: dict[str, Any]) -> None:
+        _aws(moto.url, builder)(raw)
+        raw["aws"]["on_demand"] = raw["aws"]["on_demand"][1:]
+
+    mark = alice.mark()
+    bot = make_bot(edit=without_archeology, clock=ManualClock(_at(2026, 11, 30, 11, 0)))
+    await bot.start()
+    dropped = await alice.wait_for(_from_bot(bot, "⚠️ archeology"), timeout=60, after=mark)
+    assert dropped.body == (
+        "⚠️ archeology is no longer in `aws.on_demand`: its auto-stop at 18:00 UTC is "
+        "dropped; it was not stopped."
+    )
+    await bot.barrier(alice, room)
+    assert not [e for e in alice.seen[mark:] if e.body.startswith(("⏰", "⏹"))]
+
+
 def test_timer_and_month_cost_rules() -> None:
     stop_at = _at(2026, 11, 30, 18, 30).timestamp()
     row = TimerRow("archeology", "i-1", "!r", stop_at, False, "@bob")

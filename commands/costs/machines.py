@@ -485,6 +485,11 @@ class Machines:
             for row in await db.timers(self.rt.store):
                 if self.retry.get(row.name, 0.0) > now:
                     continue
+                if row.name not in self.by_name:
+                    # Removed from the config while its timer ran: say so now, not hours
+                    # later with a warning whose `!aws extend` no longer works.
+                    await self._stop_now(row)
+                    continue
                 action = due(row, now)
                 if action == "warn":
                     await self._warn(row)
