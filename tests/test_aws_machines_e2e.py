@@ -9,7 +9,7 @@ moto answers StartInstances with `pending` and StopInstances with `stopping`, as
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import boto3
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from bot.audit import of_command
 from bot.clock import ManualClock
 from commands.costs import AwsConfig
-from commands.costs.machines import due, month_cost, next_moment
+from commands.costs.machines import at, due, month_cost, next_moment
 from commands.costs.machines_db import TimerRow
 from devstack.client import RoomUser, SeenEvent
 from devstack.moto import LocalMoto
@@ -317,6 +317,75 @@ async def test_auto_stop_while_aws_is_unreachable_is_said_and_retried(
     assert outcomes == [(bot.user_id, "error"), (bot.user_id, "error"), (bot.user_id, "ok")]
 
 
+async def test_a_machine_stopped_outside_the_bot_is_not_warned_of_nor_stopped_again(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto
+) -> None:
+    # Used to warn "stopping archeology at 18:00 UTC; extend to keep it" for a machine
+    # someone had stopped in the console, then "⏹ stopped archeology: stopped → stopped;
+    # it ran 8 h this time" (and count those hours in the month's cost).
+    moto.reset()
+    ec2 = _ec2(moto)
+    archeology = _stopped_instance(ec2, "m4.xlarge", "archeology")
+    builder = _stopped_instance(ec2, "t2.micro", None)
+    alice, bob = people["alice"], people["bob"]
+    clock = ManualClock(_at(2026, 11, 30, 10, 0))
+    bot = make_bot(edit=_aws(moto.url, builder), clock=clock)
+    await bot.start()
+    mark = alice.mark()
+    started = await bob.ask(room, "!aws start archeology", bot.user_id, timeout=30)
+    assert "It stops by itself at 18:00 UTC" in started.body
+    await alice.wait_for(_from_bot(bot, "✅ archeology is running"), timeout=60, after=mark)
+    await clock.set(_at(2026, 11, 30, 12, 0))
+    ec2.stop_instances(InstanceIds=[archeology])
+
+    mark = alice.mark()
+    await clock.set(_at(2026, 11, 30, 17, 45))
+    dropped = await alice.wait_for(_from_bot(bot, "archeology is already"), timeout=60, after=mark)
+    assert dropped.body == (
+        "archeology is already stopped (stopped outside the bot): its auto-stop at 18:00 UTC "
+        "is dropped. `!aws start archeology` starts it again."
+    )
+    await clock.set(_at(2026, 11, 30, 18, 5))
+    listing = await alice.ask(room, "!aws machines", bot.user_id, timeout=30)
+    row = _row(listing.body, "archeology")
+    assert "stopped" in row and "  -  " in row, row
+    await bot.barrier(alice, room)
+    assert not [e for e in alice.seen[mark:] if e.body.startswith(("⏰", "⏹"))]
+    assert [r.outcome for r in await of_command(bot.rt.store, "aws stop")] == []
+
+
+async def test_a_timer_of_a_machine_removed_from_the_config_is_dropped_at_start(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, moto: LocalMoto
+) -> None:
+    # Used to wait for the warning time, then warn "`!aws extend archeology 2h` to keep it"
+    # (a command that then answers "no on-demand machine `archeology`").
+    moto.reset()
+    ec2 = _ec2(moto)
+    _stopped_instance(ec2, "m4.xlarge", "archeology")
+    builder = _stopped_instance(ec2, "t2.micro", None)
+    alice, bob = people["alice"], people["bob"]
+    bot = make_bot(edit=_aws(moto.url, builder), clock=ManualClock(_at(2026, 11, 30, 10, 0)))
+    await bot.start()
+    started = await bob.ask(room, "!aws start archeology", bot.user_id, timeout=30)
+    assert "It stops by itself at 18:00 UTC" in started.body
+    await bot.stop()
+
+    def without_archeology(raw: dict[str, Any]) -> None:
+        _aws(moto.url, builder)(raw)
+        raw["aws"]["on_demand"] = raw["aws"]["on_demand"][1:]
+
+    mark = alice.mark()
+    bot = make_bot(edit=without_archeology, clock=ManualClock(_at(2026, 11, 30, 11, 0)))
+    await bot.start()
+    dropped = await alice.wait_for(_from_bot(bot, "⚠️ archeology"), timeout=60, after=mark)
+    assert dropped.body == (
+        "⚠️ archeology is no longer in `aws.on_demand`: its auto-stop at 18:00 UTC is "
+        "dropped; it was not stopped."
+    )
+    await bot.barrier(alice, room)
+    assert not [e for e in alice.seen[mark:] if e.body.startswith(("⏰", "⏹"))]
+
+
 def test_timer_and_month_cost_rules() -> None:
     stop_at = _at(2026, 11, 30, 18, 30).timestamp()
     row = TimerRow("archeology", "i-1", "!r", stop_at, False, "@bob")
@@ -335,6 +404,16 @@ def test_timer_and_month_cost_rules() -> None:
     ]
     assert month_cost(runs, now, 0.5) == pytest.approx(1.5)
     assert month_cost(runs, now, None) is None
+
+
+def test_auto_stop_times_are_said_by_the_utc_day() -> None:
+    # A clock in another zone used to compare the UTC stop time with its local day: 23:30
+    # UTC on 30 November, seen at 01:00+02:00 on 1 December, was shown without its date.
+    stop_at = _at(2026, 11, 30, 23, 30).timestamp()
+    east = timezone(timedelta(hours=2))
+    assert at(stop_at, datetime(2026, 12, 1, 1, 0, tzinfo=east)) == "23:30 UTC"
+    assert at(stop_at, datetime(2026, 11, 30, 1, 0, tzinfo=east)) == "2026-11-30 23:30 UTC"
+    assert at(stop_at, _at(2026, 11, 30, 20, 0)) == "23:30 UTC"
 
 
 def test_on_demand_config_is_checked() -> None:

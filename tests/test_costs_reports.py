@@ -15,7 +15,13 @@ from bot.mentions import Mentions
 from commands.costs import DEFAULT_INSTANCE_HOUR, AwsConfig
 from commands.costs.anomalies import Anomaly, anomaly_message, find_anomalies
 from commands.costs.aws import AwsClients, describe_client_error
-from commands.costs.chart import MonthPoint, daily_spend_figure, savings_figure, savings_png
+from commands.costs.chart import (
+    MonthPoint,
+    daily_spend_figure,
+    daily_spend_png,
+    savings_figure,
+    savings_png,
+)
 from commands.costs.dates import Window, month_windows
 from commands.costs.explorer import daily_costs, month_figures
 from commands.costs.grouping import BY_SERVICE, UNTAGGED, parse_grouping
@@ -361,3 +367,13 @@ def test_the_charts_keep_legends_off_the_data(tmp_path: Path) -> None:
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     # A single month in progress (nothing whole yet) still draws.
     assert savings_png(points[-1:], 2500.0, "t").startswith(b"\x89PNG")
+
+
+def test_a_weekly_chart_without_spend_still_draws(tmp_path: Path) -> None:
+    # Days with $0 everywhere (a new account, credits only) used to fail the weekly job's
+    # upload: matplotlib refused the day ticks on an axis without bars.
+    daily = parse_daily(daily_results("2025-10-18", 28, lambda i: {"AWS Lambda": 0.0}))
+    png = daily_spend_png(daily, ["AWS Lambda"], "Daily AWS spend, last 4 weeks")
+    assert png.startswith(b"\x89PNG")
+    (tmp_path / "no-spend.png").write_bytes(png)
+    assert daily_spend_png({}, [], "t").startswith(b"\x89PNG")

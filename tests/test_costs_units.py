@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
 from bot.args import Bound
+from bot.cli import load, load_registry
 from bot.clock import ManualClock
+from bot.config import ConfigError
 from bot.context import Runtime
 from bot.errors import UserError
 from bot.registry import Command
@@ -27,6 +30,7 @@ from commands.costs.dates import (
 from commands.costs.explorer import Got, MonthFigures
 from commands.costs.render import month_lines
 from commands.costs.report import Sum, parse_daily, parse_total
+from tests.test_config import example_config
 
 D = date.fromisoformat
 
@@ -210,6 +214,8 @@ COSTS_USAGE = (
         (["2026-02-30..2026-03-01"], "day is out of range"),
         (["2024-01-01..2025-06-01"], "at most 366 days"),
         (["2025-12-01..2025-12-03"], "no figures after today (2025-12-01)"),
+        # Used to be an unexpected failure (OverflowError working out the previous period).
+        (["0001-01-01..0001-01-05"], "the period before it would start before year 1"),
         (["week", "--service"], "--service needs a value (SERVICE)"),
         (["--service", "--bogus"], "--service: needs a service name"),
         (["--service="], "--service= has no value (SERVICE)"),
@@ -396,3 +402,54 @@ def test_unexpected_answers_are_remote_errors() -> None:
     with pytest.raises(RemoteError, match="unexpected shape"):
         parse_total([{"Total": {"UnblendedCost": {"Amount": "lots"}}}])
     assert parse_total([]) == Sum(0.0, False)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        (
+            "role: operator         #",
+            "role: operatr #",
+            "aws.on_demand[0].role: unknown role 'operatr': not under permissions.roles",
+        ),
+        (
+            "region: eu-west-1      #",
+            "region: eu-west1 #",
+            "aws.on_demand[0].region: `eu-west1` is not an AWS region name",
+        ),
+        (
+            "regions: [us-east-1, eu-west-1]",
+            "regions: [us-east1]",
+            "aws.regions[0]: `us-east1` is not an AWS region name",
+        ),
+        ("  region: us-east-1\n", "  region: useast\n", "aws.region: `useast`"),
+        (
+            'weekly_cron: "0 9 * * 1"',
+            'weekly_cron: "0 9 * * 8"',
+            "aws.weekly_cron: `0 9 * * 8`",
+        ),
+        ('cron: "0 10 * * *"', 'cron: "0 25 * * *"', "aws.anomalies.cron: `0 25"),
+        (
+            'mentions: ["@alice:example.org"]',
+            'mentions: ["alice"]',
+            "aws.anomalies.mentions[0]: `alice` is not a Matrix user id",
+        ),
+        ("m4.large: 0.10,", "m4.large: -1,", "aws.prices.instance_hour.m4.large: Input should"),
+        ("gp2: 0.10,", "gp2: -0.10,", "aws.prices.ebs_gb_month.gp2: Input should be greater"),
+        ("snapshot_gb_month: 0.05", "snapshot_gb_month: -3", "aws.prices.snapshot_gb_month:"),
+    ],
+)
+def test_aws_config_mistakes_are_load_time_errors(
+    tmp_path: Path, old: str, new: str, problem: str
+) -> None:
+    # Each of these used to load: a typo'd role left the machine to admins, a bad cron
+    # crashed the start (check-config said OK), a negative price made costs savings.
+    path = example_config(tmp_path)
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        load(str(path), load_registry())
+    assert [p for p in err.value.problems if problem in p and p.startswith(f"{path}: ")], (
+        err.value.problems
+    )

@@ -11,8 +11,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
+from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 
 from bot.args import arg, args, flag
 from bot.config import Config, ScheduleConfig, Section
@@ -20,7 +21,7 @@ from bot.context import Context, JobContext, Runtime
 from bot.durations import Duration
 from bot.errors import RemoteError, UserError
 from bot.registry import ANYONE, Router, StateKey
-from commands.costs import db
+from commands.costs import checks, db
 from commands.costs.anomalies import AnomalyConfig
 from commands.costs.aws import AwsClients
 from commands.costs.chart import MonthPoint, daily_spend_png, savings_png
@@ -75,10 +76,16 @@ DEFAULT_INSTANCE_HOUR = {
 }
 
 
+# A price in USD: a negative one (a typo) would turn costs into savings.
+Price = Annotated[float, Field(ge=0)]
+Region = Annotated[str, AfterValidator(checks.region)]
+Cron = Annotated[str, AfterValidator(checks.cron)]
+
+
 class PriceTable(Section):
-    ebs_gb_month: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EBS))
-    snapshot_gb_month: float = 0.05
-    instance_hour: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_INSTANCE_HOUR))
+    ebs_gb_month: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_EBS))
+    snapshot_gb_month: Price = 0.05
+    instance_hour: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_INSTANCE_HOUR))
     previous_generation: list[str] = Field(
         default_factory=lambda: [
             "t1",
@@ -115,8 +122,10 @@ class PriceTable(Section):
 
 
 class AwsConfig(Section):
-    region: str = "us-east-1"
-    regions: list[str] = Field(default_factory=lambda: ["us-east-1"])
+    # Region names are checked at load: a typo would otherwise surface only as a failing
+    # call (or, behind endpoint_url, not at all).
+    region: Region = "us-east-1"
+    regions: list[Region] = Field(default_factory=lambda: ["us-east-1"])
     endpoint_url: str | None = None
     profile: str | None = None
     access_key_id: str | None = None
@@ -130,7 +139,7 @@ class AwsConfig(Section):
     # A cost allocation tag (e.g. Name) the weekly summary names the top costs by.
     cost_tag: str | None = None
     anomalies: AnomalyConfig | None = None
-    weekly_cron: str = "0 9 * * 1"
+    weekly_cron: Cron = "0 9 * * 1"
     room: str | None = None
     top: int = Field(default=5, ge=1, le=20)
     on_demand: OnDemandList = Field(default_factory=list)

@@ -13,12 +13,14 @@ import statistics
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from bot.config import Section
 from bot.mentions import Mentions
 from bot.messages import escape
+from commands.costs import checks
 from commands.costs.grouping import Grouping, parse_grouping
 from commands.costs.report import Daily, money
 
@@ -26,7 +28,7 @@ from commands.costs.report import Daily, money
 class AnomalyConfig(Section):
     """The daily check for unusual spend (see `commands.costs.anomalies`)."""
 
-    cron: str = "0 10 * * *"
+    cron: Annotated[str, AfterValidator(checks.cron)] = "0 10 * * *"
     # What is compared: service, usage-type or tag:KEY.
     by: str = "service"
     days: int = Field(default=14, ge=3, le=60)
@@ -34,7 +36,7 @@ class AnomalyConfig(Section):
     # least min_amount USD.
     min_share: float = Field(default=0.5, gt=0)
     min_amount: float = Field(default=20, ge=0)
-    mentions: list[str] = Field(default_factory=list)
+    mentions: list[Annotated[str, AfterValidator(checks.user_id)]] = Field(default_factory=list)
     room: str | None = None
 
     @field_validator("by")

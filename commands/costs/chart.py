@@ -42,6 +42,7 @@ def daily_spend_figure(daily: Daily, keys: list[str], title: str) -> Figure:
     x = [d.isoformat() for d in days]
     fig, ax = plt.subplots(figsize=(11, 4.5), dpi=100)
     bottom = [0.0] * len(days)
+    drawn = False
     for name in [*keys, "other"]:
         if name == "other":
             values = [sum(v for k, v in daily[d].items() if k not in keys) for d in days]
@@ -51,10 +52,18 @@ def daily_spend_figure(daily: Daily, keys: list[str], title: str) -> Figure:
             continue
         ax.bar(x, values, bottom=bottom, label=name[:40], width=0.8)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        drawn = True
     ax.set_title(title)
     ax.set_ylabel("USD per day")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(axis="y", alpha=0.3)
+    if not drawn:
+        # No spend at all (a new account, or credits only): the day names would be ticks
+        # on an axis that has no days, which matplotlib refuses. Say so on the chart.
+        ax.text(0.5, 0.5, "no spend on these days", transform=ax.transAxes, ha="center")
+        ax.set_xticks([])
+        fig.tight_layout()
+        return fig
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_xticks(x[:: max(1, len(x) // 10)])
     fig.autofmt_xdate()
     fig.tight_layout()

@@ -133,7 +133,8 @@ def parse_period(text: str | None, today: date) -> Window:
     """`week` (last 7 days), `month` (last 30 days) or `YYYY-MM-DD..YYYY-MM-DD` (end exclusive).
 
     Raises UserError for anything else, an empty or backwards range, one longer than
-    MAX_PERIOD_DAYS, or one that ends after today (Cost Explorer has nothing later).
+    MAX_PERIOD_DAYS, one that ends after today (Cost Explorer has nothing later), or one
+    whose previous period (every answer compares with it) is not a date.
     """
     word = (text or "week").lower()
     if word == "week":
@@ -158,4 +159,7 @@ def parse_period(text: str | None, today: date) -> Window:
             f"`{text}`: Cost Explorer has no figures after today ({today}); "
             f"the latest end is {today + timedelta(days=1)}"
         )
+    if start.toordinal() - (end - start).days < 1:
+        # Every answer compares with the period before: it must be a date too.
+        raise UserError(f"`{text}`: the period before it would start before year 1")
     return Window(f"{start}..{end}", start, end)

@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, field_validator
+from pydantic import AfterValidator, ValidationInfo, field_validator
 
 from bot import audit, messages
-from bot.config import Section
+from bot.config import Section, known_roles
 from bot.context import Context, Runtime
 from bot.durations import Duration, format_duration, parse_duration
 from bot.errors import BotError, PermissionDenied, RemoteError, UserError
 from bot.messages import human_duration
 from bot.registry import StateKey
+from commands.costs import checks
 from commands.costs import machines_db as db
 from commands.costs.aws import AwsClients
 from commands.costs.report import money
@@ -70,6 +71,24 @@ class OnDemand(Section):
     def _name(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError(f"{value!r}: one lower-case word (a-z, 0-9, . _ -)")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        return None if value is None else checks.region(value)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str, info: ValidationInfo) -> str:
+        # A role missing from `permissions.roles` (a typo) would leave the machine to the
+        # admins alone, found out only when someone is refused: refuse the file instead.
+        roles = known_roles(info)
+        if roles is not None and value not in roles:
+            raise ValueError(
+                f"unknown role {value!r}: not under permissions.roles "
+                f"(known: {', '.join(sorted(roles))})"
+            )
         return value
 
     @field_validator("auto_stop_after")
@@ -170,7 +189,8 @@ def next_moment(row: db.TimerRow, warn_before: timedelta = WARN_BEFORE) -> float
 def at(moment: float, now: datetime) -> str:
     """ "18:30 UTC", with the date when it is not `now`'s day."""
     when = datetime.fromtimestamp(moment, UTC)
-    if when.date() == now.date():
+    # `now`'s UTC day: a clock in another zone must not drop (or add) the date.
+    if when.date() == now.astimezone(UTC).date():
         return f"{when:%H:%M} UTC"
     return f"{when:%Y-%m-%d %H:%M} UTC"
 
@@ -441,7 +461,7 @@ class Machines:
         )
         foot = [
             *notes,
-            f"{now:%B} so far: {money(total)}{' + unknown' if unknown else ''} "
+            f"{now.astimezone(UTC):%B} so far: {money(total)}{' + unknown' if unknown else ''} "
             "(est.: hours run × `aws.prices.instance_hour`, compute only)",
         ]
         await ctx.reply(
@@ -465,6 +485,11 @@ class Machines:
             for row in await db.timers(self.rt.store):
                 if self.retry.get(row.name, 0.0) > now:
                     continue
+                if row.name not in self.by_name:
+                    # Removed from the config while its timer ran: say so now, not hours
+                    # later with a warning whose `!aws extend` no longer works.
+                    await self._stop_now(row)
+                    continue
                 action = due(row, now)
                 if action == "warn":
                     await self._warn(row)
@@ -481,6 +506,11 @@ class Machines:
 
     async def _warn(self, row: db.TimerRow) -> None:
         p = self.rt.prefix
+        m = self.by_name.get(row.name)
+        if m is not None:
+            async with self.lock(m.name):
+                if await self._gone(m, row):
+                    return
         now = self.rt.clock.now()
         await self.rt.post(
             row.room_id,
@@ -496,10 +526,35 @@ class Machines:
             if current is not None and due(current, self.rt.clock.time()) == "stop":
                 await self._stop_now(current)
 
+    async def _gone(self, m: OnDemand, row: db.TimerRow) -> bool:
+        """True (and said once, the timer dropped) when `m` was stopped outside the bot
+        (the caller holds `m`'s lock):
+        a warning or auto-stop would otherwise announce stopping a machine that is not
+        running and count hours it did not run. False when AWS cannot tell."""
+        try:
+            inst = await self.describe(m)
+        except BotError:
+            return False
+        if inst.state in ("running", "pending"):
+            return False
+        now = self.rt.clock.now()
+        await self._reconcile(m, inst, now)
+        await db.clear_timer(self.rt.store, m.name)
+        self.wake.set()
+        await self.rt.post(
+            row.room_id,
+            f"{m.name} is already {inst.state} (stopped outside the bot): its auto-stop at "
+            f"{at(row.stop_at, now)} is dropped. `{self.rt.prefix}aws start {m.name}` starts it "
+            "again.",
+        )
+        return True
+
     async def _stop_now(self, row: db.TimerRow) -> None:
         rt = self.rt
         m = self.by_name.get(row.name)
         now = rt.clock.now()
+        if m is not None and await self._gone(m, row):
+            return
         if m is None:
             await db.clear_timer(rt.store, row.name)
             await rt.post(

@@ -6,16 +6,14 @@ dispatcher adds the usage line (see `bot.args`). "Today" is the UTC day of the r
 
 from __future__ import annotations
 
-import re
 from datetime import date
 
 from bot.context import Runtime
+from commands.costs import checks
 from commands.costs.dates import Window, parse_period, utc_day
 from commands.costs.report import service_name
 
 PERIOD_LABEL = "week|month|YYYY-MM-DD..YYYY-MM-DD"
-# Region names as AWS spells them: us-east-1, eu-central-2, ap-southeast-3, us-gov-west-1.
-_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 
 
 def today(rt: Runtime) -> date:
@@ -44,7 +42,4 @@ def aws_service(word: str, rt: Runtime) -> str:
 
 def aws_region(word: str, rt: Runtime) -> str:
     """An AWS region name such as eu-west-1 (lower-cased); ValueError for anything else."""
-    region = word.strip().lower()
-    if not _REGION.match(region):
-        raise ValueError(f"`{word}` is not an AWS region name (e.g. eu-west-1)")
-    return region
+    return checks.region(word)
