@@ -102,6 +102,24 @@ def test_secret_from_missing_file_names_key_and_path(tmp_path: Path) -> None:
     assert str(missing) in err.value.problems[0]
 
 
+def test_an_empty_secret_is_a_load_error_naming_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty file (not yet decrypted) or variable used to pass, and the bot then failed at
+    start: an empty access token crashed the login, an empty database password was sent."""
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    monkeypatch.setenv("BOT_EMPTY", " ")
+    for matrix, says in [
+        ({"access_token_file": str(empty)}, f"access_token_file: the secret file {empty} is empty"),
+        ({"password_env": "BOT_EMPTY"}, "password_env: environment variable BOT_EMPTY is empty"),
+        ({"access_token": ""}, "access_token: is empty"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            _parse(_raw(**matrix))
+        assert err.value.problems == [f"cfg.yaml: matrix: {says}"]
+
+
 def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOT_PW", "hunter2hunter2")
     config = _parse(_raw(password_env="BOT_PW"))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import yaml
 
 from bot.cli import load, load_registry
 from bot.config import ConfigError, StateConfig, parse_config
@@ -77,6 +80,39 @@ def test_state_names_a_sqlite_file_or_a_postgres_database(tmp_path: Path) -> Non
         with pytest.raises(ConfigError, match=reason):
             parse_config(_config(bad), "c.yaml", sections, {})
     assert isinstance(StateConfig().db_path, Path)
+
+
+def test_state_mistakes_are_load_errors_that_never_show_the_password(tmp_path: Path) -> None:
+    """libpq quotes the part of a DSN it cannot parse; that part may be the password."""
+    empty = tmp_path / "empty-pw"
+    empty.write_text("\n")
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        # (state, what the problem says, a secret that must not be shown)
+        ({"dsn": "postgresql://infrabot:pa%zzs3cret@db/infrabot"}, "holds a password", "s3cret"),
+        ({"dsn": "postgresql://infrabot:s3cret@[::1/infrabot"}, "holds a password", "s3cret"),
+        ({"dsn": "host=db password=s3cret xyzzy-part dbname=x"}, "holds a password", "xyzzy"),
+        ({"dsn": "host=db sslkey=/k sslpassword=k3y-pass"}, "holds a password", "k3y-pass"),
+        ({"dsn": "host=db", "password_file": str(empty)}, "password_file: the secret file", ""),
+        ({"dsn": " "}, "dsn: is empty", ""),
+    ]
+    for state, reason, secret in cases:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(_config(state)))
+        with pytest.raises(ConfigError) as err:
+            load(str(path), load_registry())
+        text = "\n".join(err.value.problems)
+        assert f"{path}: state: " in text and reason in text, (state, text)
+        assert not secret or secret not in text, (state, text)
+    # And as the operator sees it: `infrabot check-config` on the first one.
+    path.write_text(yaml.safe_dump(_config(cases[0][0])))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "state: dsn:" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
 
 
 @pytest.fixture
