@@ -143,6 +143,7 @@ class HttpConfig(Section):
 # A password in a DSN: `password=`/`sslpassword=` (key/value or a URI's query), or a URI's
 # `user:password@` (libpq's "Connection Strings", PostgreSQL 15 docs §34.1.1).
 _DSN_SECRET = re.compile(r"password\s*=|^\s*[a-z][a-z0-9+.-]*://[^/?#@]*:[^/?#@]*@", re.I)
+_POSTGRES_ONLY = frozenset({"lease", "connect_timeout", "statement_timeout", "pool_size"})
 _DSN_HOLDS = "it holds a password; give it as password_file or password_env instead"
 
 
@@ -164,8 +165,12 @@ class StateConfig(Section):
     @model_validator(mode="after")
     def _postgres_or_sqlite(self) -> StateConfig:
         if self.dsn is None:
-            if self.password is not None:
-                raise ValueError("password is for a PostgreSQL state: give dsn as well")
+            # Keys that only PostgreSQL uses, set beside a SQLite state, are a half-done move
+            # to two instances: each would keep its own file and lead alone.
+            only_pg = sorted(self.model_fields_set & _POSTGRES_ONLY)
+            if self.password is not None or only_pg:
+                given = ", ".join(only_pg or ["password"])
+                raise ValueError(f"{given}: for a PostgreSQL state only; give dsn as well")
             return self
         if self.path is not None:
             raise ValueError("give either dsn (PostgreSQL) or path (SQLite), not both")

@@ -94,6 +94,8 @@ def test_state_mistakes_are_load_errors_that_never_show_the_password(tmp_path: P
         ({"dsn": "host=db sslkey=/k sslpassword=k3y-pass"}, "holds a password", "k3y-pass"),
         ({"dsn": "host=db", "password_file": str(empty)}, "password_file: the secret file", ""),
         ({"dsn": " "}, "dsn: is empty", ""),
+        # Half a move to two instances: each would lead alone on a SQLite file of its own.
+        ({"data_dir": "/var/lib/infrabot", "lease": "10s"}, "lease: for a PostgreSQL", ""),
     ]
     for state, reason, secret in cases:
         path = tmp_path / "config.yaml"
