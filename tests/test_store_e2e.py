@@ -15,7 +15,7 @@ import pytest
 from devstack.client import RoomUser
 from devstack.postgres import LocalPostgres
 from devstack.synapse import free_port
-from tests.conftest import PG_PASSWORD, PG_ROLE, BotFactory
+from tests.conftest import PG_PASSWORD, PG_ROLE, Accounts, BotFactory
 from tests.test_alerts_e2e import _alerting, _payload, _post
 
 
@@ -92,3 +92,26 @@ async def test_a_postgres_outage_answers_503_retries_and_loses_nothing(
     assert bot.task is not None and not bot.task.done(), "the bot never stopped"
     assert "unavailable" in caplog.text, "the outage is logged"
     assert PG_PASSWORD not in caplog.text, "the password never reaches the log"
+
+
+@pytest.mark.parametrize("state_store", ["postgres"], indirect=True)
+async def test_two_instances_logging_in_by_password_at_once_share_one_device(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
+) -> None:
+    """Both find no stored session and log in; each used to keep its own device, so the
+    outbox's transaction ids (deduplicated per device) no longer made a resend after a
+    failover the same event. The second to store its session now takes the first's."""
+
+    def with_password(raw: dict[str, Any]) -> None:
+        del raw["matrix"]["access_token"]
+        raw["matrix"]["password"] = accounts.bot.password
+
+    first, second = make_bot(edit=with_password), make_bot(edit=with_password)
+    await asyncio.gather(first.start(), second.start())
+    one, two = first.rt.transport.client, second.rt.transport.client
+    assert (one.device_id, one.access_token) == (two.device_id, two.access_token)
+    key = f"matrix.session:{first.raw['matrix']['homeserver']}:{first.user_id}"
+    saved = await first.rt.store.get_json(key)
+    assert saved == {"access_token": one.access_token, "device_id": one.device_id}
+    answer = await people["alice"].ask(room, "!ping", first.user_id, timeout=60)
+    assert answer.body.startswith("pong")
