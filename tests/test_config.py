@@ -139,6 +139,31 @@ def test_secret_mask_hides_secrets_in_log_records() -> None:
     assert record.getMessage() == "token is ***"
 
 
+def test_secret_mask_hides_secrets_in_tracebacks(capsys: pytest.CaptureFixture[str]) -> None:
+    """`log.exception` (the supervisor's "crashed; restarting it") printed the exception's
+    text unmasked: an aiohttp error quotes the URL, where nio puts `?access_token=…`."""
+    import logging
+
+    from bot.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("INFO", ["syt_s3cret_token"])
+        try:
+            raise RuntimeError(
+                "GET https://hs/_matrix/client/v3/sync?access_token=syt_s3cret_token"
+            )
+        except RuntimeError:
+            logging.getLogger("bot.app").exception("sync crashed; restarting it")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert "sync crashed" in err and "access_token=***" in err
+    assert "syt_s3cret_token" not in err
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot", *args], capture_output=True, text=True, timeout=60
