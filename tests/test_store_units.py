@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from bot.outbox import Outbox
 from bot.registry import Registry
 from bot.store import PostgresStore, SqliteStore, Store, to_postgres
 from commands import ROUTERS
-from tests.conftest import PG_PASSWORD, PgState
+from tests.conftest import PG_PASSWORD, PG_ROLE, PgState
 from tests.test_config import example_config
 
 
@@ -115,6 +116,33 @@ def test_state_mistakes_are_load_errors_that_never_show_the_password(tmp_path: P
     )
     assert result.returncode == 2 and "state: dsn:" in result.stderr
     assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_a_database_that_refuses_the_migrations_ends_the_start_with_one_line(
+    pg_state: PgState, tmp_path: Path
+) -> None:
+    """PostgreSQL 15 lets only the database's owner create tables in `public`: a role that
+    may log in but not create used to end `infrabot run` with a psycopg traceback."""
+    name = f"t_{secrets.token_hex(6)}"
+    pg_state.server.create_database(name, "postgres")  # owned by another role
+    state = {
+        "dsn": f"host=127.0.0.1 port={pg_state.server.port} user={PG_ROLE} dbname={name}",
+        "password_file": str(pg_state.password_file),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_config(state)))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot start: the state store (PostgreSQL) refused the schema migrations" in (
+        result.stderr
+    )
+    assert "permission denied for schema public" in result.stderr
+    assert "Traceback" not in result.stderr and PG_PASSWORD not in result.stderr
 
 
 @pytest.fixture
