@@ -16,6 +16,7 @@ from bot.app import Bot
 from bot.config import Config, ConfigError, load_config
 from bot.logs import setup_logging
 from bot.registry import Registry
+from bot.store import StoreRefused
 
 log = logging.getLogger(__name__)
 
@@ -89,5 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: OK")
         return 0
     setup_logging(config.core.logging.level, secret_values(config), config.core.logging.loggers)
-    asyncio.run(serve(Bot(config, registry)))
+    try:
+        asyncio.run(serve(Bot(config, registry)))
+    except StoreRefused as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     return 0

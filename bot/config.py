@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -59,12 +60,20 @@ class Section(BaseModel):
                 path = out.pop(file_key)
                 if path is not None:
                     out[name] = _read_secret_file(file_key, str(path))
+                    if not out[name]:
+                        raise ValueError(f"{file_key}: the secret file {path} is empty")
             if env_key in out:
                 var = out.pop(env_key)
                 if var is not None:
                     if str(var) not in os.environ:
                         raise ValueError(f"{env_key}: environment variable {var} is not set")
                     out[name] = os.environ[str(var)]
+                    if not out[name].strip():
+                        raise ValueError(f"{env_key}: environment variable {var} is empty")
+            # An empty secret is a mistake (a file not yet decrypted, an unset template), not
+            # "no secret": clients would send it, or fall back to credentials found elsewhere.
+            if isinstance(out.get(name), str) and not out[name].strip():
+                raise ValueError(f"{name}: is empty")
         return out
 
 
@@ -131,6 +140,13 @@ class HttpConfig(Section):
     enabled: bool = True
 
 
+# A password in a DSN: `password=`/`sslpassword=` (key/value or a URI's query), or a URI's
+# `user:password@` (libpq's "Connection Strings", PostgreSQL 15 docs §34.1.1).
+_DSN_SECRET = re.compile(r"password\s*=|^\s*[a-z][a-z0-9+.-]*://[^/?#@]*:[^/?#@]*@", re.I)
+_POSTGRES_ONLY = frozenset({"lease", "connect_timeout", "statement_timeout", "pool_size"})
+_DSN_HOLDS = "it holds a password; give it as password_file or password_env instead"
+
+
 class StateConfig(Section):
     """Where the state lives: a SQLite file (default), or a PostgreSQL database (`dsn`)."""
 
@@ -149,21 +165,29 @@ class StateConfig(Section):
     @model_validator(mode="after")
     def _postgres_or_sqlite(self) -> StateConfig:
         if self.dsn is None:
-            if self.password is not None:
-                raise ValueError("password is for a PostgreSQL state: give dsn as well")
+            # Keys that only PostgreSQL uses, set beside a SQLite state, are a half-done move
+            # to two instances: each would keep its own file and lead alone.
+            only_pg = sorted(self.model_fields_set & _POSTGRES_ONLY)
+            if self.password is not None or only_pg:
+                given = ", ".join(only_pg or ["password"])
+                raise ValueError(f"{given}: for a PostgreSQL state only; give dsn as well")
             return self
         if self.path is not None:
             raise ValueError("give either dsn (PostgreSQL) or path (SQLite), not both")
+        if not self.dsn.strip():
+            raise ValueError("dsn: is empty; give e.g. 'host=db.example user=infrabot'")
         try:
             from psycopg.conninfo import conninfo_to_dict
 
             parts = conninfo_to_dict(self.dsn)
         except Exception as exc:  # psycopg.ProgrammingError: the libpq parser's complaint
+            # libpq quotes the text it could not parse, which may be the password: say so
+            # without echoing it.
+            if _DSN_SECRET.search(self.dsn):
+                raise ValueError(f"dsn: not a libpq connection string; {_DSN_HOLDS}") from None
             raise ValueError(f"dsn: not a libpq connection string or URI ({exc})") from None
-        if "password" in parts:
-            raise ValueError(
-                "dsn: holds a password; give it as password_file or password_env instead"
-            )
+        if parts.keys() & {"password", "sslpassword"}:
+            raise ValueError(f"dsn: {_DSN_HOLDS}")
         if self.lease.total_seconds() < 3:
             raise ValueError("lease must be at least 3s")
         if self.connect_timeout.total_seconds() < 1 or self.statement_timeout.total_seconds() <= 0:

@@ -31,12 +31,27 @@ class SecretMask(logging.Filter):
         if not self.secrets:
             return True
         message = record.getMessage()
-        masked = message
-        for secret in self.secrets:
-            masked = masked.replace(secret, "***")
+        masked = self._mask(message)
         if masked != message:
             record.msg, record.args = masked, None
+        # A traceback is formatted after the filters ran, from the exception itself; its
+        # text (an aiohttp error quoting a URL with ?access_token=…) is masked here, and the
+        # formatter then uses this cached text.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._mask(record.stack_info)
         return True
+
+    def _mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 def setup_logging(

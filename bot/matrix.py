@@ -18,6 +18,7 @@ are assumed to keep NTP time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import secrets
@@ -249,13 +250,14 @@ class Transport:
                 await asyncio.sleep(wait)
 
     async def _login(self) -> None:
-        key = f"matrix.session:{self.cfg.homeserver}:{self.cfg.user_id}"
+        key = self._session_key()
+        tried: str | None = None  # the stored token, if the homeserver turns it down
         if self.cfg.access_token is not None:
             self.client.access_token = self.cfg.access_token.get_secret_value()
         else:
             saved = await self.store.get_json(key)
             if saved:
-                self.client.access_token = saved["access_token"]
+                self.client.access_token = tried = saved["access_token"]
                 self.client.device_id = saved["device_id"]
         if self.client.access_token:
             resp = await self._call("whoami", self.client.whoami())
@@ -280,11 +282,27 @@ class Transport:
         if not isinstance(login, LoginResponse):
             _raise_for(login, "the password login")
             raise MatrixError("login failed", transient=False)
-        # Keep the device: its transaction ids deduplicate retries across restarts.
-        await self.store.put_json(
-            key, {"access_token": login.access_token, "device_id": login.device_id}
-        )
-        log.info("logged in as %s (device %s)", login.user_id, login.device_id)
+        # Keep the device: its transaction ids deduplicate retries across restarts and, with
+        # two instances, across a failover — but only if both use the same device. Another
+        # instance that logged in at the same time and stored its session first wins.
+        async with self.store.transaction() as tx:
+            current = await tx.get_json(key)
+            if current and current["access_token"] != tried:
+                winner = current
+            else:
+                winner = {"access_token": login.access_token, "device_id": login.device_id}
+                await tx.put_json(key, winner)
+        if winner["access_token"] != login.access_token:
+            # Our fresh device is not needed: log it out (best effort) and use the stored one.
+            with contextlib.suppress(MatrixError):
+                await self._call("logout", self.client.logout())
+            self.client.access_token = winner["access_token"]
+        self.client.user_id = login.user_id
+        self.client.device_id = winner["device_id"]
+        log.info("logged in as %s (device %s)", login.user_id, winner["device_id"])
+
+    def _session_key(self) -> str:
+        return f"matrix.session:{self.cfg.homeserver}:{self.cfg.user_id}"
 
     async def _join_rooms(self) -> None:
         for room in self.cfg.rooms:
@@ -452,8 +470,14 @@ class Transport:
         self.health.set_failing(reason)
         log.error("%s", reason)
         if self.cfg.password is not None and self.cfg.access_token is None:
+            # Forget the stored session only if it is the one refused: another instance may
+            # have logged in again already, and this one then takes that session.
+            refused = self.client.access_token
+            async with self.store.transaction() as tx:
+                saved = await tx.get_json(self._session_key())
+                if saved and saved["access_token"] == refused:
+                    await tx.delete_prefix(self._session_key())
             self.client.access_token = ""
-            await self.store.delete_prefix("matrix.session:")
             await self.connect()
         else:
             await asyncio.sleep(self.cfg.max_backoff_s)

@@ -76,6 +76,11 @@ class StoreUnavailable(BotError):
     unavailable: <libpq's first line>", which names host and port, never a password."""
 
 
+class StoreRefused(BotError):
+    """The store answered but refused what the bot must do at start (its migrations): a
+    setting to fix, not an outage to wait out."""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema step of a component; versions count up from 1 without gaps.
@@ -475,6 +480,14 @@ class PostgresStore(Store):
         except PoolTimeout as exc:
             await pool.close()
             raise _unavailable(str(exc)) from exc
+        except psycopg.Error as exc:
+            # The server answered and said no (a role without CREATE, a schema it does not
+            # own): no wait makes that work, so it is told once, plainly, and the start ends.
+            await pool.close()
+            raise StoreRefused(
+                "the state store (PostgreSQL) refused the schema migrations: "
+                f"{_first_line(exc)} (the role in state.dsn needs to create tables there)"
+            ) from exc
         except BaseException:
             await pool.close()
             raise

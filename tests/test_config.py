@@ -102,6 +102,24 @@ def test_secret_from_missing_file_names_key_and_path(tmp_path: Path) -> None:
     assert str(missing) in err.value.problems[0]
 
 
+def test_an_empty_secret_is_a_load_error_naming_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty file (not yet decrypted) or variable used to pass, and the bot then failed at
+    start: an empty access token crashed the login, an empty database password was sent."""
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    monkeypatch.setenv("BOT_EMPTY", " ")
+    for matrix, says in [
+        ({"access_token_file": str(empty)}, f"access_token_file: the secret file {empty} is empty"),
+        ({"password_env": "BOT_EMPTY"}, "password_env: environment variable BOT_EMPTY is empty"),
+        ({"access_token": ""}, "access_token: is empty"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            _parse(_raw(**matrix))
+        assert err.value.problems == [f"cfg.yaml: matrix: {says}"]
+
+
 def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOT_PW", "hunter2hunter2")
     config = _parse(_raw(password_env="BOT_PW"))
@@ -119,6 +137,31 @@ def test_secret_mask_hides_secrets_in_log_records() -> None:
     record = logging.LogRecord("x", logging.INFO, "f", 1, "token is %s", ("abcdef123",), None)
     SecretMask(["abcdef123"]).filter(record)
     assert record.getMessage() == "token is ***"
+
+
+def test_secret_mask_hides_secrets_in_tracebacks(capsys: pytest.CaptureFixture[str]) -> None:
+    """`log.exception` (the supervisor's "crashed; restarting it") printed the exception's
+    text unmasked: an aiohttp error quotes the URL, where nio puts `?access_token=…`."""
+    import logging
+
+    from bot.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("INFO", ["syt_s3cret_token"])
+        try:
+            raise RuntimeError(
+                "GET https://hs/_matrix/client/v3/sync?access_token=syt_s3cret_token"
+            )
+        except RuntimeError:
+            logging.getLogger("bot.app").exception("sync crashed; restarting it")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert "sync crashed" in err and "access_token=***" in err
+    assert "syt_s3cret_token" not in err
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

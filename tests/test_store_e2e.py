@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from devstack.client import RoomUser
 from devstack.postgres import LocalPostgres
 from devstack.synapse import free_port
-from tests.conftest import PG_PASSWORD, PG_ROLE, BotFactory
+from tests.conftest import PG_PASSWORD, PG_ROLE, Accounts, BotFactory
 from tests.test_alerts_e2e import _alerting, _payload, _post
 
 
@@ -92,3 +93,66 @@ async def test_a_postgres_outage_answers_503_retries_and_loses_nothing(
     assert bot.task is not None and not bot.task.done(), "the bot never stopped"
     assert "unavailable" in caplog.text, "the outage is logged"
     assert PG_PASSWORD not in caplog.text, "the password never reaches the log"
+
+
+@pytest.mark.parametrize("state_store", ["postgres"], indirect=True)
+async def test_two_instances_logging_in_by_password_at_once_share_one_device(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
+) -> None:
+    """Both find no stored session and log in; each used to keep its own device, so the
+    outbox's transaction ids (deduplicated per device) no longer made a resend after a
+    failover the same event. The second to store its session now takes the first's."""
+
+    def with_password(raw: dict[str, Any]) -> None:
+        del raw["matrix"]["access_token"]
+        raw["matrix"]["password"] = accounts.bot.password
+
+    first, second = make_bot(edit=with_password), make_bot(edit=with_password)
+    await asyncio.gather(first.start(), second.start())
+    one, two = first.rt.transport.client, second.rt.transport.client
+    assert (one.device_id, one.access_token) == (two.device_id, two.access_token)
+    key = f"matrix.session:{first.raw['matrix']['homeserver']}:{first.user_id}"
+    saved = await first.rt.store.get_json(key)
+    assert saved == {"access_token": one.access_token, "device_id": one.device_id}
+    answer = await people["alice"].ask(room, "!ping", first.user_id, timeout=60)
+    assert answer.body.startswith("pong")
+
+
+async def test_a_revoked_password_session_is_replaced_and_the_bot_answers(
+    make_bot: BotFactory, people: dict[str, RoomUser], room: str, accounts: Accounts
+) -> None:
+    """The homeserver revokes the stored session (its device logged out): the leader logs in
+    again, stores the new session in place of the refused one, and answers."""
+
+    def with_password(raw: dict[str, Any]) -> None:
+        del raw["matrix"]["access_token"]
+        raw["matrix"]["password"] = accounts.bot.password
+
+    bot = make_bot(edit=with_password)
+    await bot.start()
+    alice = people["alice"]
+    await alice.ask(room, "!ping", bot.user_id, timeout=60)
+    client = bot.rt.transport.client
+    refused = client.access_token
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{client.homeserver}/_matrix/client/v3/logout",
+            headers={"Authorization": f"Bearer {refused}"},
+            json={},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+    # A command sent before the bot is back in the room would be late (not run, as after a
+    # restart): ask once it holds a new session and has joined again.
+    def back() -> bool:
+        renewed = client.access_token not in ("", refused)
+        return renewed and bot.rt.health.reason in ("connected", "syncing")
+
+    async with asyncio.timeout(120):
+        while not back():  # noqa: ASYNC110 - polled state, no event to await
+            await asyncio.sleep(0.1)
+    answer = await alice.ask(room, "!ping", bot.user_id, timeout=120)
+    assert answer.body.startswith("pong")
+    key = f"matrix.session:{bot.raw['matrix']['homeserver']}:{bot.user_id}"
+    assert (await bot.rt.store.get_json(key))["access_token"] == client.access_token

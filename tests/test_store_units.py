@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import yaml
 
 from bot.cli import load, load_registry
 from bot.config import ConfigError, StateConfig, parse_config
@@ -18,7 +22,7 @@ from bot.outbox import Outbox
 from bot.registry import Registry
 from bot.store import PostgresStore, SqliteStore, Store, to_postgres
 from commands import ROUTERS
-from tests.conftest import PG_PASSWORD, PgState
+from tests.conftest import PG_PASSWORD, PG_ROLE, PgState
 from tests.test_config import example_config
 
 
@@ -77,6 +81,68 @@ def test_state_names_a_sqlite_file_or_a_postgres_database(tmp_path: Path) -> Non
         with pytest.raises(ConfigError, match=reason):
             parse_config(_config(bad), "c.yaml", sections, {})
     assert isinstance(StateConfig().db_path, Path)
+
+
+def test_state_mistakes_are_load_errors_that_never_show_the_password(tmp_path: Path) -> None:
+    """libpq quotes the part of a DSN it cannot parse; that part may be the password."""
+    empty = tmp_path / "empty-pw"
+    empty.write_text("\n")
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        # (state, what the problem says, a secret that must not be shown)
+        ({"dsn": "postgresql://infrabot:pa%zzs3cret@db/infrabot"}, "holds a password", "s3cret"),
+        ({"dsn": "postgresql://infrabot:s3cret@[::1/infrabot"}, "holds a password", "s3cret"),
+        ({"dsn": "host=db password=s3cret xyzzy-part dbname=x"}, "holds a password", "xyzzy"),
+        ({"dsn": "host=db sslkey=/k sslpassword=k3y-pass"}, "holds a password", "k3y-pass"),
+        ({"dsn": "host=db", "password_file": str(empty)}, "password_file: the secret file", ""),
+        ({"dsn": " "}, "dsn: is empty", ""),
+        # Half a move to two instances: each would lead alone on a SQLite file of its own.
+        ({"data_dir": "/var/lib/infrabot", "lease": "10s"}, "lease: for a PostgreSQL", ""),
+    ]
+    for state, reason, secret in cases:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(_config(state)))
+        with pytest.raises(ConfigError) as err:
+            load(str(path), load_registry())
+        text = "\n".join(err.value.problems)
+        assert f"{path}: state: " in text and reason in text, (state, text)
+        assert not secret or secret not in text, (state, text)
+    # And as the operator sees it: `infrabot check-config` on the first one.
+    path.write_text(yaml.safe_dump(_config(cases[0][0])))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "state: dsn:" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_a_database_that_refuses_the_migrations_ends_the_start_with_one_line(
+    pg_state: PgState, tmp_path: Path
+) -> None:
+    """PostgreSQL 15 lets only the database's owner create tables in `public`: a role that
+    may log in but not create used to end `infrabot run` with a psycopg traceback."""
+    name = f"t_{secrets.token_hex(6)}"
+    pg_state.server.create_database(name, "postgres")  # owned by another role
+    state = {
+        "dsn": f"host=127.0.0.1 port={pg_state.server.port} user={PG_ROLE} dbname={name}",
+        "password_file": str(pg_state.password_file),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_config(state)))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot start: the state store (PostgreSQL) refused the schema migrations" in (
+        result.stderr
+    )
+    assert "permission denied for schema public" in result.stderr
+    assert "Traceback" not in result.stderr and PG_PASSWORD not in result.stderr
 
 
 @pytest.fixture
