@@ -66,7 +66,8 @@ async def test_a_postgres_outage_answers_503_retries_and_loses_nothing(
     assert status == 503, text
     assert "state store (PostgreSQL) is unavailable" in text
     code, health = await bot.http("/healthz")
-    assert code == 503 and "state store (PostgreSQL) is unavailable" in health
+    # Either the pool's own refusal or, on a busy machine, /healthz's 2 s wait for it.
+    assert code == 503 and "state store" in health and "unavailable" in health, health
     # A command sent now is seen, cannot be recorded, and waits in the homeserver.
     asked = await alice.send(room, "!ping")
     await bot.wait_metric('infrabot_errors_total{where="store"}', timeout=60)
