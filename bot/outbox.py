@@ -345,10 +345,10 @@ class Outbox:
         return self._backoff.setdefault(room_id, Backoff(0.5, 60))
 
     async def _deliver_one(self, listed: OutboxRow) -> bool:
-        # Read again now that it is marked in flight: a store that really awaits (PostgreSQL)
-        # may have let an amend or a coalescing delete in since the row was listed.
-        row = await db.get(self.store, listed.id)
-        if row is None or row.state != db.PENDING:
+        # Counted as tried in the store before it is read for sending: an amend by either
+        # instance then commits before (and is sent) or finds it tried (bot.outbox_db.claim).
+        row = await db.claim(self.store, listed.id)
+        if row is None:
             return True  # coalesced away, or done: the room's next row goes on
         room_id = row.room_id
         started = time.monotonic()
@@ -358,12 +358,13 @@ class Outbox:
         except _NotYetSent as missing:
             # The referenced message is still queued (e.g. in flight, or in another room).
             self._retry_at[room_id] = time.monotonic() + 1
+            await db.unclaim(self.store, row.id)  # nothing left: it may still be amended
             log.info("outbox message %d waits for %s", row.id, missing)
             return False
         except MatrixError as exc:
             if exc.errcode == DUPLICATE and row.event_type == "m.reaction":
                 return await self._already_there(row, content)
-            attempts = row.attempts + 1
+            attempts = row.attempts  # this one included (claimed)
             give_up = not exc.transient and (
                 exc.errcode not in WAIT_ON or attempts >= MAX_PERMANENT_ATTEMPTS
             )

@@ -105,6 +105,33 @@ async def amend_untried(store: Store, outbox_id: int, content: str) -> bool:
     return cur.rowcount == 1
 
 
+async def claim(store: Store, outbox_id: int) -> OutboxRow | None:
+    """Count an attempt on a pending row before it is sent; returns the row as counted, or
+    None if it is no longer pending.
+
+    Under the store's write lock, so it orders against a transaction that found the row
+    untried and amends it (an alert batch on either instance, commands.alerts.packing):
+    that one commits first and this reads its content, or this counts first and the other
+    finds the row tried.
+    """
+    async with store.transaction():
+        row = (
+            await store.execute(
+                "UPDATE outbox SET attempts = attempts + 1 WHERE id = ? AND state = ? RETURNING *",
+                (outbox_id, PENDING),
+            )
+        ).fetchone()
+    return None if row is None else OutboxRow.of(row)
+
+
+async def unclaim(store: Store, outbox_id: int) -> None:
+    """Take back `claim`'s count of an attempt that sent nothing."""
+    await store.execute(
+        "UPDATE outbox SET attempts = attempts - 1 WHERE id = ? AND state = ? AND attempts > 0",
+        (outbox_id, PENDING),
+    )
+
+
 async def untried(store: Store, outbox_id: int) -> bool:
     """Whether the row is pending and was never tried."""
     row = (
@@ -159,13 +186,15 @@ async def record_refusal(
 async def mark_sent(
     store: Store, outbox_id: int, event_id: str | None, *, now: float, note: str | None = None
 ) -> None:
-    """Record delivery as `event_id` (None: delivered, id unknown) at `now`.
+    """Record delivery as `event_id` (None: delivered, id unknown) at `now`; the attempt
+    was counted by `claim` (a row never claimed counts one).
 
     `note` goes to `last_error` (why a refusal still counts as delivered); without one it is
     left as it was.
     """
     await store.execute(
-        "UPDATE outbox SET state = ?, event_id = ?, sent_at = ?, attempts = attempts + 1, "
+        "UPDATE outbox SET state = ?, event_id = ?, sent_at = ?, "
+        "attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END, "
         "last_error = COALESCE(?, last_error) WHERE id = ?",
         (SENT, event_id, now, note, outbox_id),
     )

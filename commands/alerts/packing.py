@@ -5,19 +5,31 @@ busy sending, or the homeserver is away), further new groups join it instead of 
 it, so the room gets one message per round trip whatever the arrival rate. A waiting message
 that holds several groups shows each in full when that fits, else one line per group (a
 digest). Deciding what to show is `commands.alerts.rules`; this module only packs.
+
+With two instances on one PostgreSQL (issue 17) both pack into the same rooms while only the
+leader sends. A waiting message is joined only when the shared store, read inside the batch's
+transaction (under the store's write lock), says so: its outbox row was never tried — the
+sender counts a try under that same lock before reading the row (bot.outbox_db.claim), so
+the row stays untried until the batch commits, and the batch's amend cannot fail or be sent
+half-way — and the alert groups the store places in it are exactly the ones this instance's
+draft holds, with the same digests (else the other instance changed one of them, and the
+draft would rewrite the message with a stale copy: a new message is started instead).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot import messages
 from bot.mentions import NOBODY, Mentions
 from bot.outbox import Outbox
+from commands.alerts import db
 from commands.alerts.payload import Notification
 from commands.alerts.render import MAX_RENDERED_BYTES, digest_line, render_batch
 
+log = logging.getLogger(__name__)
 # Beyond this many groups in one message, each is shown as one line rather than in full.
 FULL_BATCH_GROUPS = 5
 # The one-line forms a shared message may hold, leaving room for its heading and mentions.
@@ -90,18 +102,37 @@ class Packer:
     async def waiting(self, room_id: str, outbox_id: int, group_key: str) -> Member | None:
         """The group as its message `outbox_id` holds it, if that message has not started."""
         draft = self.drafts.get(room_id)
-        if draft is None or draft.outbox_id != outbox_id or not await self._still_waiting(draft):
+        if (
+            draft is None
+            or draft.outbox_id != outbox_id
+            or not await self._still_waiting(room_id, draft)
+        ):
             return None
         return draft.groups.get(group_key)
 
-    async def _still_waiting(self, draft: Draft) -> bool:
-        """Whether the draft's message was not tried yet; if so it stays unsent until `flush`
-        or `forget` ends the batch."""
+    async def _still_waiting(self, room_id: str, draft: Draft) -> bool:
+        """Whether the draft's message was not tried yet and the store places in it just the
+        draft's groups as the draft has them; if so it stays unsent until `flush` or `forget`
+        ends the batch. A draft found stale is dropped."""
         if draft.outbox_id not in self._held:
             if not self.outbox.hold(draft.outbox_id):
-                return False
+                return self._drop(room_id, draft)
             self._held.add(draft.outbox_id)
-        return await self.outbox.waiting(draft.outbox_id)
+        if not await self.outbox.waiting(draft.outbox_id):
+            return self._drop(room_id, draft)
+        stored = {
+            g.group_key: g.digest
+            for g in await db.groups_of_message(self.outbox.store, draft.outbox_id, room_id)
+        }
+        if stored != {key: m.n.state_digest() for key, m in draft.groups.items()}:
+            log.info("alerts: message %d was changed by another instance", draft.outbox_id)
+            return self._drop(room_id, draft)
+        return True
+
+    def _drop(self, room_id: str, draft: Draft) -> bool:
+        if self.drafts.get(room_id) is draft:
+            del self.drafts[room_id]
+        return False
 
     async def place(
         self,
@@ -119,7 +150,7 @@ class Packer:
             n.groupKey in draft.groups  # replaces itself
             or (len(draft.groups) < max_groups and draft.size + member.size <= DIGEST_BYTES)
         )
-        if draft is not None and fits and await self._still_waiting(draft):
+        if draft is not None and fits and await self._still_waiting(room_id, draft):
             alone = len(draft.groups) == 1 and n.groupKey not in draft.groups
             draft.add(member)
             self._changed[draft.outbox_id] = draft
