@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bot import outbox_db
 from bot.clock import ManualClock
 from bot.context import Runtime
 from bot.dispatch import Dispatcher
@@ -354,6 +355,13 @@ async def test_alerts_accepted_while_homeserver_down_arrive_exactly_once(
     synapse.stop()
     try:
         assert (await _post(bot, _payload(names[0], n=2)))[0] == 200
+        # Its message is tried (and refused: the homeserver is down) before the others come.
+        async with asyncio.timeout(60):
+            while True:
+                row = await outbox_db.oldest_pending(bot.rt.store, room)
+                if row is not None and row.attempts >= 1:
+                    break
+                await asyncio.sleep(0.05)
         # Posted together, so that one batch fills a shared message and starts the next.
         posted = await asyncio.gather(*(_post(bot, _payload(name, n=2)) for name in names[1:]))
         assert [status for status, _ in posted] == [200] * 14
