@@ -1303,6 +1303,12 @@ async def test_fleet_status_is_one_table_with_drift_and_unreachable_rows(
         assert "unreachable" in rows["caliban"]
         assert "cannot reach root@127.0.0.1:1 over SSH" in rows["caliban"]
 
+        # Two hosts on two releases have no majority: both are flagged, not neither.
+        pair = await alice.ask(room, "!status pluto,titan", bot.user_id, timeout=60)
+        rows = {line.split()[0]: line for line in pair.body.splitlines()[1:]}
+        assert "⚠️ release 24.05 ≠ the others; time zone Europe/Berlin" in rows["pluto"]
+        assert "⚠️ release 24.11 ≠ the others; time zone UTC ≠ the others" in rows["titan"]
+
         group = await alice.ask(room, "!status @non-critical", bot.user_id, timeout=60)
         assert [x.split()[0] for x in group.body.splitlines()[1:]] == ["caliban", "umbriel"]
         one = await alice.ask(room, "!status titan", bot.user_id)
