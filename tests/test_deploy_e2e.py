@@ -1216,6 +1216,15 @@ async def test_sets_of_hosts_one_colmena_per_hive_and_each_hosts_result(
     assert "nothing was done" in refused.body
     unknown = await bob.ask(room, "!deploy @nowhere", bot.user_id)
     assert "Unknown group `@nowhere`; groups: @critical, @non-critical" in unknown.body
+    # A set written with spaces, as people type lists: told how to write it, nothing runs.
+    for typed, second in [
+        ("!deploy caliban umbriel", "umbriel"),
+        ("!deploy caliban, umbriel", "umbriel"),
+        ("!deploy caliban @critical", "@critical"),
+    ]:
+        spaced = await bob.ask(room, typed, bot.user_id)
+        assert f"`{second}` is a host or group, not an action" in spaced.body, spaced.body
+        assert "`!deploy pluto,caliban`" in spaced.body
     assert not (data / "args.log").exists()
 
     # A whole group: one colmena run for the hive, each host's result reported.

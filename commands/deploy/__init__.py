@@ -286,10 +286,20 @@ async def host_with_history(word: str, rt: Runtime) -> str:
 
 
 def action(word: str, rt: Runtime) -> str:
-    """One of ACTIONS (switch, boot, test, dry-activate, build)."""
-    if word.lower() not in ACTIONS:
-        raise UserError(f"`{word}` is not an action; choose one of {', '.join(ACTIONS)}")
-    return word.lower()
+    """One of ACTIONS (switch, boot, test, dry-activate, build).
+
+    A host or group where the action goes (`!deploy pluto caliban`, `!deploy pluto, caliban`)
+    is a set written with spaces: UserError saying how to write it, not "not an action"."""
+    if word.lower() in ACTIONS:
+        return word.lower()
+    hosts = _hosts(rt)
+    names = [n for n in word.split(",") if n]
+    if names and all(n in hosts or n.startswith("@") for n in names):
+        raise UserError(
+            f"`{word}` is a host or group, not an action: write a set without spaces, "
+            f"e.g. `{rt.prefix}deploy pluto,caliban` (then the action: {', '.join(ACTIONS)})"
+        )
+    raise UserError(f"`{word}` is not an action; choose one of {', '.join(ACTIONS)}")
 
 
 _CONFIRM_ID = re.compile(r"^[0-9a-f]{4}$")
