@@ -133,6 +133,11 @@ cat >&2 <<EOF
 [INFO ] Enumerating nodes...
 [INFO ] Selected $count out of 4 hosts.
 EOF
+# slow (tests only): an evaluation that lasts until the run is cancelled.
+if [ "$mode" = slow ]; then
+  for n in $nodes; do say "$n" "Evaluating $n"; done
+  exec sleep 600
+fi
 failed=""
 for n in $nodes; do
   sys=/nix/store/5w1bq8y0kd1h2x9n0c7l4f3p6m8r2t0v-nixos-system-$n-24.05.20241125.1925c60
@@ -1216,6 +1221,15 @@ async def test_sets_of_hosts_one_colmena_per_hive_and_each_hosts_result(
     assert "nothing was done" in refused.body
     unknown = await bob.ask(room, "!deploy @nowhere", bot.user_id)
     assert "Unknown group `@nowhere`; groups: @critical, @non-critical" in unknown.body
+    # A set written with spaces, as people type lists: told how to write it, nothing runs.
+    for typed, second in [
+        ("!deploy caliban umbriel", "umbriel"),
+        ("!deploy caliban, umbriel", "umbriel"),
+        ("!deploy caliban @critical", "@critical"),
+    ]:
+        spaced = await bob.ask(room, typed, bot.user_id)
+        assert f"`{second}` is a host or group, not an action" in spaced.body, spaced.body
+        assert "`!deploy pluto,caliban`" in spaced.body
     assert not (data / "args.log").exists()
 
     # A whole group: one colmena run for the hive, each host's result reported.
@@ -1303,6 +1317,12 @@ async def test_fleet_status_is_one_table_with_drift_and_unreachable_rows(
         assert "unreachable" in rows["caliban"]
         assert "cannot reach root@127.0.0.1:1 over SSH" in rows["caliban"]
 
+        # Two hosts on two releases have no majority: both are flagged, not neither.
+        pair = await alice.ask(room, "!status pluto,titan", bot.user_id, timeout=60)
+        rows = {line.split()[0]: line for line in pair.body.splitlines()[1:]}
+        assert "⚠️ release 24.05 ≠ the others; time zone Europe/Berlin" in rows["pluto"]
+        assert "⚠️ release 24.11 ≠ the others; time zone UTC ≠ the others" in rows["titan"]
+
         group = await alice.ask(room, "!status @non-critical", bot.user_id, timeout=60)
         assert [x.split()[0] for x in group.body.splitlines()[1:]] == ["caliban", "umbriel"]
         one = await alice.ask(room, "!status titan", bot.user_id)
@@ -1311,3 +1331,143 @@ async def test_fleet_status_is_one_table_with_drift_and_unreachable_rows(
         assert down.body.startswith("❌ cannot reach root@127.0.0.1:1 over SSH")
     finally:
         await other.stop()
+
+
+async def test_one_colmena_run_per_hive_and_its_cancel_need_every_hosts_role(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    """Two groups sharing one hive: the admin's set runs as one colmena, so cancelling it
+    stops hosts of both groups and needs both roles; a host with its own extra_args runs
+    apart (one command line cannot give each host its own)."""
+    host, data, checkout = deploy_env
+
+    def edit(raw: dict[str, Any]) -> None:
+        _deploy_config(host, checkout)(raw)
+        raw["permissions"]["roles"]["deploy-critical"] = {"users": ["@mallory:localhost"]}
+        raw["hosts"] = {
+            "critical": {
+                "method": "colmena",
+                "dir": "build",
+                "role": "deploy-critical",
+                "hosts": [{"name": "pluto", "target": "root@pluto.nixos.org"}],
+            },
+            "canary": {
+                "method": "colmena",
+                "dir": "build",
+                "role": "deploy",
+                "hosts": [
+                    {"name": "caliban", "target": "root@caliban.nixos.org"},
+                    {
+                        "name": "umbriel",
+                        "target": "root@umbriel.nixos.org",
+                        "extra_args": ["--keep-result"],
+                    },
+                ],
+            },
+        }
+
+    bot = make_bot(edit=edit)
+    await bot.start()
+    bob, alice = people["bob"], people["alice"]
+    (data / "mode").write_text("slow")
+    mark = alice.mark()
+    await alice.send(room, "!deploy pluto,caliban,umbriel")
+    for node in ("pluto", "caliban", "umbriel"):
+        said = f"Evaluating {node}"
+        await alice.wait_for(
+            lambda e: e.sender == bot.user_id and said in e.body,  # noqa: B023 (awaited here)
+            after=mark,
+            timeout=30,
+        )
+    assert sorted((data / "args.log").read_text().splitlines()) == [
+        f"{host.bin_dir}/colmena apply switch --on pluto,caliban",
+        f"{host.bin_dir}/colmena apply switch --on umbriel --keep-result",
+    ]
+
+    # bob holds caliban's role, not pluto's: he may not stop pluto's deploy through caliban.
+    refused = await bob.ask(room, "!deploy cancel caliban", bot.user_id)
+    assert "needs the deploy-critical role (pluto)" in refused.body, refused.body
+    assert "cancelling" not in refused.body
+    assert set(bot.rt[DEPLOY].running) == {"pluto", "caliban", "umbriel"}
+    # His own host running alone is his to cancel.
+    cancelled = await bob.ask(room, "!deploy cancel umbriel", bot.user_id)
+    assert "cancelling the deploy of umbriel" in cancelled.body
+    body = _new(await _final(alice, bot.user_id, "umbriel", mark, timeout=60))["body"]
+    assert body.startswith("🛑 umbriel (switch) cancelled"), body
+    cancelled = await alice.ask(room, "!deploy cancel caliban", bot.user_id)
+    assert "cancelling the deploy of pluto,caliban" in cancelled.body
+    body = _new(await _final(alice, bot.user_id, "pluto,caliban", mark, timeout=60))["body"]
+    assert body.startswith("🛑 pluto,caliban (switch) cancelled"), body
+
+
+async def test_a_request_waiting_across_a_restart_says_it_was_dropped(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    """The waiting lives in memory: after a restart, its prompt must not keep inviting a
+    confirmation no one will answer. A confirmed request is not announced."""
+    host, data, checkout = deploy_env
+    bot = make_bot(edit=_hives_config(host, checkout))
+    await bot.start()
+    alice, mallory = people["alice"], people["mallory"]
+
+    done = await alice.ask(room, "!deploy titan", bot.user_id)
+    done_id = done.body.split("!confirm ", 1)[1].split("`")[0]
+    mark = alice.mark()
+    await mallory.send(room, f"!confirm {done_id}")
+    body = _new(await _final(alice, bot.user_id, "titan", mark))["body"]
+    assert body.startswith("✅ titan (switch) deployed"), body
+
+    prompt = await alice.ask(room, "!deploy pluto,mimas boot", bot.user_id)
+    cid = prompt.body.split("!confirm ", 1)[1].split("`")[0]
+    await bot.stop()
+
+    mark = alice.mark()
+    again = make_bot(edit=_hives_config(host, checkout))
+    await again.start()
+    dropped = await alice.wait_for(
+        lambda e: (
+            (e.content.get("m.relates_to") or {}).get("event_id") == prompt.event_id
+            and "dropped" in _new(e).get("body", "")
+        ),
+        after=mark,
+    )
+    assert (
+        f"deploy request {cid} (pluto,mimas, boot) by @alice:localhost was dropped by a bot "
+        "restart before anyone confirmed it; nothing was deployed. "
+        "Ask again: `!deploy pluto,mimas boot`."
+    ) in _new(dropped)["body"]
+    late = await mallory.ask(room, f"!confirm {cid}", again.user_id)
+    assert "No deploy request" in late.body
+    # The answer above comes after every start-up announcement: the confirmed one had none.
+    assert not any(done_id in e.body and e.sender == again.user_id for e in alice.seen[mark:]), [
+        e.body for e in alice.seen[mark:]
+    ]
+    assert len((data / "args.log").read_text().splitlines()) == 1
+
+
+async def test_a_confirmation_prompt_across_midnight_at_a_month_end_gives_the_date(
+    make_bot: BotFactory,
+    people: dict[str, RoomUser],
+    room: str,
+    deploy_env: tuple[LocalSshServer, Path, Path],
+) -> None:
+    host, _, checkout = deploy_env
+    clock = ManualClock(datetime(2026, 3, 31, 23, 58, tzinfo=UTC))
+    bot = make_bot(edit=_hives_config(host, checkout, confirm_timeout="5m"), clock=clock)
+    await bot.start()
+    alice, mallory = people["alice"], people["mallory"]
+    prompt = await alice.ask(room, "!deploy pluto", bot.user_id)
+    assert "until 2026-04-01 00:03:00 UTC (within 5 min)" in prompt.body, prompt.body
+    cid = prompt.body.split("!confirm ", 1)[1].split("`")[0]
+    await clock.advance(timedelta(minutes=4, seconds=59))
+    mark = alice.mark()
+    ok = await mallory.ask(room, f"!confirm {cid}", bot.user_id)
+    assert "confirmed by @mallory:localhost" in ok.body, ok.body
+    body = _new(await _final(alice, bot.user_id, "pluto", mark))["body"]
+    assert body.startswith("✅ pluto (switch) deployed"), body

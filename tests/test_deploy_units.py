@@ -310,6 +310,12 @@ def test_flat_inventory_is_one_group_with_todays_behaviour() -> None:
             "unique: x",
         ),
         ({"bad group": {"hosts": [{"name": "x", "target": "t"}]}}, "hosts", "group names"),
+        (
+            {"critical": {"hosts": [{"name": "history", "target": "t"}]}},
+            "hosts.critical.hosts[0].name",
+            "a word of the deploy command",
+        ),
+        ([{"name": "cancel", "target": "t"}], "hosts[0].name", "`deploy cancel`"),
         ("pluto", "hosts", "valid dictionary"),
     ],
 )

@@ -170,6 +170,28 @@ async def announce_interrupted(rt: Runtime) -> None:
         )
 
 
+@router.on_lead
+async def announce_dropped_requests(rt: Runtime) -> None:
+    """Four-eyes requests that were waiting when the previous run (or leader) ended: the
+    waiting lived in its memory, so their prompts are edited to say nothing was deployed and
+    how to ask again, rather than inviting a confirmation that no one answers.
+
+    Requests this instance itself still holds (it led before) are left waiting."""
+    live = rt[DEPLOY].pending
+    for req in await db.requests(rt.store):
+        if req.confirm_id in live:
+            continue
+        await db.drop_request(rt.store, req.confirm_id)
+        text = (
+            f"⌛ deploy request {req.confirm_id} ({req.hosts}, {req.action}) by "
+            f"{req.requested_by} was dropped by a bot restart before anyone confirmed it; "
+            f"nothing was deployed. Ask again: `{rt.prefix}deploy {req.hosts} {req.action}`."
+        )
+        await rt.outbox.post(
+            req.room_id, messages.edit(messages.notice(text), ref(req.prompt_outbox_id))
+        )
+
+
 def _busy_error(rt: Runtime, hosts: list[Host]) -> UserError | None:
     """Who holds the lock of the first busy host, as the answer to the request that lost."""
     running = rt[DEPLOY].running
@@ -286,10 +308,20 @@ async def host_with_history(word: str, rt: Runtime) -> str:
 
 
 def action(word: str, rt: Runtime) -> str:
-    """One of ACTIONS (switch, boot, test, dry-activate, build)."""
-    if word.lower() not in ACTIONS:
-        raise UserError(f"`{word}` is not an action; choose one of {', '.join(ACTIONS)}")
-    return word.lower()
+    """One of ACTIONS (switch, boot, test, dry-activate, build).
+
+    A host or group where the action goes (`!deploy pluto caliban`, `!deploy pluto, caliban`)
+    is a set written with spaces: UserError saying how to write it, not "not an action"."""
+    if word.lower() in ACTIONS:
+        return word.lower()
+    hosts = _hosts(rt)
+    names = [n for n in word.split(",") if n]
+    if names and all(n in hosts or n.startswith("@") for n in names):
+        raise UserError(
+            f"`{word}` is a host or group, not an action: write a set without spaces, "
+            f"e.g. `{rt.prefix}deploy pluto,caliban` (then the action: {', '.join(ACTIONS)})"
+        )
+    raise UserError(f"`{word}` is not an action; choose one of {', '.join(ACTIONS)}")
 
 
 _CONFIRM_ID = re.compile(r"^[0-9a-f]{4}$")
@@ -339,17 +371,26 @@ async def deploy_cmd(ctx: Context) -> None:
         while cid in state.pending or cid in state.confirmed:
             cid = secrets.token_hex(2)
         timeout = cfg.confirm_timeout
-        expires_at = rt.clock.now() + timeout
+        now = rt.clock.now()
+        expires_at = now + timeout
+        # The time alone when it is today; with the date when that is another day (a
+        # request at 23:58 with 5 min to confirm), so "until" never reads as earlier.
+        same_day = expires_at.date() == now.date()
+        until = f"{expires_at:{'%H:%M:%S' if same_day else '%Y-%m-%d %H:%M:%S'}}"
         text = (
             f"🔐 {', '.join(protected)} {'is' if len(protected) == 1 else 'are'} protected "
             f"(four-eyes): a second person must confirm `{action_}` of "
             f"{', '.join(h.name for h in hosts)}. Anyone but {ctx.sender} holding "
             f"{_roles_phrase(hosts)} may confirm with `{rt.prefix}confirm {cid}` "
-            f"or a ✅ reaction here, until {expires_at:%H:%M:%S} UTC "
+            f"or a ✅ reaction here, until {until} UTC "
             f"(within {human_duration(timeout.total_seconds())})."
         )
         prompt = await rt.outbox.post(ctx.room_id, answer_to(ctx.msg, text))
         ctx.audit_note = f"waiting for a second person: confirmation {cid}"
+        # Stored before it can be confirmed: a confirmation's delete never precedes the insert.
+        await db.add_request(
+            rt.store, db.RequestRow(cid, ctx.room_id, prompt, ctx.sender, names, action_)
+        )
         state.pending[cid] = Pending(
             cid,
             hosts,
@@ -373,6 +414,7 @@ async def _expire(rt: Runtime, cid: str, expires_at: datetime) -> None:
     await rt.clock.sleep_until(expires_at)
     pending = rt[DEPLOY].pending.pop(cid, None)
     if pending is not None:
+        await db.drop_request(rt.store, cid)
         text = f"⌛ deploy request {cid} expired without confirmation; nothing was deployed."
         await rt.outbox.post(
             pending.room_id, messages.edit(messages.notice(text), ref(pending.prompt_outbox_id))
@@ -426,6 +468,7 @@ async def _confirm(rt: Runtime, cid: str, user: str, room_id: str, asked: str) -
     state.confirmed[cid] = (user, pending.prompt_outbox_id)
     while len(state.confirmed) > 200:
         del state.confirmed[next(iter(state.confirmed))]
+    await db.drop_request(rt.store, cid)
     await rt.outbox.post(room_id, messages.reaction(pending.command_event, "👀"), "m.reaction")
     await start_deploys(
         rt,
@@ -482,17 +525,19 @@ async def confirm_by_reaction(ctx: ReactionContext, cid: str) -> None:
 
 def batches(hosts: list[Host]) -> list[list[Host]]:
     """The runs a request makes: colmena hosts of one hive together (one `colmena apply --on
-    h1,h2`), every other host on its own; in the request's order."""
+    h1,h2`), every other host on its own; in the request's order. Hosts of one hive with
+    different `extra_args` run apart: one command line cannot give each its own."""
     out: list[list[Host]] = []
-    hives: dict[str, list[Host]] = {}
+    hives: dict[tuple[str, tuple[str, ...]], list[Host]] = {}
     for host in hosts:
+        key = (host.dir, host.extra_args)
         if host.method != "colmena":
             out.append([host])
-        elif host.dir in hives:
-            hives[host.dir].append(host)
+        elif key in hives:
+            hives[key].append(host)
         else:
-            hives[host.dir] = [host]
-            out.append(hives[host.dir])
+            hives[key] = [host]
+            out.append(hives[key])
     return out
 
 
@@ -611,6 +656,11 @@ async def cancel_cmd(ctx: Context) -> None:
     run = ctx.rt[DEPLOY].running.get(host)
     if run is None or run.task is None:
         raise UserError(f"No deploy of {host} is running.")
+    # One colmena run may deploy hosts of several groups sharing a hive: cancelling it stops
+    # them all, so it needs the role of every one of them.
+    inventory = _hosts(ctx.rt)
+    together = [inventory[n] for n in run.nodes if n in inventory]
+    _check_may_deploy(ctx.rt, ctx.sender, ctx.room_id, together, what)
     run.cancelled_by = ctx.sender
     run.task.cancel()
     await ctx.reply(f"🛑 cancelling the deploy of {run.host.name}…")

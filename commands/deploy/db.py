@@ -35,6 +35,21 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     # Four-eyes: the second person who confirmed the deploy (NULL: none was needed).
     (2, "ALTER TABLE deploys ADD COLUMN confirmed_by TEXT"),
+    # Four-eyes requests waiting for a second person: a restart loses the waiting (it lives
+    # in memory), so the next leader finds their prompts here and says they were dropped.
+    (
+        3,
+        """
+        CREATE TABLE deploy_requests (
+            confirm_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            prompt_outbox_id INTEGER NOT NULL,
+            requested_by TEXT NOT NULL,
+            hosts TEXT NOT NULL,
+            action TEXT NOT NULL
+        )
+        """,
+    ),
 ]
 
 RUNNING = "running"
@@ -168,3 +183,52 @@ async def interrupt_running(store: Store, ended_at: float, summary: str) -> list
                 (INTERRUPTED, ended_at, summary, row.id),
             )
     return rows
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """A four-eyes request waiting for confirmation; `hosts` as typed back ("pluto,mimas")."""
+
+    confirm_id: str
+    room_id: str
+    prompt_outbox_id: int
+    requested_by: str
+    hosts: str
+    action: str
+
+
+async def add_request(store: Store, req: RequestRow) -> None:
+    """Record a request waiting for confirmation (its prompt is already posted)."""
+    await store.execute(
+        "INSERT INTO deploy_requests(confirm_id, room_id, prompt_outbox_id, requested_by, "
+        "hosts, action) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            req.confirm_id,
+            req.room_id,
+            req.prompt_outbox_id,
+            req.requested_by,
+            req.hosts,
+            req.action,
+        ),
+    )
+
+
+async def drop_request(store: Store, confirm_id: str) -> None:
+    """Forget a request: confirmed or expired."""
+    await store.execute("DELETE FROM deploy_requests WHERE confirm_id = ?", (confirm_id,))
+
+
+async def requests(store: Store) -> list[RequestRow]:
+    """Every request still recorded as waiting, oldest prompt first."""
+    rows = await store.execute("SELECT * FROM deploy_requests ORDER BY prompt_outbox_id")
+    return [
+        RequestRow(
+            confirm_id=r["confirm_id"],
+            room_id=r["room_id"],
+            prompt_outbox_id=int(r["prompt_outbox_id"]),
+            requested_by=r["requested_by"],
+            hosts=r["hosts"],
+            action=r["action"],
+        )
+        for r in rows.fetchall()
+    ]

@@ -158,19 +158,26 @@ def _majority(values: list[str]) -> str:
 
 
 def drift(statuses: list[HostStatus]) -> dict[str, list[str]]:
-    """Per host, what differs from the fleet: a NixOS release other than the majority's, a
-    time zone other than the majority's (or any, when zones are split evenly)."""
+    """Per host, what differs from the fleet: a NixOS release, or a time zone, other than the
+    majority's; when they are split evenly (no majority, e.g. two hosts on two releases) every
+    host is flagged, as differing from the others, rather than none."""
     ok = [s for s in statuses if not s.error]
-    release = _majority([s.release for s in ok])
-    zones = {s.timezone for s in ok if s.timezone}
-    zone = _majority([s.timezone for s in ok])
     notes: dict[str, list[str]] = {s.name: [] for s in statuses}
-    for s in ok:
-        if release and s.release and s.release != release:
-            notes[s.name].append(f"release {s.release} ≠ {release}")
-        if len(zones) > 1 and s.timezone and s.timezone != zone:
-            notes[s.name].append(f"time zone {s.timezone} ≠ {zone or 'the others'}")
+    for what, value in (("release", _release), ("time zone", _zone)):
+        values = {value(s) for s in ok if value(s)}
+        usual = _majority([value(s) for s in ok])
+        for s in ok:
+            if len(values) > 1 and value(s) and value(s) != usual:
+                notes[s.name].append(f"{what} {value(s)} ≠ {usual or 'the others'}")
     return notes
+
+
+def _release(s: HostStatus) -> str:
+    return s.release
+
+
+def _zone(s: HostStatus) -> str:
+    return s.timezone
 
 
 def fleet_table(statuses: list[HostStatus]) -> tuple[str, str]:

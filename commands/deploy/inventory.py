@@ -27,6 +27,8 @@ Method = Literal["nixos-rebuild", "colmena"]
 DEFAULT_ROLE = "deploy"
 IMPLICIT_GROUP = "hosts"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# The words after `deploy` that name a command of their own rather than a host.
+SUBCOMMANDS = ("cancel", "history")
 
 
 def _relative_dir(value: str) -> str:
@@ -47,6 +49,18 @@ class HostConfig(Section):
     extra_args: list[str] = Field(default_factory=list)
     # The directory inside the checkout (colmena hive, or the flake); "" means the group's.
     hive: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # `!deploy history` and `!deploy cancel` are commands of their own: a host so named
+        # could never be deployed (its deploy would show the history instead).
+        if value in SUBCOMMANDS:
+            raise ValueError(
+                f"{value!r} is a word of the deploy command (`deploy {value}`); "
+                "rename the host (its target may stay)"
+            )
+        return value
 
     @field_validator("target")
     @classmethod
