@@ -67,6 +67,8 @@ class Bot:
         self.registry = registry
         self.clock = clock or SystemClock()
         self.ready = asyncio.Event()
+        # Set while this instance leads (after its horizon moved: see Transport.resume).
+        self.leading = asyncio.Event()
         self.runtime: Runtime | None = None
 
     async def run(self) -> None:
@@ -120,6 +122,7 @@ class Bot:
             async def lead() -> None:
                 """Everything only the leader does; cancelled when it steps down."""
                 transport.resume()
+                self.leading.set()
                 try:
                     for hook in self.registry.lead_hooks:
                         await hook(rt)
@@ -127,6 +130,7 @@ class Bot:
                         for name, loop in loops.items():
                             group.create_task(supervise(name, loop, metrics), name=name)
                 finally:
+                    self.leading.clear()
                     # Handlers, job runs and deploys it started stop with its leadership.
                     await tasks.shutdown()
 

@@ -150,7 +150,9 @@ class BotHandle:
     def user_id(self) -> str:
         return str(self.raw["matrix"]["user_id"])
 
-    async def start(self, wait: bool = True) -> None:
+    async def start(self, wait: bool = True, lead: bool = True) -> None:
+        """Start the bot; with `wait`, return once it is ready and (with `lead`) leads, so
+        that a command sent next is after its horizon (on PostgreSQL the lease takes a moment)."""
         config = parse_config(
             self.raw,
             "test-config.yaml",
@@ -168,6 +170,15 @@ class BotHandle:
                 ready.cancel()
                 self.task.result()
             assert ready in done, "bot did not become ready"
+            if lead:
+                leading = asyncio.get_running_loop().create_task(self.bot.leading.wait())
+                done, _ = await asyncio.wait(
+                    {leading, self.task}, timeout=60, return_when="FIRST_COMPLETED"
+                )
+                if self.task in done:
+                    leading.cancel()
+                    self.task.result()
+                assert leading in done, "bot did not become the leader"
 
     async def stop(self) -> None:
         if self.task is not None:

@@ -28,7 +28,7 @@ async def _pair(make_bot: BotFactory) -> tuple[BotHandle, BotHandle]:
     await first.start()
     await _until(lambda: _role(first, "leader"), "the first instance leads")
     second = make_bot(edit=_alerting(free_port()))
-    await second.start()
+    await second.start(lead=False)
     await _until(lambda: _role(second, "standby"), "the second instance stands by")
     return first, second
 

@@ -109,7 +109,7 @@ async def test_two_instances_logging_in_by_password_at_once_share_one_device(
         raw["matrix"]["password"] = accounts.bot.password
 
     first, second = make_bot(edit=with_password), make_bot(edit=with_password)
-    await asyncio.gather(first.start(), second.start())
+    await asyncio.gather(first.start(lead=False), second.start(lead=False))
     one, two = first.rt.transport.client, second.rt.transport.client
     assert (one.device_id, one.access_token) == (two.device_id, two.access_token)
     key = f"matrix.session:{first.raw['matrix']['homeserver']}:{first.user_id}"
