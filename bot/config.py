@@ -377,6 +377,21 @@ def known_roles(info: ValidationInfo) -> frozenset[str] | None:
     return roles if isinstance(roles, frozenset) else None
 
 
+def known_role(value: str, info: ValidationInfo) -> str:
+    """`value` if it names a known role (see `known_roles`); for a feature's `role:` validator.
+
+    Raises ValueError("unknown role …", with the known ones) otherwise: a typo would leave what
+    the key guards to the admins alone, found out only when someone is refused.
+    """
+    roles = known_roles(info)
+    if roles is not None and value not in roles:
+        raise ValueError(
+            f"unknown role {value!r}: not under permissions.roles "
+            f"(known: {', '.join(sorted(roles))})"
+        )
+    return value
+
+
 def _check_roles(core: CoreConfig, source: str) -> list[str]:
     roles = _role_names(core)
     return [

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, ValidationInfo, field_validator
 
 from bot import audit, messages
-from bot.config import Section, known_roles
+from bot.config import Section, known_role
 from bot.context import Context, Runtime
 from bot.durations import Duration, format_duration, parse_duration
 from bot.errors import BotError, PermissionDenied, RemoteError, UserError
@@ -81,15 +81,7 @@ class OnDemand(Section):
     @field_validator("role")
     @classmethod
     def _role(cls, value: str, info: ValidationInfo) -> str:
-        # A role missing from `permissions.roles` (a typo) would leave the machine to the
-        # admins alone, found out only when someone is refused: refuse the file instead.
-        roles = known_roles(info)
-        if roles is not None and value not in roles:
-            raise ValueError(
-                f"unknown role {value!r}: not under permissions.roles "
-                f"(known: {', '.join(sorted(roles))})"
-            )
-        return value
+        return known_role(value, info)
 
     @field_validator("auto_stop_after")
     @classmethod

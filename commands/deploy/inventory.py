@@ -20,7 +20,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationInfo, field_validator
 
-from bot.config import Section, known_roles
+from bot.config import Section, known_role
 from bot.services.ssh import parse_target
 
 Method = Literal["nixos-rebuild", "colmena"]
@@ -91,15 +91,7 @@ class GroupConfig(Section):
     @field_validator("role")
     @classmethod
     def _role(cls, value: str, info: ValidationInfo) -> str:
-        # A role written here but missing from `permissions.roles` (a typo, a role not yet
-        # added) would leave the group to the admin role alone: refuse the file instead.
-        roles = known_roles(info)
-        if roles is not None and value not in roles:
-            raise ValueError(
-                f"unknown role {value!r}: not under permissions.roles "
-                f"(known: {', '.join(sorted(roles))})"
-            )
-        return value
+        return known_role(value, info)
 
 
 def _unique(names: list[str]) -> None:
