@@ -85,7 +85,8 @@ def example_settings(tmp_path: Path) -> dict[str, Any]:
     text = (ROOT / "config.example.yaml").read_text()
     for secret in set(re.findall(r"/run/agenix/[\w.-]+", text)):
         text = text.replace(secret, secret_file(tmp_path, Path(secret).name))
-    settings = yaml.safe_load(text)
+    # YAML reads `2025-06-01` as a date; in Nix it is a string, which the config parses alike.
+    settings = json.loads(json.dumps(yaml.safe_load(text), default=str))
     assert isinstance(settings, dict)
     return settings
 
@@ -589,8 +590,13 @@ def test_vendored_nixpkgs_lib_is_complete() -> None:
     assert "de42d44212d207476489bce163375d8306a26d59" in (vendor / "SOURCE").read_text()
 
 
-def readme_nix_blocks() -> list[str]:
-    return re.findall(r"```nix\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+def readme_nix_blocks() -> tuple[str, str]:
+    """The README's flake (the one with `outputs`) and its host module (`services.infrabot`)."""
+    blocks = re.findall(r"```nix\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    flake = [b for b in blocks if "outputs" in b and "nixosConfigurations" in b]
+    host = [b for b in blocks if "services.infrabot" in b and "outputs" not in b]
+    assert len(flake) == 1 and len(host) == 1, f"expected one flake and one host block in {blocks}"
+    return flake[0], host[0]
 
 
 def test_readme_flake_and_host_evaluate_and_pass_check_config(tmp_path: Path) -> None:

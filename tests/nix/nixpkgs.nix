@@ -21,6 +21,8 @@ let
     "mypy"
     "prometheus-client"
     "psycopg"
+    # python-packages.nix: psycopg-pool = psycopg.pool;
+    "psycopg-pool"
     "pydantic"
     "pytest"
     "pytest-asyncio"
