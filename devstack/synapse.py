@@ -322,6 +322,17 @@ class LocalSynapse:
             ]
         )
 
+    def leave(self, account: Account, room: str) -> None:
+        """Leave and forget `room` as `account`; a room it is not in is no error."""
+        quoted = urllib.parse.quote(room)
+        for action in ("leave", "forget"):
+            try:
+                self.request(
+                    "POST", f"/_matrix/client/v3/rooms/{quoted}/{action}", {}, account.access_token
+                )
+            except MatrixHttpError:
+                return
+
     def kick(self, account: Account, room: str, user_id: str, reason: str = "") -> None:
         """Kick `user_id` from `room` as `account` (who needs the power to)."""
         quoted = urllib.parse.quote(room)

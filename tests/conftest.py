@@ -56,8 +56,12 @@ def accounts(synapse: LocalSynapse) -> Accounts:
 
 
 @pytest.fixture
-def room(synapse: LocalSynapse, accounts: Accounts) -> str:
-    """A private room: alice owns it, bob has power level 50, mallory is a plain member."""
+def room(synapse: LocalSynapse, accounts: Accounts) -> Iterator[str]:
+    """A private room: alice owns it, bob has power level 50, mallory is a plain member.
+
+    Everyone leaves it afterwards: the accounts are shared by the session, and an initial sync
+    covers every room an account is in, so without this each test's setup grew with the suite.
+    """
     room_id = synapse.create_room(
         accounts.admin,
         name=f"infra-{secrets.token_hex(3)}",
@@ -66,7 +70,9 @@ def room(synapse: LocalSynapse, accounts: Accounts) -> str:
     )
     synapse.join(accounts.member, room_id)
     synapse.join(accounts.outsider, room_id)
-    return room_id
+    yield room_id
+    for account in (accounts.bot, accounts.member, accounts.outsider, accounts.admin):
+        synapse.leave(account, room_id)
 
 
 # --- The state store (issue 17): SQLite by default, or a real PostgreSQL ------------------------
