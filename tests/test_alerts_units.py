@@ -99,7 +99,7 @@ def _almost_valid() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_arbitrary_bodies_are_rejected_cleanly(body: bytes) -> None:
     try:
@@ -108,7 +108,7 @@ def test_arbitrary_bodies_are_rejected_cleanly(body: bytes) -> None:
         assert exc.status == 400 and exc.reason
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(_almost_valid())
 def test_almost_valid_payloads_parse_or_get_a_reason(data: dict[str, Any]) -> None:
     try:
