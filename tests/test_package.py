@@ -95,14 +95,11 @@ def test_fresh_install_provides_the_cli(tmp_path: Path) -> None:
     assert probed.returncode == 0, probed.stderr
     report = json.loads(probed.stdout.splitlines()[-1])
     assert report["code"] == 0
-    owners = report["owners"]
-    unknown = {name for name in imported_names() if name not in owners}
+    owners, names = report["owners"], imported_names()
+    unknown = {name for name in names if name not in owners}
     assert not unknown, f"imported by the product but not installed: {unknown}"
     undeclared = {
-        (name, dist)
-        for name in imported_names()
-        for dist in owners[name]
-        if dist not in report["required"]
+        (name, dist) for name in names for dist in owners[name] if dist not in report["required"]
     }
     assert not undeclared, f"imported but not required by pyproject.toml: {undeclared}"
     assert not {"moto", "pytest", "devstack", "tests"} & set(report["loaded"])
