@@ -1,8 +1,8 @@
 """What /healthz reports: the instance's role, and whether it does its part, and if not, why.
 
 The leader (and a single instance) is healthy while it syncs with the homeserver. A standby
-does not sync: it is healthy while the lease's database answers, as that is what it needs to
-accept webhooks and to take over.
+does not sync: it is healthy once it has logged in to the homeserver and while the lease's
+database answers, as that is what it needs to accept webhooks and to take over.
 """
 
 from __future__ import annotations
@@ -51,7 +51,11 @@ class Health:
     def check(self, stale_after_s: float) -> tuple[bool, str]:
         """(healthy, reason); a leader's sync loop that went quiet too long is unhealthy."""
         if self.lease.role != LEADER:
-            return self.lease.reachable, f"standby: {self.lease.reason}"
+            reason = f"standby: {self.lease.reason}"
+            if not self.ok:
+                # A standby that cannot reach the homeserver could not take over: say why.
+                reason += f"; homeserver: {self.reason}"
+            return self.lease.reachable and self.ok, reason
         if self.ok and self._last_ok is not None:
             quiet = time.monotonic() - self._last_ok
             if quiet > stale_after_s:

@@ -76,8 +76,9 @@ def room(synapse: LocalSynapse, accounts: Accounts) -> Iterator[str]:
 
 
 # --- The state store (issue 17): SQLite by default, or a real PostgreSQL ------------------------
-# `INFRABOT_STATE=postgres` runs every bot of the suite on PostgreSQL; otherwise the tests that
-# ask for both (`parametrize("state_store", STORES, indirect=True)`) run on each.
+# The suite's bots use SQLite, and the representative end-to-end set (`both_stores`) runs on
+# each store; `INFRABOT_STATE=postgres` (or `sqlite,postgres`) runs every bot test on those.
+# A test may parametrize `state_store` itself.
 STORES = ("sqlite", "postgres")
 PG_ROLE, PG_PASSWORD = "infrabot", "state-password-1"
 
@@ -117,10 +118,29 @@ def pg_state() -> Iterator[PgState]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def selected_stores() -> list[str]:
+    """The stores a bot test runs on: `INFRABOT_STATE` (comma-separated), else SQLite."""
+    wanted = [s.strip() for s in os.environ.get("INFRABOT_STATE", "").split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(STORES))
+    if unknown:
+        raise pytest.UsageError(f"INFRABOT_STATE: unknown store {unknown}; known: {STORES}")
+    return wanted or ["sqlite"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "state_store" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "state_store" in (names.split(",") if isinstance(names, str) else names):
+            return
+    metafunc.parametrize("state_store", selected_stores(), indirect=True)
+
+
 @pytest.fixture
 def state_store(request: pytest.FixtureRequest) -> str:
     """Which store the test's bots use: "sqlite" or "postgres"."""
-    return str(getattr(request, "param", os.environ.get("INFRABOT_STATE", "sqlite")))
+    return str(request.param)
 
 
 @pytest.fixture(params=STORES)
@@ -302,5 +322,5 @@ async def people(synapse: LocalSynapse, accounts: Accounts) -> AsyncIterator[dic
         await user.close()
 
 
-# A test that runs once per store (the representative end-to-end set; see README "Tests").
+# A test that runs once per store whatever INFRABOT_STATE says (see README "Tests").
 both_stores = pytest.mark.parametrize("state_store", STORES, indirect=True)
