@@ -46,10 +46,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 if TYPE_CHECKING:
+    import psycopg
+
     from bot.config import StateConfig
     from bot.metrics import Metrics
 
@@ -303,6 +304,8 @@ class PostgresLease:
 
     async def _attempt(self) -> bool:
         """One TAKE; True if this instance holds the lease now."""
+        import psycopg  # on first use: a bot on SQLite never loads libpq (~10 MB)
+
         conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         try:
             conn = await self._connection()
@@ -351,6 +354,8 @@ class PostgresLease:
         return self._conn
 
     async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        import psycopg  # on first use: a bot on SQLite never loads libpq (~10 MB)
+
         extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
         return await psycopg.AsyncConnection.connect(
             self.dsn,
@@ -364,6 +369,8 @@ class PostgresLease:
 
     async def _listen(self) -> None:
         """Wake the leader's outbox on each notification; reconnects every `interval_s`."""
+        import psycopg  # on first use: a bot on SQLite never loads libpq (~10 MB)
+
         while True:
             try:
                 conn = await self._connect()
@@ -377,6 +384,8 @@ class PostgresLease:
             await asyncio.sleep(self.interval_s)
 
     async def _close(self, *, release: bool) -> None:
+        import psycopg  # on first use: a bot on SQLite never loads libpq (~10 MB)
+
         conn, self._conn = self._conn, None
         if conn is None:
             return

@@ -48,15 +48,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
-
 from bot.backoff import Backoff
 from bot.errors import BotError
 
 if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
     from bot.config import StateConfig
 
 log = logging.getLogger(__name__)
@@ -452,6 +450,11 @@ class PostgresStore(Store):
 
         `dsn` is a libpq connection string or URI without a password; `password` is given
         apart so that no DSN that is logged can hold it. Raises StoreUnavailable."""
+        # On first use: a bot on SQLite never loads libpq and the pool (~10 MB, ~0.15 s).
+        import psycopg
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "row_factory": dict_row,
@@ -499,6 +502,9 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
         try:
             async with self.pool.connection(timeout=self.timeout) as conn:
                 yield conn
@@ -536,6 +542,8 @@ class PostgresStore(Store):
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         """Run one statement (see Store.execute)."""
+        import psycopg
+
         conn = self._conn.get()
         if conn is not None:
             try:
