@@ -175,9 +175,11 @@ async def one_run(
 
     pinging = asyncio.create_task(pinger())
     await person.wait_for(
-        lambda e: e.sender == bot.user_id
-        and e.body.startswith("pong")
-        and any(e.replies_to(p) for p in pings),
+        lambda e: (
+            e.sender == bot.user_id
+            and e.body.startswith("pong")
+            and any(e.replies_to(p) for p in pings)
+        ),
         timeout=300,
     )
     answered = time.perf_counter()

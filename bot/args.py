@@ -111,9 +111,7 @@ def rest(name: str, *, required: bool = False) -> Param[str]:
     return Param(name, name, take, required, greedy=True, default="")
 
 
-def flag(
-    option: str, convert: Converter[T], *, metavar: str, default: T | None = None
-) -> Param[T]:
+def flag(option: str, convert: Converter[T], *, metavar: str, default: T | None = None) -> Param[T]:
     """An option with a value, `--ref REF`, given anywhere in the command."""
     name = option.lstrip("-")
     return Param(name, metavar, _one(option, convert), False, flag=option, default=default)

@@ -81,9 +81,7 @@ async def test_a_postgres_outage_answers_503_retries_and_loses_nothing(
         assert status == 503, text
         await asyncio.sleep(0.2)
     assert status == 200, text
-    await alice.wait_for(
-        lambda e: e.sender == bot.user_id and "DuringOutage" in e.body, timeout=60
-    )
+    await alice.wait_for(lambda e: e.sender == bot.user_id and "DuringOutage" in e.body, timeout=60)
     await alice.reply_to(asked, bot.user_id, timeout=60)
     await bot.barrier(alice, room)
     answers = [e for e in alice.seen if e.sender == bot.user_id and e.replies_to(asked)]
@@ -144,6 +142,7 @@ async def test_a_revoked_password_session_is_replaced_and_the_bot_answers(
         ) as resp,
     ):
         assert resp.status == 200, await resp.text()
+
     # A command sent before the bot is back in the room would be late (not run, as after a
     # restart): ask once it holds a new session and has joined again.
     def back() -> bool:
