@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -715,6 +715,18 @@ def _statuses(user: RoomUser, bot: str, host: str, after: int) -> list[SeenEvent
     ]
 
 
+async def _refusal(user: RoomUser, bot: str, commands: Sequence[str], after: int) -> SeenEvent:
+    """The bot's "is being deployed by" answer to one of `commands` (event ids)."""
+    return await user.wait_for(
+        lambda e: (
+            e.sender == bot
+            and "is being deployed by" in e.body
+            and any(e.replies_to(c) for c in commands)
+        ),
+        after=after,
+    )
+
+
 def _incoming(room: str, sender: str, event_id: str, body: str) -> IncomingMessage:
     return IncomingMessage(room, sender, event_id, body, int(time.time() * 1000), None)
 
@@ -736,14 +748,7 @@ async def test_two_deploys_of_one_host_at_once_run_once(
     first, second = await asyncio.gather(
         bob.send(room, "!deploy pluto"), alice.send(room, "!deploy pluto")
     )
-    loser = await alice.wait_for(
-        lambda e: (
-            e.sender == bot.user_id
-            and "is being deployed by" in e.body
-            and (e.replies_to(first) or e.replies_to(second))
-        ),
-        after=mark,
-    )
+    loser = await _refusal(alice, bot.user_id, (first, second), mark)
     winner = "@alice:localhost" if "@alice:localhost" in loser.body else "@bob:localhost"
     assert f"pluto is being deployed by {winner} since" in loser.body
     cancelled = await bob.ask(room, "!deploy cancel pluto", bot.user_id)
@@ -761,14 +766,7 @@ async def test_two_deploys_of_one_host_at_once_run_once(
     dispatcher.on_message(_incoming(room, "@alice:localhost", plain[1], "!deploy pluto boot"))
     # Which of the two claims the host first is the store's to decide (on PostgreSQL the two
     # claims go through different pooled connections); that only one runs is the point.
-    loser = await alice.wait_for(
-        lambda e: (
-            e.sender == bot.user_id
-            and "is being deployed by" in e.body
-            and (e.replies_to(plain[0]) or e.replies_to(plain[1]))
-        ),
-        after=mark,
-    )
+    loser = await _refusal(alice, bot.user_id, plain, mark)
     winner, action = (
         ("@bob:localhost", "switch") if loser.replies_to(plain[1]) else ("@alice:localhost", "boot")
     )
