@@ -241,7 +241,12 @@ class Outbox:
         """Each room's oldest pending row unless it is being sent, and rooms waiting a retry."""
         now = time.monotonic()
         ready, waiting = [], []
-        for row in await db.room_heads(self.store):
+        heads = await db.room_heads(self.store)
+        for room_id in set(self._pace) - {row.room_id for row in heads}:
+            # The backlog is gone, and so is the hurry.
+            del self._pace[room_id]
+            self._retry_at.pop(room_id, None)
+        for row in heads:
             if self._retry_at.get(row.room_id, 0) > now:
                 waiting.append(row.room_id)
             elif row.id not in self._in_flight:
@@ -319,19 +324,11 @@ class Outbox:
                 )
             finally:
                 self._in_flight.discard(row.id)
-            if not delivered:
-                break
-            room_id = row.room_id
+            if not delivered or row.room_id in self._pace:
+                break  # a paced room's next row is `run`'s, when its time comes
             # Straight on to the next, without a turn through `run`: under load each loop
             # turn costs milliseconds that a burst would otherwise pay per message.
-            row = await self._next_in_room(room_id)
-            if room_id in self._pace:
-                if row is None:
-                    del self._pace[room_id]  # the backlog is gone, and so is the hurry
-                else:
-                    self._in_flight.discard(row.id)
-                    self._retry_at[room_id] = time.monotonic() + self._pace[room_id]
-                    break
+            row = await self._next_in_room(row.room_id)
 
     async def _next_in_room(self, room_id: str) -> OutboxRow | None:
         """The room's oldest pending row, marked in flight, unless it is being sent already."""
@@ -393,7 +390,12 @@ class Outbox:
             log.warning("outbox message %d to %s: %s; retry in %.1f s", row.id, room_id, exc, wait)
             return False
         await db.mark_sent(self.store, row.id, event_id, now=self.clock.time())
-        self._retry_at.pop(room_id, None)
+        if room_id in self._pace:
+            # Set before anything else may run: a `run` turn in between (a post, a NOTIFY from
+            # the store) would otherwise find the room due and send its next row at once.
+            self._retry_at[room_id] = time.monotonic() + self._pace[room_id]
+        else:
+            self._retry_at.pop(room_id, None)
         if room_id in self._backoff:
             self._backoff[room_id].reset()
         self._resolve(row.id, event_id=event_id)

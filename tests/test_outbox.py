@@ -116,7 +116,10 @@ async def test_a_long_retry_after_paces_the_backlog_at_most_pace_max(any_store: 
     await box._deliver(await box._next_in_room("!r"))
     await box._deliver(await box._next_in_room("!r"))
     assert transport.bodies == ["a", "a", "b", "c"] and await box.pending() == 0
+    assert "!r" in box._retry_at, "each paced send sets the next one's time"
+    assert await box._ready() == ([], [])
     assert "!r" not in box._pace, "with the backlog gone, so is the pace"
+    assert "!r" not in box._retry_at, "and its wait: a new message goes at once"
 
 
 @pytest.mark.parametrize(
