@@ -111,12 +111,12 @@ class LocalPostgres:
             time.sleep(0.05)
         raise RuntimeError("pg_hba.conf reload did not take effect")
 
-    def create_database(self, name: str, owner: str) -> None:
-        """A new empty database owned by `owner`."""
+    def create_database(self, name: str, owner: str, template: str = "template1") -> None:
+        """A new database owned by `owner`, a copy of `template` (which nobody may be using)."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(name), sql.Identifier(owner)
+                sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(owner), sql.Identifier(template)
                 )
             )
 

@@ -31,6 +31,7 @@ from devstack.alertmanager import LocalAlertmanager
 from devstack.client import RoomUser, SeenEvent
 from devstack.synapse import LocalSynapse, free_port
 from tests.conftest import BotFactory, BotHandle, both_stores
+from tests.local_server import serve
 
 TOKEN = "webhook-token-123456"
 
@@ -981,28 +982,26 @@ async def test_a_silence_stored_with_other_matchers_is_expired_and_said(
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", old_alertmanager)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    proxy_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", proxy_port).start()
     try:
-        bot = make_bot(edit=_alerting(free_port(), f"http://127.0.0.1:{proxy_port}"))
-        await bot.start()
-        bob = people["bob"]
-        answer = await bob.ask(room, "!silence alertname=NotUp job!=node 1h", bot.user_id)
-        assert 'as alertname="NotUp", job="node", not alertname="NotUp", job!="node"' in (
-            answer.body
-        ), answer.body
-        assert "so it is expired again" in answer.body
-        found = re.search(r"silence ([0-9a-f-]{36})", answer.body)
-        assert found is not None
-        stored = {s["id"]: s for s in am.api("GET", "/silences")}[found.group(1)]
-        assert stored["status"]["state"] == "expired"
-        # The same matchers without a negative one are stored as asked, and said so.
-        kept = await bob.ask(room, "!silence alertname=NotUp job=node 1h", bot.user_id)
-        assert kept.body.startswith('🔕 silenced alertname="NotUp", job="node" until'), kept.body
+        async with serve(app) as proxy_url:
+            bot = make_bot(edit=_alerting(free_port(), proxy_url))
+            await bot.start()
+            bob = people["bob"]
+            answer = await bob.ask(room, "!silence alertname=NotUp job!=node 1h", bot.user_id)
+            assert 'as alertname="NotUp", job="node", not alertname="NotUp", job!="node"' in (
+                answer.body
+            ), answer.body
+            assert "so it is expired again" in answer.body
+            found = re.search(r"silence ([0-9a-f-]{36})", answer.body)
+            assert found is not None
+            stored = {s["id"]: s for s in am.api("GET", "/silences")}[found.group(1)]
+            assert stored["status"]["state"] == "expired"
+            # The same matchers without a negative one are stored as asked, and said so.
+            kept = await bob.ask(room, "!silence alertname=NotUp job=node 1h", bot.user_id)
+            assert kept.body.startswith('🔕 silenced alertname="NotUp", job="node" until'), (
+                kept.body
+            )
     finally:
-        await runner.cleanup()
         am.stop()
 
 

@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from devstack.client import RoomUser
-from devstack.synapse import free_port
 from tests.conftest import BotFactory
+from tests.local_server import serve
 
 LOGIN_PAGE = (
     '<!DOCTYPE html><html lang="en"><head><title>Sign In</title></head>'
@@ -40,12 +40,8 @@ async def proxy_login_page() -> AsyncIterator[tuple[str, list[str]]]:
     app = web.Application()
     app.router.add_route("*", "/api/v2/{tail:.*}", api)
     app.router.add_get("/oauth2/sign_in", sign_in)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}", asked
-    await runner.cleanup()
+    async with serve(app) as url:
+        yield url, asked
 
 
 async def test_an_api_answering_html_is_a_clear_error_for_every_command(

@@ -18,6 +18,7 @@ from aiohttp import web
 from devstack.client import RoomUser
 from devstack.synapse import LocalSynapse
 from tests.conftest import Accounts, BotFactory
+from tests.local_server import serve
 
 
 @dataclass
@@ -53,14 +54,9 @@ async def join_proxy(synapse: LocalSynapse) -> AsyncIterator[JoinFailingProxy]:
     proxy = JoinFailingProxy(synapse.url)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    proxy.url = f"http://127.0.0.1:{port}"
-    yield proxy
-    await runner.cleanup()
+    async with serve(app) as url:
+        proxy.url = url
+        yield proxy
 
 
 async def test_a_reinvited_bot_whose_join_fails_once_joins_again(

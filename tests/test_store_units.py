@@ -22,7 +22,7 @@ from bot.outbox import Outbox
 from bot.registry import Registry
 from bot.store import PostgresStore, SqliteStore, Store, to_postgres
 from commands import ROUTERS
-from tests.conftest import PG_PASSWORD, PG_ROLE, PgState
+from tests.conftest import PG_PASSWORD, PgState
 from tests.test_config import example_config
 
 
@@ -126,7 +126,7 @@ def test_a_database_that_refuses_the_migrations_ends_the_start_with_one_line(
     name = f"t_{secrets.token_hex(6)}"
     pg_state.server.create_database(name, "postgres")  # owned by another role
     state = {
-        "dsn": f"host=127.0.0.1 port={pg_state.server.port} user={PG_ROLE} dbname={name}",
+        "dsn": pg_state.dsn(name),
         "password_file": str(pg_state.password_file),
     }
     path = tmp_path / "config.yaml"
