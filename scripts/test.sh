@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
-exec .venv/bin/pytest -q "$@"
+# Two workers (each with its own Synapse, PostgreSQL and moto on free ports): every bot test
+# runs on both stores, SQLite and PostgreSQL, and two at a time keep a 2-core machine busy.
+exec .venv/bin/pytest -q -n "${TEST_WORKERS:-2}" --dist worksteal "$@"

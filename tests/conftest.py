@@ -76,10 +76,9 @@ def room(synapse: LocalSynapse, accounts: Accounts) -> Iterator[str]:
         synapse.leave(account, room_id)
 
 
-# --- The state store (issue 17): SQLite by default, or a real PostgreSQL ------------------------
-# The suite's bots use SQLite, and the representative end-to-end set (`both_stores`) runs on
-# each store; `INFRABOT_STATE=postgres` (or `sqlite,postgres`) runs every bot test on those.
-# A test may parametrize `state_store` itself.
+# --- The state store (issue 17): SQLite and a real PostgreSQL ----------------------------------
+# Every bot test runs on each store; `INFRABOT_STATE=sqlite` (or `postgres`) narrows that for a
+# quicker run, except for the `both_stores` set. A test may parametrize `state_store` itself.
 STORES = ("sqlite", "postgres")
 PG_ROLE, PG_PASSWORD = "infrabot", "state-password-1"
 
@@ -149,12 +148,12 @@ def pg_state() -> Iterator[PgState]:
 
 
 def selected_stores() -> list[str]:
-    """The stores a bot test runs on: `INFRABOT_STATE` (comma-separated), else SQLite."""
+    """The stores a bot test runs on: `INFRABOT_STATE` (comma-separated), else both."""
     wanted = [s.strip() for s in os.environ.get("INFRABOT_STATE", "").split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(STORES))
     if unknown:
         raise pytest.UsageError(f"INFRABOT_STATE: unknown store {unknown}; known: {STORES}")
-    return wanted or ["sqlite"]
+    return wanted or list(STORES)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

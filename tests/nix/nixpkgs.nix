@@ -27,6 +27,7 @@ let
     "pytest"
     "pytest-asyncio"
     "pytest-timeout"
+    "pytest-xdist"
     "pyyaml"
     "ruff"
     "setuptools"
