@@ -11,19 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import asyncssh
 
+from devstack.synapse import free_port
+
 SSHD = "/usr/sbin/sshd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OpenSshServer:
@@ -85,7 +80,7 @@ class OpenSshServer:
             client.write_public_key(str(self.workdir / "authorized_keys"))
         host_key.chmod(0o600)
         self.client_key.chmod(0o600)
-        self.port = _free_port()
+        self.port = free_port()
         path = f"{self.bin_dir}:/usr/bin:/bin"
         setenv = " ".join(f"{k}={v}" for k, v in {"PATH": path, **self.env}.items())
         config = self.workdir / "sshd_config"
