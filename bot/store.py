@@ -473,6 +473,13 @@ class PostgresStore(Store):
             timeout=timeout,
             # A connection broken by a server restart is found and replaced before use.
             check=AsyncConnectionPool.check_connection,
+            # psycopg_pool retries a failed connect with a doubling delay for 5 minutes by
+            # default: after a long outage its next try could come minutes after the server
+            # is back, every statement meanwhile failing. Bounded to one connect_timeout, a
+            # retry is never more than half of it away, and a statement waiting that long
+            # for a connection gets one once the server answers (a new round of tries starts
+            # with the next statement that finds the pool empty).
+            reconnect_timeout=timeout,
             open=False,
             name="infrabot",
         )

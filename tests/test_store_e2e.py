@@ -7,12 +7,14 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from bot.store import PostgresStore, StoreUnavailable
 from devstack.client import RoomUser
 from devstack.postgres import LocalPostgres
 from devstack.synapse import free_port
@@ -92,6 +94,36 @@ async def test_a_postgres_outage_answers_503_retries_and_loses_nothing(
     assert bot.task is not None and not bot.task.done(), "the bot never stopped"
     assert "unavailable" in caplog.text, "the outage is logged"
     assert PG_PASSWORD not in caplog.text, "the password never reaches the log"
+
+
+async def test_after_a_long_outage_the_first_statement_once_postgres_is_back_succeeds(
+    own_pg: LocalPostgres,
+) -> None:
+    """psycopg_pool retries a lost server with a doubling delay (1, 2, 4, 8, 16 s …, for 5
+    minutes): after an outage of a minute, the pool's next try came up to a minute after the
+    server was back, and every webhook, sync and outbox turn failed meanwhile (an instance
+    could even take the lease, on its own connection, and crash its leader tasks). The pool's
+    tries are bounded to one connect_timeout, so a statement waiting that long is served."""
+    store = await PostgresStore.open(
+        f"host=127.0.0.1 port={own_pg.port} user={PG_ROLE} dbname=infrabot",
+        password=PG_PASSWORD,
+        connect_timeout=timedelta(seconds=2),
+    )
+    try:
+        await store.execute("SELECT 1")
+        own_pg.stop()
+        # Statements during the outage, as the bot's loops and webhooks make them, until the
+        # pool has failed to connect five times: psycopg_pool's own delay would now be 16 s.
+        while store.pool.get_stats().get("connections_errors", 0) < 5:
+            with pytest.raises(StoreUnavailable):
+                await store.execute("SELECT 1")
+        own_pg.start()
+        # The server answers now (pg_ctl -w): the next statement, waiting its connect_timeout
+        # for a connection, gets one.
+        result = await store.execute("SELECT 1 AS one")
+        assert result.rows == [{"one": 1}]
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("state_store", ["postgres"], indirect=True)
