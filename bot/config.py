@@ -144,6 +144,7 @@ class HttpConfig(Section):
 # `user:password@` (libpq's "Connection Strings", PostgreSQL 15 docs §34.1.1).
 _DSN_SECRET = re.compile(r"password\s*=|^\s*[a-z][a-z0-9+.-]*://[^/?#@]*:[^/?#@]*@", re.I)
 _POSTGRES_ONLY = frozenset({"lease", "connect_timeout", "statement_timeout", "pool_size"})
+_MAX_MS_DURATION = timedelta(days=24)  # < 2**31 ms
 _DSN_HOLDS = "it holds a password; give it as password_file or password_env instead"
 
 
@@ -188,8 +189,17 @@ class StateConfig(Section):
             raise ValueError(f"dsn: not a libpq connection string or URI ({exc})") from None
         if parts.keys() & {"password", "sslpassword"}:
             raise ValueError(f"dsn: {_DSN_HOLDS}")
+        for port in str(parts.get("port") or "").split(","):
+            # libpq checks a port only when it connects: the bot would retry it forever.
+            if port.strip() and not (port.strip().isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"dsn: port {port.strip()!r} is not a port number")
         if self.lease.total_seconds() < 3:
             raise ValueError("lease must be at least 3s")
+        # PostgreSQL's statement_timeout and the lease connection's tcp_user_timeout are
+        # milliseconds in a 32-bit integer: beyond it every connection is refused, forever.
+        for key in ("lease", "statement_timeout"):
+            if getattr(self, key) > _MAX_MS_DURATION:
+                raise ValueError(f"{key} must be at most 24d")
         if self.connect_timeout.total_seconds() < 1 or self.statement_timeout.total_seconds() <= 0:
             raise ValueError("connect_timeout must be at least 1s and statement_timeout above 0")
         return self

@@ -77,9 +77,16 @@ def test_state_names_a_sqlite_file_or_a_postgres_database(tmp_path: Path) -> Non
         ({"password": "pw"}, "give dsn as well"),
         ({"dsn": "host=db", "path": "/x.sqlite3"}, "not both"),
         ({"dsn": "host=db unknown_option=1"}, "not a libpq connection string"),
+        # Accepted by libpq's parser, refused only at each connection: the bot retried forever.
+        ({"dsn": "postgresql://db:notaport/infrabot"}, "port 'notaport' is not a port number"),
+        ({"dsn": "host=a,b port=5432,99999"}, "port '99999' is not a port number"),
+        ({"dsn": "host=db", "lease": "1000000d"}, "lease must be at most 24d"),
+        ({"dsn": "host=db", "statement_timeout": "30d"}, "statement_timeout must be at most 24d"),
     ]:
         with pytest.raises(ConfigError, match=reason):
             parse_config(_config(bad), "c.yaml", sections, {})
+    for fine in [{"dsn": "host=a,b port=5432,"}, {"dsn": "host=db", "lease": "24d"}]:
+        parse_config(_config(fine), "c.yaml", sections, {})
     assert isinstance(StateConfig().db_path, Path)
 
 
