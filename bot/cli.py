@@ -93,6 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(serve(Bot(config, registry)))
     except StoreRefused as exc:
-        log.error("cannot start: %s", exc)
+        log.error("cannot start (%s): %s", args.config, exc)
         return 1
     return 0

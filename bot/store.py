@@ -489,7 +489,24 @@ class PostgresStore(Store):
             await store._migrate([*CORE_MIGRATIONS, *migrations])
         except PoolTimeout as exc:
             await pool.close()
-            raise _unavailable(str(exc)) from exc
+            # The pool only logs why it could not connect: ask once more, to tell a login the
+            # server refuses (a setting to fix) from a server that is not there (to wait for).
+            reason = str(exc)
+            try:
+                probe = await psycopg.AsyncConnection.connect(
+                    dsn, **{**kwargs, "connect_timeout": max(1, int(timeout))}
+                )
+            except psycopg.Error as why:
+                reason = _first_line(why)
+                if _LOGIN_REFUSED.search(reason):
+                    raise StoreRefused(
+                        f"the state store (PostgreSQL) refused the login: {reason} (check the "
+                        "user and dbname in state.dsn and the password, state.password_file "
+                        "or state.password_env)"
+                    ) from why
+            else:
+                await probe.close()
+            raise _unavailable(reason) from exc
         except psycopg.Error as exc:
             # The server answered and said no (a role without CREATE, a schema it does not
             # own): no wait makes that work, so it is told once, plainly, and the start ends.
@@ -589,6 +606,15 @@ class PostgresStore(Store):
             raise RuntimeError("savepoint() outside a transaction")
         async with conn.transaction():
             yield self
+
+
+# libpq's and the server's words for a login that no waiting makes work: a wrong or missing
+# password, a role or database that does not exist, no pg_hba.conf line, no CONNECT right.
+_LOGIN_REFUSED = re.compile(
+    r"authentication failed|no password supplied|does not exist|no pg_hba\.conf entry"
+    r"|permission denied for database|is not permitted to log in",
+    re.IGNORECASE,
+)
 
 
 def _unavailable(detail: str) -> StoreUnavailable:

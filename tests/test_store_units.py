@@ -145,10 +145,48 @@ def test_a_database_that_refuses_the_migrations_ends_the_start_with_one_line(
         timeout=120,
     )
     assert result.returncode == 1, result.stderr
-    assert "cannot start: the state store (PostgreSQL) refused the schema migrations" in (
-        result.stderr
+    assert (
+        f"cannot start ({path}): the state store (PostgreSQL) refused the schema migrations"
+        in result.stderr
     )
     assert "permission denied for schema public" in result.stderr
+    assert "Traceback" not in result.stderr and PG_PASSWORD not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("mistake", "reason"),
+    [
+        ("password", 'password authentication failed for user "infrabot"'),
+        ("database", "does not exist"),
+    ],
+)
+def test_a_login_the_server_refuses_ends_the_start_with_one_line(
+    pg_state: PgState, tmp_path: Path, mistake: str, reason: str
+) -> None:
+    """A wrong password or a database that does not exist used to be waited for like an
+    outage: `infrabot run` retried for ever, logging psycopg's pool warnings that named no
+    setting. The server's refusal ends the start at once, naming the file and the keys."""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-" + PG_PASSWORD)
+    name = "t_missing_database" if mistake == "database" else pg_state.fresh_database()
+    state = {
+        "dsn": pg_state.dsn(name) if mistake == "database" else name,
+        "password_file": str(wrong if mistake == "password" else pg_state.password_file),
+        "connect_timeout": "2s",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_config(state)))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(lines) == 1, result.stderr
+    assert f"cannot start ({path}): the state store (PostgreSQL) refused the login" in lines[0]
+    assert reason in lines[0] and "state.dsn" in lines[0] and "state.password_file" in lines[0]
     assert "Traceback" not in result.stderr and PG_PASSWORD not in result.stderr
 
 
