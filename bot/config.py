@@ -189,10 +189,10 @@ class StateConfig(Section):
             raise ValueError(f"dsn: not a libpq connection string or URI ({exc})") from None
         if parts.keys() & {"password", "sslpassword"}:
             raise ValueError(f"dsn: {_DSN_HOLDS}")
-        for port in str(parts.get("port") or "").split(","):
+        for port in (p.strip() for p in str(parts.get("port") or "").split(",")):
             # libpq checks a port only when it connects: the bot would retry it forever.
-            if port.strip() and not (port.strip().isdigit() and 0 < int(port) < 65536):
-                raise ValueError(f"dsn: port {port.strip()!r} is not a port number")
+            if port and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"dsn: port {port!r} is not a port number")
         if self.lease.total_seconds() < 3:
             raise ValueError("lease must be at least 3s")
         # PostgreSQL's statement_timeout and the lease connection's tcp_user_timeout are

@@ -125,6 +125,21 @@ def test_state_mistakes_are_load_errors_that_never_show_the_password(tmp_path: P
     assert "s3cret" not in result.stdout + result.stderr
 
 
+def _run_bot(
+    tmp_path: Path, state: dict[str, Any]
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`infrabot run` on a config with this `state:` section, to its end; (config path, result)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_config(state)))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return path, result
+
+
 def test_a_database_that_refuses_the_migrations_ends_the_start_with_one_line(
     pg_state: PgState, tmp_path: Path
 ) -> None:
@@ -136,14 +151,7 @@ def test_a_database_that_refuses_the_migrations_ends_the_start_with_one_line(
         "dsn": pg_state.dsn(name),
         "password_file": str(pg_state.password_file),
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(_config(state)))
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    path, result = _run_bot(tmp_path, state)
     assert result.returncode == 1, result.stderr
     assert (
         f"cannot start ({path}): the state store (PostgreSQL) refused the schema migrations"
@@ -168,20 +176,13 @@ def test_a_login_the_server_refuses_ends_the_start_with_one_line(
     setting. The server's refusal ends the start at once, naming the file and the keys."""
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not-" + PG_PASSWORD)
-    name = "t_missing_database" if mistake == "database" else pg_state.fresh_database()
+    dsn = pg_state.dsn("t_missing_database") if mistake == "database" else pg_state.fresh_database()
     state = {
-        "dsn": pg_state.dsn(name) if mistake == "database" else name,
+        "dsn": dsn,
         "password_file": str(wrong if mistake == "password" else pg_state.password_file),
         "connect_timeout": "2s",
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(_config(state)))
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    path, result = _run_bot(tmp_path, state)
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(lines) == 1, result.stderr
